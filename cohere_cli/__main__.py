@@ -1,0 +1,3 @@
+from cohere_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command implementations: one module per CLI command, called from cohere_cli.cli."""

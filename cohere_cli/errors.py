@@ -1,0 +1,46 @@
+"""Typed errors. Every failure a user can cause is one of these; the CLI boundary (cli.main) turns them into a
+single line on stderr and a non-zero exit. Messages say what went wrong *and* what to do about it."""
+
+
+class CohereError(Exception):
+    """Base class: `str(err)` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(CohereError):
+    """Bad arguments or options (exit 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+class ModelNotFound(CohereError):
+    """MODEL is neither a checkpoint folder nor a name in the store."""
+
+
+class CheckpointError(CohereError):
+    """The folder is not a loadable checkpoint: bad config, missing/unexpected/corrupt tensors."""
+
+
+class TokenizerError(CohereError):
+    """tokenizer.json / tokenizer_config.json missing or unusable."""
+
+
+class TemplateError(CohereError):
+    """The chat template is missing or rejected the conversation."""
+
+
+class ContextOverflow(CohereError):
+    """The prompt (plus generation) does not fit in the model's context."""
+
+
+class StoreError(CohereError):
+    """The checkpoint store is in a state we cannot work with."""
+
+
+class DownloadError(CohereError):
+    """Fetching from the Hub failed (network, auth, verification)."""
+
+
+class QuantizeError(CohereError):
+    """Quantization cannot proceed."""
