@@ -1,0 +1,108 @@
+"""Token generation: one generator, `stream_generate`, yields a `Response` per step; `generate`, `chat` and `bench`
+are loops over it. Prefill runs in chunks into a preallocated KV cache and asks for the last position's logits
+only, so an 8192-token prompt never materialises seq x vocab logits or a seq x seq score matrix per layer."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from cohere_cli.errors import ContextOverflow
+from cohere_cli.model import CohereForCausalLM, KVCache
+from cohere_cli.sampling import Sampler, SamplingParams
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Response:
+    text: str  # text delta produced by this step ("" while a UTF-8 character is incomplete)
+    token: int | None  # the token sampled this step (None on the closing response)
+    prompt_tokens: int
+    generation_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    ttft_s: float  # time to first token, prefill included
+    peak_memory_bytes: int
+    finish_reason: str | None = None  # None while running, then "stop" or "length"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def prefill(model: CohereForCausalLM, ids: torch.Tensor, cache: KVCache, start: int = 0,
+            chunk: int = PREFILL_CHUNK) -> torch.Tensor:
+    """Feed ids (T,) at positions start.. into the cache, `chunk` tokens at a time; return the last logits (V,)."""
+    logits = None
+    for s in range(0, ids.numel(), chunk):
+        piece = ids[s : s + chunk][None]  # (1, t)
+        logits = model(piece, start + s, cache, last_only=True)  # (1, 1, V)
+    return logits[0, -1]
+
+
+@torch.inference_mode()
+def stream_generate(
+    model: CohereForCausalLM,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    max_tokens: int,
+    *,
+    stop_ids: set[int] | None = None,
+    context: int | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+) -> Iterator[Response]:
+    """Generate up to `max_tokens` after `prompt_ids`, stopping early at any of `stop_ids`."""
+    device = model.model.embed_tokens.weight.device
+    dtype = model.model.embed_tokens.weight.dtype
+    context = context or model.config.max_position_embeddings
+    n_prompt = len(prompt_ids)
+    if n_prompt == 0:
+        raise ContextOverflow("the prompt is empty: give some text")
+    if n_prompt >= context:
+        raise ContextOverflow(
+            f"the prompt has {n_prompt} tokens but the model's context is {context}: shorten it"
+        )
+    max_tokens = min(max_tokens, context - n_prompt)
+    stop_ids = stop_ids if stop_ids is not None else tokenizer.stop_ids
+    sampler = Sampler(params, n_valid=getattr(tokenizer, "vocab_size", None))
+    detok = tokenizer.stream_decoder()
+
+    cache = KVCache(model.config, n_prompt + max_tokens, dtype, device)
+    history = torch.tensor(list(prompt_ids) + [0] * max_tokens, dtype=torch.long, device=device)
+    t0 = time.perf_counter()
+    logits = prefill(model, history[:n_prompt], cache, 0, prefill_chunk)
+    token = sampler(logits, history[:n_prompt])
+    t_first = time.perf_counter()
+    prefill_tps = n_prompt / max(t_first - t0, 1e-9)
+
+    n, step_in = 0, torch.empty(1, 1, dtype=torch.long, device=device)
+    finish = None
+    while True:
+        n += 1
+        decode_tps = (n - 1) / max(time.perf_counter() - t_first, 1e-9) if n > 1 else 0.0
+        if token in stop_ids:
+            finish = "stop"
+            break
+        history[n_prompt + n - 1] = token
+        yield Response(detok.step(token), token, n_prompt, n, prefill_tps, decode_tps, t_first - t0,
+                       peak_memory_bytes(device))
+        if n >= max_tokens:
+            finish = "length"
+            break
+        step_in[0, 0] = token
+        logits = model(step_in, n_prompt + n - 1, cache, last_only=True)[0, -1]
+        token = sampler(logits, history[: n_prompt + n])
+    generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer
+    elapsed = time.perf_counter() - t_first  # n-1 decode steps ran after the prefill produced token 1
+    yield Response(detok.flush(), None, n_prompt, generated, prefill_tps,
+                   (n - 1) / elapsed if n > 1 else 0.0, t_first - t0, peak_memory_bytes(device), finish)

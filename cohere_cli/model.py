@@ -1,0 +1,276 @@
+"""The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya) and Cohere2ForCausalLM
+(`cohere2`: Command R7B, Command A). Read top to bottom: config, KV cache, norm and rotary helpers, attention, MLP,
+block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
+table. This file imports only torch. Reference: ../shared/cohere-spec.md, sections 1 and 5.
+
+Shapes: B batch, T new tokens this call, S keys attended, H hidden, nh/nkv query/kv heads, hd head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass
+class ModelConfig:
+    model_type: str  # "cohere" or "cohere2"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int = 8192
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    logit_scale: float = 0.0625
+    use_qk_norm: bool = False
+    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+    sliding_window: int | None = None
+    layer_types: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "ModelConfig":
+        """Parse a config.json dict, in either spelling: released checkpoints (`rope_theta`, `torch_dtype`,
+        `sliding_window_pattern`) or current transformers (`rope_parameters`, `dtype`, `layer_types`).
+        Raises ValueError (with the offending key) on anything we cannot run."""
+        mt = d.get("model_type")
+        if mt not in ("cohere", "cohere2"):
+            raise ValueError(f"model_type {mt!r} is not a Cohere architecture (expected 'cohere' or 'cohere2')")
+        try:
+            H, nh, L = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
+            I, V = int(d["intermediate_size"]), int(d["vocab_size"])
+        except KeyError as e:
+            raise ValueError(f"config.json lacks {e.args[0]!r}") from None
+        nkv = int(d.get("num_key_value_heads") or nh)
+        # Cohere2Config forces head_dim = H // nh whatever config.json says (all releases: 128).
+        hd = H // nh if mt == "cohere2" else int(d.get("head_dim") or H // nh)
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rtype = rope.get("rope_type", rope.get("type", "default"))
+        if rtype not in ("default", None):
+            raise ValueError(f"rope type {rtype!r} is not supported (Cohere releases use plain RoPE)")
+        theta = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
+        window, types = None, [FULL] * L
+        if mt == "cohere2":
+            window = d.get("sliding_window", 4096)
+            if d.get("layer_types"):
+                types = list(d["layer_types"])
+            else:  # released configs: layer i is sliding unless (i+1) is a multiple of the pattern (default 4)
+                pat = int(d.get("sliding_window_pattern", 4))
+                types = [SLIDING if (i + 1) % pat else FULL for i in range(L)]
+            if len(types) != L or set(types) - {FULL, SLIDING}:
+                raise ValueError("layer_types must name 'full_attention' or 'sliding_attention' for every layer")
+        return cls(
+            model_type=mt, vocab_size=V, hidden_size=H, intermediate_size=I, n_layers=L, n_heads=nh,
+            n_kv_heads=nkv, head_dim=hd, max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
+            norm_eps=float(d.get("layer_norm_eps", 1e-5)), rope_theta=theta,
+            logit_scale=float(d.get("logit_scale", 0.0625)),
+            use_qk_norm=bool(d.get("use_qk_norm", False)) and mt == "cohere",
+            attention_bias=bool(d.get("attention_bias", False)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),  # absent in most configs: tied
+            sliding_window=int(window) if window else None, layer_types=types,
+        )
+
+    def is_sliding(self, i: int) -> bool:
+        return self.layer_types[i] == SLIDING and self.sliding_window is not None
+
+
+# ---- KV cache -------------------------------------------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys/values per layer, written in place (no per-token allocation).
+    Full-attention layers keep `max_seq` positions. Sliding layers of Cohere2 keep only the last `window` positions
+    in a ring buffer (slot = position % window): a 128K-token R7B context then costs 4096 positions on 3 of every
+    4 layers. Keys are stored after RoPE, so slot order never matters to attention."""
+
+    def __init__(self, cfg: ModelConfig, max_seq: int, dtype: torch.dtype, device="cpu", batch: int = 1):
+        self.max_seq, self.layers = max_seq, []
+        for i in range(cfg.n_layers):
+            ring = cfg.is_sliding(i) and cfg.sliding_window < max_seq
+            n = cfg.sliding_window if ring else max_seq
+            k = torch.zeros(batch, cfg.n_kv_heads, n, cfg.head_dim, dtype=dtype, device=device)  # (B, nkv, n, hd)
+            self.layers.append((k, torch.zeros_like(k), ring))
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k, _, _ in self.layers)
+
+
+# ---- norm and rotary helpers ----------------------------------------------------------------------------------------
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Cohere's LayerNorm: mean-centred, weight only (no bias), always computed in float32.
+    weight is (H,) for the block norms or (heads, hd) for R+'s per-head q/k norms (normalised over hd only)."""
+    xf = x.float()
+    y = F.layer_norm(xf, xf.shape[-1:], None, None, eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, shape, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(shape)), eps
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.eps)
+
+
+def rope_cos_sin(pos: torch.Tensor, hd: int, theta: float, dtype: torch.dtype):
+    """cos/sin for positions `pos` (T,), each (T, hd/2). Frequencies in float32, then rounded to the model dtype
+    exactly as transformers does (needed for bit-level parity in bf16/fp16)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=pos.device) / hd)  # (hd/2,)
+    freqs = pos.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
+    return freqs.cos().to(dtype).float(), freqs.sin().to(dtype).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved (GPT-J) rotary embedding: pairs are (2i, 2i+1), NOT the two halves as in Llama/NeoX.
+    Getting this wrong garbles Cohere output silently (spec pitfall 1). x: (B, T, heads, hd)."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, heads, hd/2, 2)
+    x1, x2 = xf[..., 0], xf[..., 1]  # even, odd
+    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2) broadcast over heads
+    out = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)  # (B, T, heads, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)  # (B, T, heads, hd)
+
+
+# ---- attention ------------------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        H, nh, nkv, hd, b = cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(H, nh * hd, bias=b)
+        self.k_proj = nn.Linear(H, nkv * hd, bias=b)
+        self.v_proj = nn.Linear(H, nkv * hd, bias=b)
+        self.o_proj = nn.Linear(nh * hd, H, bias=b)
+        if cfg.use_qk_norm:  # Command R+: per-head weights, shape (heads, hd)
+            self.q_norm = LayerNorm((nh, hd), cfg.norm_eps)
+            self.k_norm = LayerNorm((nkv, hd), cfg.norm_eps)
+        self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, cfg.norm_eps
+        self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
+        # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
+        self.use_rope = cfg.model_type == "cohere" or self.window is not None
+        self.theta = cfg.rope_theta
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, cache_layer=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        if hasattr(self, "q_norm"):  # before RoPE, normalised over hd per head
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.use_rope:
+            cos, sin = rope_cos_sin(pos, self.hd, self.theta, x.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+
+        if cache_layer is None:  # training / reference path: the whole sequence at once
+            keys, values, kpos = k, v, pos
+        else:
+            keys, values, kpos = self._update_cache(k, v, pos, cache_layer)
+        out = self._sdpa(q, keys, values, pos, kpos)  # (B, nh, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, H)
+
+    def _update_cache(self, k, v, pos, cache_layer):
+        """Write this call's keys/values into the cache; return what to attend to and the keys' positions."""
+        kc, vc, ring = cache_layer
+        start, T = int(pos[0]), k.shape[2]
+        if not ring:
+            kc[:, :, start : start + T] = k
+            vc[:, :, start : start + T] = v
+            return kc[:, :, : start + T], vc[:, :, : start + T], None  # positions 0..start+T-1 in order
+        W = kc.shape[2]
+        if T == 1:  # decode: every filled slot is inside the window once the new key is written
+            kc[:, :, start % W], vc[:, :, start % W] = k[:, :, 0], v[:, :, 0]
+            n = min(start + 1, W)
+            return kc[:, :, :n], vc[:, :, :n], None
+        # chunked prefill: the previous W-1 positions from the ring (read before we overwrite them) + this chunk
+        prev = torch.arange(max(0, start - W + 1), start, device=k.device)
+        keys = torch.cat((kc.index_select(2, prev % W), k), dim=2)  # (B, nkv, P+T, hd)
+        values = torch.cat((vc.index_select(2, prev % W), v), dim=2)
+        last = pos[-min(T, W) :]  # only the last W positions of the chunk survive in the ring
+        kc[:, :, last % W], vc[:, :, last % W] = k[:, :, -len(last) :], v[:, :, -len(last) :]
+        return keys, values, torch.cat((prev, pos))
+
+    def _sdpa(self, q, k, v, qpos, kpos):
+        """Grouped-query attention without copying K/V per query head: the nh/nkv query heads sharing one kv head
+        are folded into the query length, (B, nkv, g*T, hd), so K/V are read once (matters for decode speed)."""
+        B, _, T, hd = q.shape
+        g, S, dtype = self.nh // self.nkv, k.shape[2], q.dtype
+        if dtype == torch.float16:  # fp16 scores overflow on Cohere (pitfall 8): attend in float32
+            q, k, v = q.float(), k.float(), v.float()
+        mask = None
+        if T > 1:  # a single query sees every key it is given (the cache hands over only visible ones)
+            kp = kpos if kpos is not None else torch.arange(S, device=q.device)
+            mask = kp[None, :] <= qpos[:, None]  # (T, S) causal
+            if self.window is not None:  # sliding: the token itself + window-1 before it
+                mask &= kp[None, :] > qpos[:, None] - self.window
+            mask = mask.repeat(g, 1)  # (g*T, S), rows ordered like the folded queries
+        qg = q.reshape(B, self.nkv, g * T, hd)  # (B, nkv, g*T, hd): heads j*g..j*g+g-1 share kv head j
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=1.0 / math.sqrt(hd))
+        return out.reshape(B, self.nh, T, hd).to(dtype)
+
+
+# ---- MLP, block, model ----------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, pos, cache_layer=None):
+        # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
+        h = self.input_layernorm(x)
+        return x + self.self_attn(h, pos, cache_layer) + self.mlp(h)
+
+
+class Decoder(nn.Module):
+    """`model.*` in the checkpoint."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # no sqrt(H) scaling, unlike Gemma
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
+
+
+class CohereForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:  # checkpoints carry no lm_head.weight (pitfall 6)
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) at positions start_pos.. -> logits (B, T, V), or (B, 1, V) with last_only (prefill and
+        decode never need seq x vocab logits). Logits come back in float32, multiplied by logit_scale."""
+        T = tokens.shape[1]
+        pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
+        x = self.model.embed_tokens(tokens)  # (B, T, H)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, pos, cache.layers[i] if cache is not None else None)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, H)
+        x = self.model.norm(x)
+        # logit_scale is easy to drop: argmax survives, sampling and logprobs do not (pitfall 4).
+        return self.lm_head(x).float() * self.config.logit_scale

@@ -1,0 +1,38 @@
+"""Everything a command needs to run a local model: the checkpoint (resolved through the store), loaded in its
+compute dtype, and its tokenizer. One place, so generate, chat and bench load models the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohere_cli.checkpoint import Loaded, load_model
+from cohere_cli.console import info
+from cohere_cli.store import resolve_model
+from cohere_cli.tokenizer import Tokenizer
+
+
+@dataclass
+class Runtime:
+    name: str
+    folder: Path
+    loaded: Loaded
+    tokenizer: Tokenizer
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def context(self) -> int:
+        return self.loaded.config.max_position_embeddings
+
+
+def load_runtime(spec: str, dtype: str = "auto", device: str = "cpu", quiet: bool = False) -> Runtime:
+    folder = resolve_model(spec)
+    tokenizer = Tokenizer.from_dir(folder)  # first: a missing tokenizer fails before seconds of weight loading
+    loaded = load_model(folder, dtype=dtype, device=device)
+    if not quiet:
+        dt = str(loaded.dtype).removeprefix("torch.")
+        info(f"{spec}: {loaded.config.model_type}, {dt} ({loaded.dtype_reason}), loaded in {loaded.load_seconds:.2f}s")
+    return Runtime(spec, folder, loaded, tokenizer)

@@ -1,0 +1,60 @@
+"""Next-token selection: repetition penalty, then temperature, top-k, top-p, min-p (transformers' order)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    seed: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Sampler:
+    """Stateful only in its random generator, so a seeded run is reproducible token for token.
+    `n_valid` masks embedding rows past the tokenizer's vocabulary: the real models have 256000 rows for
+    255029 tokens, and a padding row must never be emitted (it would decode to nothing)."""
+
+    def __init__(self, params: SamplingParams, n_valid: int | None = None):
+        self.p = params
+        self.n_valid = n_valid
+        self.gen = torch.Generator()
+        self.gen.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> int:
+        """logits (V,) float32; history: ids seen so far (prompt + generated), for the repetition penalty."""
+        p = self.p
+        logits = logits.float()
+        if self.n_valid is not None and self.n_valid < logits.shape[-1]:
+            logits = logits.clone()
+            logits[self.n_valid :] = float("-inf")
+        if p.repetition_penalty != 1.0 and history is not None and history.numel():
+            logits = logits.clone()
+            prev = logits[history]
+            # CTRL-style, as transformers: shrink positive logits, grow negative ones
+            logits[history] = torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
+        if p.temperature <= 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k > 0 and p.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, idx = torch.sort(logits, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set whose mass reaches top_p
+            logits = logits.scatter(0, idx[drop], float("-inf"))
+        probs = logits.softmax(-1)
+        if p.min_p > 0.0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        return int(torch.multinomial(probs, 1, generator=self.gen))

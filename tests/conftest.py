@@ -1,0 +1,16 @@
+import os
+import sys
+from pathlib import Path
+
+# Factories (factory_checkpoint, factory_tokenizer) are imported by name from this folder.
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests must never touch the user's store or reach the real Hub.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A throwaway store for the whole run (subprocesses inherit it); tests that need their own set it themselves.
+if "COHERE_CLI_HOME" not in os.environ or not os.environ.get("COHERE_CLI_TEST_KEEP_HOME"):
+    import tempfile
+
+    os.environ["COHERE_CLI_HOME"] = tempfile.mkdtemp(prefix="cohere-cli-test-home-")

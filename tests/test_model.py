@@ -1,0 +1,150 @@
+"""The model core against transformers' CohereForCausalLM / Cohere2ForCausalLM on small random checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cohere_cli.checkpoint import load_model
+from cohere_cli.errors import CheckpointError
+from cohere_cli.generate import prefill
+from cohere_cli.model import KVCache, ModelConfig
+from factory_checkpoint import make_checkpoint, reference_model
+
+VOCAB = 384
+# Every architectural variant the family ships, and both ways configs are spelled.
+CASES = {
+    "cohere-gqa": dict(model_type="cohere"),
+    "cohere-qknorm": dict(model_type="cohere", qk_norm=True, heads=8, kv_heads=2, hidden=128),
+    "cohere-mha": dict(model_type="cohere", kv_heads=None),
+    "cohere-released-fp16": dict(model_type="cohere", dtype="float16", spelling="released"),
+    "cohere-bf16-sharded": dict(model_type="cohere", dtype="bfloat16", max_shard_size="150KB"),
+    "cohere2-window": dict(model_type="cohere2", sliding_window=12, layers=4),
+    "cohere2-released-bf16": dict(model_type="cohere2", sliding_window=12, layers=8, spelling="released",
+                                  dtype="bfloat16"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def ckpt(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    make_checkpoint(d, tokenizer=False, vocab=VOCAB, **CASES[request.param])
+    return d
+
+
+def test_logits_match_transformers(ckpt):
+    ref = reference_model(ckpt)
+    ours = load_model(ckpt, dtype="float32").model
+    ids = torch.randint(0, VOCAB, (1, 50), generator=torch.Generator().manual_seed(1))  # > sliding window
+    with torch.no_grad():
+        r = ref(ids).logits
+        o = ours(ids)
+    assert o.shape == r.shape
+    assert (o[:, -1] - r[:, -1]).abs().max().item() < 1e-4
+    assert (o - r).abs().max().item() < 1e-4
+
+
+def test_cached_decode_and_chunked_prefill_equal_full_forward(ckpt):
+    model = load_model(ckpt, dtype="float32").model
+    ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids[None])[0]  # (T, V)
+        # prefill 17 tokens in chunks of 5, then decode the remaining ones one at a time
+        cache = KVCache(model.config, 40, torch.float32)
+        last = prefill(model, ids[:17], cache, 0, chunk=5)
+        assert (last - full[16]).abs().max().item() < 1e-4
+        for t in range(17, 40):
+            step = model(ids[t : t + 1][None], t, cache, last_only=True)[0, -1]
+            assert (step - full[t]).abs().max().item() < 1e-4, f"position {t}"
+        one_shot = prefill(model, ids, KVCache(model.config, 40, torch.float32), 0, chunk=1000)
+        chunked = prefill(model, ids, KVCache(model.config, 40, torch.float32), 0, chunk=7)
+        assert (one_shot - chunked).abs().max().item() < 1e-4
+
+
+def test_sliding_window_ring_buffer_is_bounded():
+    cfg = ModelConfig.from_hf({
+        "model_type": "cohere2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 8, "intermediate_size": 128, "vocab_size": 100, "sliding_window": 16,
+    })
+    assert [cfg.is_sliding(i) for i in range(8)] == [True, True, True, False] * 2
+    cache = KVCache(cfg, 1000, torch.float32)
+    lengths = [k.shape[2] for k, _, _ in cache.layers]
+    assert lengths == [16, 16, 16, 1000] * 2
+
+
+def test_both_config_spellings_parse_the_same():
+    current = {
+        "model_type": "cohere2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 4, "intermediate_size": 128, "vocab_size": 100, "sliding_window": 16,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 50000.0}, "dtype": "bfloat16", "head_dim": 16,
+        "layer_types": ["sliding_attention"] * 3 + ["full_attention"], "tie_word_embeddings": True,
+        "logit_scale": 0.25,
+    }
+    released = {k: v for k, v in current.items() if k not in ("rope_parameters", "dtype", "layer_types",
+                                                                 "tie_word_embeddings", "head_dim")}
+    released.update(rope_theta=50000, torch_dtype="bfloat16", sliding_window_pattern=4)
+    assert ModelConfig.from_hf(current) == ModelConfig.from_hf(released)
+
+
+def test_embedding_larger_than_tokenizer_loads(tmp_path):
+    make_checkpoint(tmp_path, tokenizer=False, vocab=300, extra_rows=37)
+    loaded = load_model(tmp_path, dtype="float32")
+    assert loaded.model.model.embed_tokens.weight.shape[0] == 337
+
+
+def test_loads_into_requested_dtype(tmp_path):
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="float16")
+    m = load_model(tmp_path, dtype="bfloat16").model
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    assert m.lm_head.weight is m.model.embed_tokens.weight  # tied, not copied
+
+
+# ---- bad checkpoints ------------------------------------------------------------------------------------------------
+def test_missing_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_unknown_model_type(tmp_path):
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB)
+    c = json.loads((tmp_path / "config.json").read_text())
+    c["model_type"] = "llama"
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match="'llama' is not a Cohere architecture"):
+        load_model(tmp_path)
+
+
+def test_corrupt_safetensors(tmp_path):
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated download
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path)
+
+
+def test_missing_and_unexpected_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(f)
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="lacks tensor 'model.layers.1.mlp.up_proj.weight'"):
+        load_model(tmp_path)
+    sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(160, 64)
+    sd["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="unexpected tensor 'model.layers.1.mlp.extra.weight'"):
+        load_model(tmp_path)
+
+
+def test_shape_mismatch(tmp_path):
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB)
+    c = json.loads((tmp_path / "config.json").read_text())
+    c["intermediate_size"] = 200
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match="config.json implies"):
+        load_model(tmp_path)
