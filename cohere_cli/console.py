@@ -17,11 +17,11 @@ def out_write(text: str) -> None:
 
 
 def info(msg: str) -> None:
-    err.print(f"[dim]{msg}[/dim]")
+    err.print(f"[dim]{msg}[/dim]", soft_wrap=True)
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {msg}")
+    err.print(f"[yellow]warning:[/yellow] {msg}", soft_wrap=True)
 
 
 def error(msg: str) -> None:

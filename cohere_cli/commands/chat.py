@@ -46,6 +46,9 @@ def run_chat_once(model: str, prompt: str, params: SamplingParams, *, system: st
                   template: str | None, max_tokens: int, dtype: str, json_out: bool) -> None:
     msgs = build_messages(prompt, system, read_history(history) if history else [])
     rt = load_runtime(model, dtype)
-    text = rt.tokenizer.apply_chat_template(msgs, template=template, add_generation_prompt=True)
+    # A named template asked for without its inputs renders with an empty list (no tools, no documents) rather
+    # than failing inside the template.
+    extra = {"tools": []} if template == "tool_use" else {"documents": []} if template == "rag" else {}
+    text = rt.tokenizer.apply_chat_template(msgs, template=template, add_generation_prompt=True, **extra)
     ids = rt.tokenizer.encode(text, add_bos=False)  # the template already wrote BOS (pitfall 10)
     run_and_print(rt, ids, params, max_tokens, json_out)
