@@ -30,6 +30,7 @@ class Response:
     ttft_s: float  # time to first token, prefill included
     peak_memory_bytes: int
     finish_reason: str | None = None  # None while running, then "stop" or "length"
+    prefilled_tokens: int = 0  # prompt tokens actually run through the model (the rest came from the cache)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -49,6 +50,34 @@ def prefill(model: CohereForCausalLM, ids: torch.Tensor, cache: KVCache, start: 
     return logits[0, -1]
 
 
+class Session:
+    """A KV cache and the token ids it holds, kept across calls. A new prompt that starts with (part of) what the
+    cache holds only prefills the new tail: turn N of a chat costs its new tokens, not the whole history."""
+
+    def __init__(self, model: CohereForCausalLM, max_seq: int | None = None, slack: int = 512):
+        p = model.model.embed_tokens.weight
+        self.model = model
+        self.max_seq = max_seq or model.config.max_position_embeddings
+        self.cache = KVCache(model.config, self.max_seq, p.dtype, p.device, slack=slack)
+        self.ids: list[int] = []  # ids whose keys/values are in the cache, in position order
+
+    def reuse(self, prompt_ids: Sequence[int]) -> int:
+        """Rewind to the longest common prefix with prompt_ids; return how many prompt tokens are reused.
+        At least one prompt token is always prefilled (its logits give the first new token)."""
+        n = 0
+        for a, b in zip(self.ids, prompt_ids[: len(prompt_ids) - 1]):
+            if a != b:
+                break
+            n += 1
+        if not self.cache.can_rewind(n, len(self.ids)):
+            n = 0  # a sliding-window ring no longer holds what the rewound position needs: start over
+        del self.ids[n:]
+        return n
+
+    def reset(self) -> None:
+        self.ids.clear()
+
+
 @torch.inference_mode()
 def stream_generate(
     model: CohereForCausalLM,
@@ -59,12 +88,13 @@ def stream_generate(
     *,
     stop_ids: set[int] | None = None,
     context: int | None = None,
+    session: Session | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
 ) -> Iterator[Response]:
-    """Generate up to `max_tokens` after `prompt_ids`, stopping early at any of `stop_ids`."""
+    """Generate up to `max_tokens` after `prompt_ids`, stopping early at any of `stop_ids`. With a `session`,
+    the cache is reused for the longest common prefix and left holding prompt + answer for the next call."""
     device = model.model.embed_tokens.weight.device
-    dtype = model.model.embed_tokens.weight.dtype
-    context = context or model.config.max_position_embeddings
+    context = min(context or model.config.max_position_embeddings, session.max_seq if session else 1 << 62)
     n_prompt = len(prompt_ids)
     if n_prompt == 0:
         raise ContextOverflow("the prompt is empty: give some text")
@@ -76,14 +106,20 @@ def stream_generate(
     stop_ids = stop_ids if stop_ids is not None else tokenizer.stop_ids
     sampler = Sampler(params, n_valid=getattr(tokenizer, "vocab_size", None))
     detok = tokenizer.stream_decoder()
+    session = session or Session(model, n_prompt + max_tokens)
+    reused = session.reuse(prompt_ids)
 
-    cache = KVCache(model.config, n_prompt + max_tokens, dtype, device)
     history = torch.tensor(list(prompt_ids) + [0] * max_tokens, dtype=torch.long, device=device)
     t0 = time.perf_counter()
-    logits = prefill(model, history[:n_prompt], cache, 0, prefill_chunk)
+    logits = prefill(model, history[reused:n_prompt], session.cache, reused, prefill_chunk)
+    session.ids.extend(prompt_ids[reused:])
     token = sampler(logits, history[:n_prompt])
     t_first = time.perf_counter()
-    prefill_tps = n_prompt / max(t_first - t0, 1e-9)
+    prefill_tps = (n_prompt - reused) / max(t_first - t0, 1e-9)
+
+    def response(text, tok, n, decode_tps, finish=None):
+        return Response(text, tok, n_prompt, n, prefill_tps, decode_tps, t_first - t0, peak_memory_bytes(device),
+                        finish, n_prompt - reused)
 
     n, step_in = 0, torch.empty(1, 1, dtype=torch.long, device=device)
     finish = None
@@ -94,15 +130,14 @@ def stream_generate(
             finish = "stop"
             break
         history[n_prompt + n - 1] = token
-        yield Response(detok.step(token), token, n_prompt, n, prefill_tps, decode_tps, t_first - t0,
-                       peak_memory_bytes(device))
+        yield response(detok.step(token), token, n, decode_tps)
         if n >= max_tokens:
             finish = "length"
             break
         step_in[0, 0] = token
-        logits = model(step_in, n_prompt + n - 1, cache, last_only=True)[0, -1]
+        logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
+        session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
         token = sampler(logits, history[: n_prompt + n])
     generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer
     elapsed = time.perf_counter() - t_first  # n-1 decode steps ran after the prefill produced token 1
-    yield Response(detok.flush(), None, n_prompt, generated, prefill_tps,
-                   (n - 1) / elapsed if n > 1 else 0.0, t_first - t0, peak_memory_bytes(device), finish)
+    yield response(detok.flush(), None, generated, (n - 1) / elapsed if n > 1 else 0.0, finish)

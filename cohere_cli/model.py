@@ -87,17 +87,32 @@ class ModelConfig:
 # ---- KV cache -------------------------------------------------------------------------------------------------------
 class KVCache:
     """Preallocated keys/values per layer, written in place (no per-token allocation).
-    Full-attention layers keep `max_seq` positions. Sliding layers of Cohere2 keep only the last `window` positions
-    in a ring buffer (slot = position % window): a 128K-token R7B context then costs 4096 positions on 3 of every
-    4 layers. Keys are stored after RoPE, so slot order never matters to attention."""
+    Full-attention layers keep `max_seq` positions. Sliding layers of Cohere2 keep a ring buffer of
+    `window + slack` slots (slot = position % size) with the position each slot holds: a 128K-token R7B context
+    then costs ~4.6K positions on 3 of every 4 layers. The slack lets a chat rewind up to `slack` tokens (to the
+    longest common prefix with the next prompt) without losing keys still inside the window.
+    Keys are stored after RoPE, so slot order never matters to attention: masks are built from positions."""
 
-    def __init__(self, cfg: ModelConfig, max_seq: int, dtype: torch.dtype, device="cpu", batch: int = 1):
+    EMPTY = -(2**40)  # position of a never-written slot: outside every window
+
+    def __init__(self, cfg: ModelConfig, max_seq: int, dtype: torch.dtype, device="cpu", batch: int = 1,
+                 slack: int = 512):
         self.max_seq, self.layers = max_seq, []
+        self.ring_size = min(max_seq, (cfg.sliding_window or max_seq) + slack)
         for i in range(cfg.n_layers):
-            ring = cfg.is_sliding(i) and cfg.sliding_window < max_seq
-            n = cfg.sliding_window if ring else max_seq
+            ring = cfg.is_sliding(i) and self.ring_size < max_seq
+            n = self.ring_size if ring else max_seq
             k = torch.zeros(batch, cfg.n_kv_heads, n, cfg.head_dim, dtype=dtype, device=device)  # (B, nkv, n, hd)
-            self.layers.append((k, torch.zeros_like(k), ring))
+            slot_pos = torch.full((n,), self.EMPTY, dtype=torch.long, device=device) if ring else None
+            self.layers.append((k, torch.zeros_like(k), slot_pos))
+        self.window = cfg.sliding_window
+
+    def can_rewind(self, to: int, filled: int) -> bool:
+        """Can generation restart at position `to` after positions 0..filled-1 were written? Full layers always
+        can; a ring still holds positions filled-size..filled-1 and must hold to-window+1..to-1."""
+        if not any(sp is not None for _, _, sp in self.layers):
+            return True
+        return max(0, to - self.window + 1) >= max(0, filled - self.ring_size)
 
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k, _, _ in self.layers)
@@ -177,25 +192,28 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, H)
 
     def _update_cache(self, k, v, pos, cache_layer):
-        """Write this call's keys/values into the cache; return what to attend to and the keys' positions."""
-        kc, vc, ring = cache_layer
+        """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
+        beyond plain causality, the keys' positions."""
+        kc, vc, slot_pos = cache_layer
         start, T = int(pos[0]), k.shape[2]
-        if not ring:
+        if slot_pos is None:  # plain cache: positions 0..start+T-1 in order
             kc[:, :, start : start + T] = k
             vc[:, :, start : start + T] = v
-            return kc[:, :, : start + T], vc[:, :, : start + T], None  # positions 0..start+T-1 in order
-        W = kc.shape[2]
-        if T == 1:  # decode: every filled slot is inside the window once the new key is written
-            kc[:, :, start % W], vc[:, :, start % W] = k[:, :, 0], v[:, :, 0]
-            n = min(start + 1, W)
-            return kc[:, :, :n], vc[:, :, :n], None
-        # chunked prefill: the previous W-1 positions from the ring (read before we overwrite them) + this chunk
-        prev = torch.arange(max(0, start - W + 1), start, device=k.device)
-        keys = torch.cat((kc.index_select(2, prev % W), k), dim=2)  # (B, nkv, P+T, hd)
-        values = torch.cat((vc.index_select(2, prev % W), v), dim=2)
-        last = pos[-min(T, W) :]  # only the last W positions of the chunk survive in the ring
-        kc[:, :, last % W], vc[:, :, last % W] = k[:, :, -len(last) :], v[:, :, -len(last) :]
-        return keys, values, torch.cat((prev, pos))
+            kpos = torch.arange(start + T, device=k.device) if self.window is not None else None
+            return kc[:, :, : start + T], vc[:, :, : start + T], kpos
+        R = kc.shape[2]
+        if T == 1:  # decode: write the new key, attend over the ring (the mask keeps the window)
+            kc[:, :, start % R], vc[:, :, start % R] = k[:, :, 0], v[:, :, 0]
+            slot_pos[start % R] = start
+            return kc, vc, slot_pos
+        # chunked prefill: the ring as it was (read before we overwrite it) + this chunk. Slots holding positions
+        # >= start are left over from a rewound branch and must not be seen.
+        old = torch.where(slot_pos < start, slot_pos, KVCache.EMPTY)
+        keys, values = torch.cat((kc, k), dim=2), torch.cat((vc, v), dim=2)  # (B, nkv, R+T, hd)
+        last = pos[-min(T, R) :]  # only the last R positions of the chunk survive in the ring
+        kc[:, :, last % R], vc[:, :, last % R] = k[:, :, -len(last) :], v[:, :, -len(last) :]
+        slot_pos[last % R] = last
+        return keys, values, torch.cat((old, pos))
 
     def _sdpa(self, q, k, v, qpos, kpos):
         """Grouped-query attention without copying K/V per query head: the nh/nkv query heads sharing one kv head
@@ -205,7 +223,7 @@ class Attention(nn.Module):
         if dtype == torch.float16:  # fp16 scores overflow on Cohere (pitfall 8): attend in float32
             q, k, v = q.float(), k.float(), v.float()
         mask = None
-        if T > 1:  # a single query sees every key it is given (the cache hands over only visible ones)
+        if T > 1 or kpos is not None:  # one query on a full layer sees every key the cache hands over
             kp = kpos if kpos is not None else torch.arange(S, device=q.device)
             mask = kp[None, :] <= qpos[:, None]  # (T, S) causal
             if self.window is not None:  # sliding: the token itself + window-1 before it

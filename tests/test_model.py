@@ -52,15 +52,34 @@ def test_cached_decode_and_chunked_prefill_equal_full_forward(ckpt):
     with torch.no_grad():
         full = model(ids[None])[0]  # (T, V)
         # prefill 17 tokens in chunks of 5, then decode the remaining ones one at a time
-        cache = KVCache(model.config, 40, torch.float32)
+        # (slack=2: the sliding layers' ring buffer is smaller than the sequence, so it wraps around)
+        cache = KVCache(model.config, 40, torch.float32, slack=2)
         last = prefill(model, ids[:17], cache, 0, chunk=5)
         assert (last - full[16]).abs().max().item() < 1e-4
         for t in range(17, 40):
             step = model(ids[t : t + 1][None], t, cache, last_only=True)[0, -1]
             assert (step - full[t]).abs().max().item() < 1e-4, f"position {t}"
         one_shot = prefill(model, ids, KVCache(model.config, 40, torch.float32), 0, chunk=1000)
-        chunked = prefill(model, ids, KVCache(model.config, 40, torch.float32), 0, chunk=7)
+        chunked = prefill(model, ids, KVCache(model.config, 40, torch.float32, slack=1), 0, chunk=7)
         assert (one_shot - chunked).abs().max().item() < 1e-4
+
+
+def test_rewound_cache_equals_fresh_prefill(ckpt):
+    """A chat rewinds the cache to the longest common prefix and continues on a different branch: the stale
+    branch's keys (still in the ring or past the new end) must never be attended to."""
+    model = load_model(ckpt, dtype="float32").model
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randint(0, VOCAB, (36,), generator=g), torch.randint(0, VOCAB, (10,), generator=g)
+    with torch.no_grad():
+        cache = KVCache(model.config, 64, torch.float32, slack=6)
+        prefill(model, a, cache, 0, chunk=8)
+        assert cache.can_rewind(31, 36)
+        branch = torch.cat((a[:31], b))  # keep 31 tokens, continue with others
+        got = prefill(model, b[:6], cache, 31, chunk=4)
+        for t in range(37, 41):  # then decode on the new branch
+            got = model(branch[t : t + 1][None], t, cache, last_only=True)[0, -1]
+        want = model(branch[None, :41])[0, -1]
+        assert (got - want).abs().max().item() < 1e-4
 
 
 def test_sliding_window_ring_buffer_is_bounded():
@@ -69,9 +88,10 @@ def test_sliding_window_ring_buffer_is_bounded():
         "num_hidden_layers": 8, "intermediate_size": 128, "vocab_size": 100, "sliding_window": 16,
     })
     assert [cfg.is_sliding(i) for i in range(8)] == [True, True, True, False] * 2
-    cache = KVCache(cfg, 1000, torch.float32)
+    cache = KVCache(cfg, 1000, torch.float32, slack=4)
     lengths = [k.shape[2] for k, _, _ in cache.layers]
-    assert lengths == [16, 16, 16, 1000] * 2
+    assert lengths == [20, 20, 20, 1000] * 2
+    assert cache.can_rewind(996, 1000) and not cache.can_rewind(990, 1000)
 
 
 def test_both_config_spellings_parse_the_same():

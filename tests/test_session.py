@@ -1,0 +1,64 @@
+"""KV-cache reuse across calls (what a chat does every turn): same tokens as a fresh run, fewer tokens prefilled."""
+
+from __future__ import annotations
+
+import pytest
+
+from cohere_cli.checkpoint import load_model
+from cohere_cli.generate import Session, stream_generate
+from cohere_cli.sampling import SamplingParams
+from cohere_cli.tokenizer import Tokenizer
+from factory_checkpoint import make_checkpoint
+
+
+@pytest.fixture(scope="module", params=["cohere", "cohere2"])
+def rt(request, tmp_path_factory):
+    kw = dict(model_type="cohere2", sliding_window=16, templates="cmd3") if request.param == "cohere2" else {}
+    d = make_checkpoint(tmp_path_factory.mktemp(request.param), max_position_embeddings=1024, **kw)
+    return load_model(d, dtype="float32").model, Tokenizer.from_dir(d)
+
+
+def run(model, tok, ids, session=None, n=12):
+    out = list(stream_generate(model, tok, ids, SamplingParams(), n, stop_ids=set(), session=session))
+    return [r.token for r in out if r.token is not None], out[-1]
+
+
+def test_second_turn_prefills_only_the_new_tail(rt):
+    model, tok = rt
+    session = Session(model, slack=8)  # slack 8: the cohere2 ring (16 + 8 slots) wraps within this test
+    a = tok.encode("The quick brown fox jumps over the lazy dog " * 3)
+    first, r1 = run(model, tok, a, session)
+    assert r1.prefilled_tokens == len(a)
+    b = a + first + tok.encode(" and then", add_bos=False)
+    second, r2 = run(model, tok, b, session)
+    # everything fed to the model before (prompt + answer minus its last token) is reused
+    assert r2.prefilled_tokens == len(b) - (len(a) + len(first) - 1)
+    fresh, _ = run(model, tok, b)
+    assert second == fresh
+
+
+def test_rewind_to_common_prefix(rt):
+    model, tok = rt
+    session = Session(model, slack=16)  # the ring (16 + 16 slots) wraps, and still holds the rewound window
+    a = tok.encode("Once upon a time in a land far away there lived a king who had three daughters and a cat")
+    run(model, tok, a, session)
+    b = a[:-3] + tok.encode(" a dragon", add_bos=False)  # /edit-like: same start, different ending
+    assert len(a) + 12 > 32, "the ring must have wrapped for this test to mean anything"
+    common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert common < len(a) - 1
+    got, r = run(model, tok, b, session)
+    assert r.prefilled_tokens == len(b) - common
+    fresh, _ = run(model, tok, b)
+    assert got == fresh
+
+
+def test_rewind_beyond_ring_slack_starts_over(rt):
+    model, tok = rt
+    session = Session(model, slack=2)
+    a = tok.encode("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho")
+    run(model, tok, a, session, n=20)
+    b = a[:10] + tok.encode(" sigma tau", add_bos=False)
+    got, r = run(model, tok, b, session)
+    has_ring = model.config.model_type == "cohere2"
+    assert r.prefilled_tokens == (len(b) if has_ring else len(b) - 10)
+    assert got == run(model, tok, b)[0]
