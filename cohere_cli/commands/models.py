@@ -1,0 +1,252 @@
+"""`cohere models` (list), `cohere models rm`, `cohere models info`, `cohere models verify`: what the store holds.
+Tables and reports go to stdout (they are the command's output); notes, prompts and progress to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+
+from cohere_cli import sizes, store
+from cohere_cli.console import err, info, warn
+from cohere_cli.errors import ModelNotFound, StoreError, UsageError
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _revision(e: store.Entry) -> str:
+    if e.manifest.get("parent"):
+        return f"from {e.manifest['parent']}"
+    commit = e.commit
+    return commit[:12] if commit else "-"
+
+
+def _entry_json(e: store.Entry) -> dict:
+    m = e.manifest
+    return {
+        "name": e.name, "path": str(e.path), "architecture": m.get("architecture"), "model_type": m.get("model_type"),
+        "parameters": m.get("parameters"), "precision": m.get("precision"), "storage_dtype": m.get("storage_dtype"),
+        "size_bytes": e.size_on_disk(), "source": m.get("source"), "parent": m.get("parent"),
+        "created_at": m.get("created_at"),
+    }
+
+
+def run_list(json_out: bool = False) -> None:
+    entries = store.list_entries()
+    partials = store.list_partials()
+    if json_out:
+        print(json.dumps({
+            "store": str(store.store_root()),
+            "models": [_entry_json(e) for e in entries],
+            "incomplete": [{"name": p.name, "path": str(p.path), "bytes": p.bytes_on_disk} for p in partials],
+        }, indent=2))
+    elif entries:
+        from rich.table import Table
+
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col, kw in (("NAME", {}), ("ARCHITECTURE", {}), ("PARAMS", {"justify": "right"}), ("PRECISION", {}),
+                        ("SIZE", {"justify": "right"}), ("REVISION", {})):
+            t.add_column(col, **kw)
+        for e in entries:
+            m = e.manifest
+            t.add_row(escape(e.name), escape(str(m.get("architecture") or m.get("model_type") or "?")),
+                      sizes.human_params(m.get("parameters")), escape(str(m.get("precision") or "?")),
+                      sizes.human_bytes(e.size_on_disk()), escape(_revision(e)))
+        _stdout_console().print(t)
+    else:
+        info(f"the store ({store.store_root()}) is empty: `cohere download CohereForAI/c4ai-command-r7b-12-2024` "
+             "fetches a model")
+    if not json_out:
+        for p in partials:
+            warn(f"incomplete download {p.name} ({sizes.human_bytes(p.bytes_on_disk)} kept): "
+                 f"`cohere download {p.info.get('repo_id') or p.name}` resumes it, "
+                 f"`cohere models rm {p.name}` discards it")
+
+
+# ---- rm ------------------------------------------------------------------------------------------------------------
+def run_rm(name: str, yes: bool = False) -> None:
+    """Remove a store entry (never an arbitrary folder), or the kept parts of an incomplete download."""
+    entry = store.find_entry(name)
+    partial = next((p for p in store.list_partials() if name.strip("/").lower() in
+                    (p.name.lower(), p.path.name.lower())), None)
+    if entry is None and partial is None:
+        raise ModelNotFound(f"no store entry or incomplete download named '{name}': `cohere models` lists them")
+    if entry is not None:
+        what, size = entry.name, entry.size_on_disk()
+    else:
+        what, size = f"the incomplete download of {partial.name}", partial.bytes_on_disk  # type: ignore[union-attr]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not removing {what} without confirmation: pass --yes")
+        import typer
+
+        if not typer.confirm(f"remove {what} ({sizes.human_bytes(size)}) from the store?", default=False, err=True):
+            info("nothing removed")
+            raise typer.Exit(1)
+    if entry is not None:
+        store.remove_entry(entry.name)
+    else:
+        import shutil
+
+        shutil.rmtree(partial.path, ignore_errors=True)  # type: ignore[union-attr]
+    err.print(f"removed {escape(what)} ({sizes.human_bytes(size)} freed)", highlight=False)
+
+
+# ---- info ----------------------------------------------------------------------------------------------------------
+def _locate(model: str) -> tuple[Path, dict | None, str]:
+    """MODEL -> (folder, manifest or None, display name)."""
+    entry = store.find_entry(model) if not Path(model).expanduser().is_dir() else None
+    if entry is not None:
+        return entry.path, entry.manifest, entry.name
+    folder = store.resolve_model(model)
+    return folder, store.read_manifest(folder), str(folder)
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{folder} has no config.json: it is not a checkpoint folder") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{folder / 'config.json'} is unreadable ({e}): re-download the checkpoint") from None
+    if not isinstance(cfg, dict):
+        raise StoreError(f"{folder / 'config.json'} is not a JSON object: re-download the checkpoint")
+    return cfg
+
+
+def config_summary(cfg: dict) -> dict:
+    """The architecture-relevant fields of a Cohere/Cohere2 config.json, in one spelling."""
+    d = sizes.Dims.from_config(cfg)
+    c = cfg.get("text_config") if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict) else cfg
+    rope = c.get("rope_parameters") or {}
+    return {
+        "model_type": d.model_type,
+        "architectures": c.get("architectures") or cfg.get("architectures"),
+        "hidden_size": d.hidden, "intermediate_size": d.intermediate, "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads, "head_dim": d.head_dim,
+        "vocab_size": d.vocab, "max_position_embeddings": d.max_position_embeddings,
+        "sliding_window": d.sliding_window, "sliding_layers": sum(d.sliding),
+        "rope_theta": c.get("rope_theta", rope.get("rope_theta")), "logit_scale": c.get("logit_scale"),
+        "use_qk_norm": d.qk_norm, "tie_word_embeddings": d.tied,
+        "dtype": c.get("torch_dtype") or c.get("dtype"),
+    }
+
+
+def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
+    folder, manifest, name = _locate(model)
+    cfg = _read_config(folder)
+    try:
+        summary = config_summary(cfg)
+        d = sizes.Dims.from_config(cfg)
+    except ValueError as e:
+        raise StoreError(f"{folder / 'config.json'}: {e}") from None
+    params = (manifest or {}).get("parameters")
+    stored = None
+    try:
+        stats = sizes.tensor_stats(sizes.checkpoint_files(folder))
+        params = params or stats.parameters or None
+        stored = sum(stats.bytes_by_dtype.values())
+        storage_dtype = stats.storage_dtype
+    except (OSError, ValueError):
+        storage_dtype = None
+    precision = (manifest or {}).get("precision") or sizes.precision_of(cfg, storage_dtype)
+    kv = sizes.kv_cache_bytes(d, seq)
+    memory = {
+        "weights_bytes": {p: sizes.weights_bytes(d, p) for p in ("bf16", "int8", "nf4")},
+        "weights_as_stored_bytes": stored,
+        "kv_cache": {"seq": seq, "bytes": kv, "bytes_per_token": sizes.kv_cache_bytes(d, 1), "dtype": "bf16"},
+    }
+    if json_out:
+        print(json.dumps({"name": name, "path": str(folder), "manifest": manifest, "config": summary,
+                          "parameters": params, "precision": precision, "memory": memory}, indent=2))
+        return
+    out = []
+    out.append(f"{name}")
+    out.append(f"  path          {folder}")
+    if manifest:
+        src = manifest.get("source") or {}
+        if src.get("repo_id"):
+            out.append(f"  source        {src.get('repo_id')} @ {src.get('revision')} (commit {src.get('commit')})")
+        if manifest.get("parent"):
+            out.append(f"  derived from  {manifest['parent']}")
+        out.append(f"  created       {manifest.get('created_at')}")
+        nfiles = len(manifest.get("files") or {})
+        out.append(f"  files         {nfiles}, {sizes.human_bytes(sum(f.get('size', 0) for f in manifest['files'].values()))}"
+                   if nfiles else "  files         (none listed)")
+    else:
+        out.append("  manifest      none (not a store entry)")
+    out.append(f"  architecture  {(summary['architectures'] or ['?'])[0]} ({summary['model_type']})")
+    out.append(f"  parameters    {sizes.human_params(params)} ({params if params else '?'})")
+    out.append(f"  precision     {precision or '?'} (stored as {storage_dtype or '?'})")
+    out.append("config")
+    out.append(f"  hidden {d.hidden}, intermediate {d.intermediate}, layers {d.layers}, heads {d.heads}, "
+               f"kv heads {d.kv_heads}, head_dim {d.head_dim}, vocab {d.vocab}")
+    window = (f"sliding window {d.sliding_window} on {sum(d.sliding)} of {d.layers} layers"
+              if d.sliding_window else "no sliding window")
+    out.append(f"  max_position_embeddings {d.max_position_embeddings}, {window}")
+    out.append(f"  rope_theta {summary['rope_theta']}, logit_scale {summary['logit_scale']}, "
+               f"qk_norm {d.qk_norm}, tied embeddings {d.tied}")
+    out.append("memory")
+    out.append("  weights       " + " | ".join(f"{p} {sizes.human_bytes(b)}" for p, b in memory["weights_bytes"].items())
+               + (f" (as stored: {sizes.human_bytes(stored)})" if stored else ""))
+    cap = f", sliding layers capped at {d.sliding_window} positions" if d.sliding_window else ""
+    out.append(f"  KV cache      {sizes.human_bytes(kv)} at {seq} tokens, bf16 "
+               f"({sizes.human_bytes(sizes.kv_cache_bytes(d, 1))} per token{cap})")
+    print("\n".join(out))
+
+
+# ---- verify --------------------------------------------------------------------------------------------------------
+def run_verify(model: str, json_out: bool = False) -> None:
+    folder, manifest, name = _locate(model)
+    if not manifest or not manifest.get("files"):
+        raise StoreError(f"{name} has no manifest.json with file checksums: only store entries can be verified")
+    files: dict[str, dict] = manifest["files"]
+    total = sum(int(f.get("size", 0)) for f in files.values())
+    problems: list[str] = []
+    bars = None
+    if err.is_terminal and not json_out:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        bars = Progress("verifying", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err,
+                        transient=True)
+        task = bars.add_task("verify", total=total)
+        bars.start()
+    try:
+        for rel, rec in files.items():
+            p = folder / rel
+            if not p.is_file():
+                problems.append(f"{rel} is missing")
+                continue
+            size = p.stat().st_size
+            if size != rec.get("size"):
+                problems.append(f"{rel} has {size} bytes, the manifest says {rec.get('size')}")
+                continue
+            digest = store.sha256_file(p, (lambda n: bars.update(task, advance=n)) if bars else None)
+            if digest != rec.get("sha256"):
+                problems.append(f"{rel} has sha256 {digest[:12]}..., the manifest says {str(rec.get('sha256'))[:12]}...")
+    finally:
+        if bars is not None:
+            bars.stop()
+    listed = set(files) | {store.MANIFEST}
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.relative_to(folder).as_posix() not in listed and not p.name.startswith("."))
+    if json_out:
+        print(json.dumps({"name": name, "path": str(folder), "files": len(files), "bytes": total,
+                          "ok": not problems, "problems": problems, "unlisted": extra}, indent=2))
+    for rel in extra:
+        warn(f"{rel} is in {name} but not in its manifest")
+    if problems:
+        src = manifest.get("source") or {}
+        fix = (f"`cohere models rm {name}` then `cohere download {src['repo_id']} --revision {src.get('commit')}`"
+               if src.get("repo_id") else f"remove it with `cohere models rm {name}` and rebuild it")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StoreError(f"{name} does not match its manifest: {problems[0]}{more}; to repair: {fix}")
+    if not json_out:
+        err.print(f"[green]ok[/green]: {escape(name)}: {len(files)} files, {sizes.human_bytes(total)} match the "
+                  "manifest", highlight=False)
