@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 # stderr console for humans; stdout stays clean for model text and --json.
 err = Console(stderr=True, highlight=False)
@@ -16,13 +17,14 @@ def out_write(text: str) -> None:
     sys.stdout.flush()
 
 
+# Messages are plain text: escape them, or a "[...]" in a message (a file name, a hint) vanishes as rich markup.
 def info(msg: str) -> None:
-    err.print(f"[dim]{msg}[/dim]", soft_wrap=True)
+    err.print(f"[dim]{escape(msg)}[/dim]", soft_wrap=True)
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {msg}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {msg}", soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)

@@ -1,54 +1,89 @@
-"""`cohere chat`: templated conversation turns."""
+"""`cohere chat`: the interactive REPL, or one templated turn with --prompt."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cohere_cli.chat_engine import ChatSettings, LocalChat, generation_defaults
 from cohere_cli.commands.stream import run_and_print
-from cohere_cli.errors import UsageError
+from cohere_cli.console import info
+from cohere_cli.conversation import Conversation, read_document, read_messages
 from cohere_cli.runtime import load_runtime
 from cohere_cli.sampling import SamplingParams
 
-ROLES = {"system", "user", "assistant", "tool"}
+DEFAULT_MAX_TOKENS = 1024
 
 
-def read_history(path: Path) -> list[dict]:
-    """A saved conversation: {"messages": [{"role": ..., "content": ...}, ...]}."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"history file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"history file {path} is not valid JSON ({e})") from None
-    msgs = data.get("messages") if isinstance(data, dict) else None
-    if not isinstance(msgs, list):
-        raise UsageError(f'history file {path} must hold {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
-    for i, m in enumerate(msgs):
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise UsageError(f"history file {path}: message {i} needs a role ({', '.join(sorted(ROLES))}) "
-                             f"and a string content")
-    return msgs
+@dataclass
+class ChatOptions:
+    model: str | None = None
+    prompt: str | None = None
+    system: str | None = None
+    history: Path | None = None
+    template: str | None = None
+    docs: list[Path] = field(default_factory=list)
+    citations: str = "accurate"
+    plain: bool = False
+    on_overflow: str = "drop"
+    ctx: int | None = None
+    max_tokens: int | None = None
+    dtype: str = "auto"
+    json_out: bool = False
+    sampling: dict = field(default_factory=dict)  # None = not given on the command line
 
 
-def build_messages(prompt: str, system: str | None, history: list[dict]) -> list[dict]:
-    msgs = [dict(m) for m in history]
-    if system is not None:  # --system replaces the saved preamble, or adds one
+def pick_model(spec: str | None) -> str:
+    """MODEL, else the model used last, else the built-in demo; says which when it chose."""
+    from cohere_cli.store import last_used
+
+    if spec:
+        return spec
+    chosen = last_used() or "demo"
+    info(f"no MODEL given: using {chosen} ({'the last one used' if chosen != 'demo' else 'the built-in demo'})")
+    return chosen
+
+
+def build_conversation(o: ChatOptions) -> Conversation:
+    conv = Conversation()
+    if o.history:
+        msgs, conv.documents = read_messages(o.history)
         if msgs and msgs[0]["role"] == "system":
-            msgs[0]["content"] = system
-        else:
-            msgs.insert(0, {"role": "system", "content": system})
-    msgs.append({"role": "user", "content": prompt})
-    return msgs
+            conv.system = msgs.pop(0)["content"]
+        conv.turns = msgs
+    if o.system is not None:  # --system replaces a saved preamble
+        conv.system = o.system
+    conv.documents += [read_document(p) for p in o.docs]
+    return conv
 
 
-def run_chat_once(model: str, prompt: str, params: SamplingParams, *, system: str | None, history: Path | None,
-                  template: str | None, max_tokens: int, dtype: str, json_out: bool) -> None:
-    msgs = build_messages(prompt, system, read_history(history) if history else [])
-    rt = load_runtime(model, dtype)
-    # A named template asked for without its inputs renders with an empty list (no tools, no documents) rather
-    # than failing inside the template.
-    extra = {"tools": []} if template == "tool_use" else {"documents": []} if template == "rag" else {}
-    text = rt.tokenizer.apply_chat_template(msgs, template=template, add_generation_prompt=True, **extra)
-    ids = rt.tokenizer.encode(text, add_bos=False)  # the template already wrote BOS (pitfall 10)
-    run_and_print(rt, ids, params, max_tokens, json_out)
+def settings_for(o: ChatOptions, folder: Path) -> ChatSettings:
+    defaults = generation_defaults(folder)
+    given = {k: v for k, v in o.sampling.items() if v is not None}
+    params = SamplingParams(**{k: v for k, v in {**defaults, **given}.items() if k != "max_tokens"})
+    max_tokens = o.max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
+    return ChatSettings(params=params, max_tokens=max_tokens, template=o.template, citations=o.citations,
+                        on_overflow=o.on_overflow)
+
+
+def run_chat(o: ChatOptions) -> None:
+    from cohere_cli.store import remember_last_used
+
+    conv = build_conversation(o)  # bad files fail before seconds of model loading
+    name = pick_model(o.model)
+    rt = load_runtime(name, o.dtype)
+    remember_last_used(name)
+    engine = LocalChat(rt, settings_for(o, rt.folder), ctx=o.ctx)
+    if conv.documents:
+        engine.check_grounding()
+    if o.prompt is not None:
+        conv.add_user(o.prompt)
+        ids, dropped = engine.fit(conv)
+        if dropped:
+            info(f"context full: dropped the {dropped} oldest exchanges of the history")
+        run_and_print(rt, ids, engine.settings.params, engine.settings.max_tokens, o.json_out)
+        return
+    from cohere_cli.repl import Repl
+    from cohere_cli.store import store_root
+
+    Repl(engine, conv, plain=o.plain, history_file=store_root() / "chat_history").run()
