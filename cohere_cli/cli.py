@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -47,7 +47,8 @@ MinP = Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tok
 RepPenalty = Annotated[float, typer.Option("--repetition-penalty", min=0.0, help="1 = off.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 Dtype = Annotated[
-    str, typer.Option("--dtype", help="Compute dtype: auto|float32|bfloat16|float16 (auto picks the fastest here).")
+    Literal["auto", "float32", "bfloat16", "float16"],
+    typer.Option("--dtype", help="Compute dtype (auto picks the fastest on this machine and says which)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of streaming text.")]
 
@@ -76,40 +77,215 @@ def generate(
 
 @app.command()
 def chat(
-    model: Annotated[Optional[str], typer.Argument(help="Checkpoint folder or store name.")] = None,
+    model: Annotated[
+        Optional[str], typer.Argument(help="Checkpoint folder or store name (default: the last one used, else demo).")
+    ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this one turn and exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System preamble.")] = None,
     history: Annotated[
         Optional[Path], typer.Option("--history", help='Saved conversation {"messages": [...]} to continue.')
     ] = None,
     template: Annotated[
-        Optional[str], typer.Option("--template", help="Named chat template to use (default, tool_use, rag).")
+        Optional[str], typer.Option("--template", help="Named chat template (default, tool_use, rag).")
     ] = None,
-    max_tokens: MaxTokens = 1024,
-    temperature: Temperature = 0.0,
-    top_k: TopK = 0,
-    top_p: TopP = 1.0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepPenalty = 1.0,
+    doc: Annotated[
+        Optional[list[Path]], typer.Option("--doc", help="Attach a document for grounded answers (repeatable).")
+    ] = None,
+    citations: Annotated[
+        Literal["accurate", "fast"], typer.Option("--citations", help="Grounded-answer mode (Command R rag template).")
+    ] = "accurate",
+    plain: Annotated[bool, typer.Option("--plain", help="Print raw text instead of rendered Markdown.")] = False,
+    on_overflow: Annotated[
+        Literal["drop", "error"],
+        typer.Option("--on-overflow", help="When the context is full: drop the oldest turns, or refuse."),
+    ] = "drop",
+    ctx: Annotated[
+        Optional[int], typer.Option("--ctx", min=16, help="Context to allocate (default: the model's, at most 8192).")
+    ] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Longest answer.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=0, help="0 = off.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="1 = off.")] = None,
+    min_p: Annotated[Optional[float], typer.Option("--min-p", min=0.0, max=1.0, help="0 = off.")] = None,
+    repetition_penalty: Annotated[
+        Optional[float], typer.Option("--repetition-penalty", min=0.0, help="1 = off.")
+    ] = None,
     seed: Seed = None,
     dtype: Dtype = "auto",
     json_out: Json = False,
 ) -> None:
-    """Chat with a model using its chat template."""
-    from cohere_cli.commands.chat import run_chat_once
-    from cohere_cli.sampling import SamplingParams
+    """Chat with a model using its own chat template: an interactive session, or one turn with --prompt.
 
-    if model is None:
-        raise typer.BadParameter("give MODEL (a checkpoint folder or store name)", param_hint="MODEL")
-    if prompt is None:
-        from cohere_cli.errors import UsageError
+    Sampling defaults come from the model's generation_config.json; the options here override them."""
+    from cohere_cli.commands.chat import ChatOptions, run_chat
 
-        raise UsageError("the interactive REPL is not built yet: pass --prompt TEXT for a one-shot turn")
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-    run_chat_once(
-        model, prompt, params, system=system, history=history, template=template,
-        max_tokens=max_tokens, dtype=dtype, json_out=json_out,
+    run_chat(ChatOptions(
+        model=model, prompt=prompt, system=system, history=history, template=template, docs=doc or [],
+        citations=citations, plain=plain, on_overflow=on_overflow, ctx=ctx, max_tokens=max_tokens, dtype=dtype,
+        json_out=json_out, sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                         repetition_penalty=repetition_penalty, seed=seed),
+    ))
+
+
+# ---- the checkpoint store: download, models (issue #4) -------------------------------------------------------------
+JsonReport = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+@app.command()
+def download(
+    repo_id: Annotated[str, typer.Argument(help="Hub repo, e.g. CohereForAI/c4ai-command-r7b-12-2024.")],
+    revision: Annotated[
+        Optional[str], typer.Option("--revision", "-r", help="Branch, tag or commit (default: main).")
+    ] = None,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option("--include", help="Fetch files matching GLOB (repeatable; replaces the default set)."),
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", help="Skip files matching GLOB (repeatable).")
+    ] = None,
+    token: Annotated[
+        Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN, else `hf auth login`).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show files, sizes, free disk and memory needed; fetch nothing.")
+    ] = False,
+    max_workers: Annotated[
+        int, typer.Option("--max-workers", min=1, max=64, help="Parallel connections (big files in ranges).")
+    ] = 8,
+    json_out: JsonReport = False,
+) -> None:
+    """Fetch a checkpoint into the store: resumable, parallel, verified.
+
+    Run it again after Ctrl-C, a crash or a dropped link and it continues from the bytes on disk.
+    Prints the entry's folder on stdout."""
+    from cohere_cli.commands.download import run_download
+
+    run_download(
+        repo_id, revision=revision, include=include, exclude=exclude, token=token, dry_run=dry_run,
+        max_workers=max_workers, json_out=json_out,
     )
+
+
+models_app = typer.Typer(
+    name="models", help="What the store holds ($COHERE_CLI_HOME, else ~/.cache/cohere-cli).", no_args_is_help=False
+)
+app.add_typer(models_app, name="models")
+StoreName = Annotated[str, typer.Argument(help="Store name or unambiguous short form (see `cohere models`).")]
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, json_out: JsonReport = False) -> None:
+    """List the store: name, architecture, parameters, precision, size on disk, source revision."""
+    if ctx.invoked_subcommand is None:
+        from cohere_cli.commands.models import run_list
+
+        run_list(json_out=json_out)
+
+
+@models_app.command("rm")
+def models_rm(
+    name: StoreName,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an entry (or an incomplete download) from the store."""
+    from cohere_cli.commands.models import run_rm
+
+    run_rm(name, yes=yes)
+
+
+@models_app.command("info")
+def models_info(
+    model: ModelArg,
+    seq: Annotated[int, typer.Option("--seq", min=1, help="Context length for the KV cache estimate.")] = 8192,
+    json_out: JsonReport = False,
+) -> None:
+    """Manifest, config summary, and the memory the weights and the KV cache need."""
+    from cohere_cli.commands.models import run_info
+
+    run_info(model, seq=seq, json_out=json_out)
+
+
+@models_app.command("verify")
+def models_verify(model: ModelArg, json_out: JsonReport = False) -> None:
+    """Re-hash every file of an entry against its manifest."""
+    from cohere_cli.commands.models import run_verify
+
+    run_verify(model, json_out=json_out)
+
+
+# ---- quantize (issue #5) --------------------------------------------------------------------------------------------
+@app.command()
+def quantize(
+    model: ModelArg,
+    bits: Annotated[int, typer.Option("--bits", help="4 (nf4/fp4) or 8 (LLM.int8).")] = 4,
+    quant_type: Annotated[str, typer.Option("--quant-type", help="4-bit data type: nf4 or fp4.")] = "nf4",
+    blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit weights per scale (absmax) block.")] = 64,
+    double_quant: Annotated[
+        bool, typer.Option("--double-quant/--no-double-quant", help="Quantize the 4-bit scales too (~0.4 bit/weight).")
+    ] = True,
+    keep: Annotated[
+        Optional[list[str]],
+        typer.Option("--keep", metavar="NAME_GLOB", help="Leave matching linears unquantized (repeatable), "
+                     "e.g. 'model.layers.0.*' or '*.down_proj'."),
+    ] = None,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", metavar="NAME_OR_PATH",
+                     help="Store name, or folder path, for the result (default: MODEL's name + -nf4/-fp4/-int8)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the quality report against the parent.")] = False,
+) -> None:
+    """Quantize a float checkpoint to nf4/fp4 or int8 with bitsandbytes, streamed tensor by tensor.
+
+    Writes a new store entry (or folder) that transformers can load too.
+    Ends with a quality report against the parent (perplexity, KL divergence, top-1 agreement) unless --no-eval."""
+    from cohere_cli.commands.quantize import run_quantize
+
+    run_quantize(
+        model, bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant, keep=keep or [],
+        output=output, force=force, no_eval=no_eval,
+    )
+
+
+# ---- bench (issue #7) -----------------------------------------------------------------------------------------------
+@app.command()
+def bench(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint folder or store name (default: the built-in demo model).")
+    ] = "demo",
+    seq: Annotated[
+        int, typer.Option("--seq", min=3, help="Prefill this many tokens and decode at this context (<= the model's).")
+    ] = 8192,
+    gen: Annotated[int, typer.Option("--gen", min=2, help="Decode steps timed per run.")] = 128,
+    precision: Annotated[
+        Optional[str],
+        typer.Option("--precision", metavar="LIST",
+                     help="Comma-separated, of bf16, fp32, fp16, int8, nf4, fp4 (default bf16,int8,nf4; a quantized "
+                          "checkpoint: its own). One not in the store is quantized in memory."),
+    ] = None,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs after a warm-up (median, spread).")] = 3,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: torch's, one per core).")
+    ] = None,
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"], typer.Option("--device", help="Where to run (auto: CUDA when present).")
+    ] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one self-describing JSON record on stdout.")] = False,
+    compare_to: Annotated[
+        Optional[Path], typer.Option("--compare-to", metavar="FILE", help="Print the change against an earlier "
+                                     "`bench --json` record.")
+    ] = None,
+) -> None:
+    """Measure prefill, time to first token, decode speed and peak memory per precision.
+
+    Reports decode as a fraction of the memory-bandwidth roofline (measured here) and prefill as FLOP/s.
+    A table goes to stderr; --json writes the record to stdout."""
+    from cohere_cli.commands.bench import run_bench_command
+
+    run_bench_command(model, seq=seq, gen=gen, precision=precision, repeat=repeat, threads=threads, device=device,
+                      json_out=json_out, compare_to=compare_to)
 
 
 # ---- the one error boundary ----------------------------------------------------------------------------------------
