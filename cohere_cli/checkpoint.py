@@ -142,6 +142,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval().requires_grad_(False)
+    model.fuse()
     return Loaded(model, cfg, raw, torch_dtype, why, time.perf_counter() - t0, folder)
 
 

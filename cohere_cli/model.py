@@ -167,21 +167,25 @@ class Attention(nn.Module):
             self.q_norm = LayerNorm((nh, hd), cfg.norm_eps)
             self.k_norm = LayerNorm((nkv, hd), cfg.norm_eps)
         self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, cfg.norm_eps
+        self.qkv = self.qkv_bias = None  # set by fuse() for inference
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
         self.use_rope = cfg.model_type == "cohere" or self.window is not None
-        self.theta = cfg.rope_theta
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cache_layer=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
-        k = self.k_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        nh, nkv, hd = self.nh, self.nkv, self.hd
+        if self.qkv is not None:  # inference: one matmul reads q, k and v weights in a single pass
+            qkv = F.linear(x, self.qkv, self.qkv_bias).view(B, T, nh + 2 * nkv, hd)  # (B, T, nh+2nkv, hd)
+            q, k, v = qkv.split((nh, nkv, nkv), dim=2)  # (B, T, nh|nkv|nkv, hd)
+        else:
+            q = self.q_proj(x).view(B, T, nh, hd)  # (B, T, nh, hd)
+            k = self.k_proj(x).view(B, T, nkv, hd)  # (B, T, nkv, hd)
+            v = self.v_proj(x).view(B, T, nkv, hd)  # (B, T, nkv, hd)
         if hasattr(self, "q_norm"):  # before RoPE, normalised over hd per head
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
-            cos, sin = rope_cos_sin(pos, self.hd, self.theta, x.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         if cache_layer is None:  # training / reference path: the whole sequence at once
@@ -189,7 +193,25 @@ class Attention(nn.Module):
         else:
             keys, values, kpos = self._update_cache(k, v, pos, cache_layer)
         out = self._sdpa(q, keys, values, pos, kpos)  # (B, nh, T, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, H)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, H)
+
+    def fuse(self) -> None:
+        """Concatenate q/k/v weights into one matrix, then make the three projections views into it: memory
+        stays the same, module names and state_dict keys stay the checkpoint's, and decode runs one GEMV
+        instead of three. Only for plain float Linear layers (quantized ones keep their own kernels)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(p) is nn.Linear for p in projs):
+            return
+        w = torch.cat([p.weight.detach() for p in projs])  # (nh*hd + 2*nkv*hd, H)
+        b = torch.cat([p.bias.detach() for p in projs]) if self.q_proj.bias is not None else None
+        offsets = [0]
+        for p in projs:
+            offsets.append(offsets[-1] + p.weight.shape[0])
+        for i, p in enumerate(projs):
+            p.weight = nn.Parameter(w[offsets[i] : offsets[i + 1]], requires_grad=False)
+            if b is not None:
+                p.bias = nn.Parameter(b[offsets[i] : offsets[i + 1]], requires_grad=False)
+        self.qkv, self.qkv_bias = w, b
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
@@ -242,8 +264,23 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
+        self.gate_up = None  # set by fuse() for inference
+
     def forward(self, x):
+        if self.gate_up is not None:
+            g, u = F.linear(x, self.gate_up).chunk(2, dim=-1)  # (B, T, I) each, from one matmul
+            return self.down_proj(F.silu(g) * u)  # SwiGLU
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+    def fuse(self) -> None:
+        """gate and up as views into one (2I, H) matrix: one GEMV per token instead of two (see Attention.fuse)."""
+        if not (type(self.gate_proj) is nn.Linear and type(self.up_proj) is nn.Linear):
+            return
+        w = torch.cat((self.gate_proj.weight.detach(), self.up_proj.weight.detach()))  # (2I, H)
+        n = self.gate_proj.weight.shape[0]
+        self.gate_proj.weight = nn.Parameter(w[:n], requires_grad=False)
+        self.up_proj.weight = nn.Parameter(w[n:], requires_grad=False)
+        self.gate_up = w
 
 
 class Block(nn.Module):
@@ -253,10 +290,10 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, pos, cache_layer=None):
+    def forward(self, x, pos, rope, cache_layer=None):
         # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, pos, cache_layer) + self.mlp(h)
+        return x + self.self_attn(h, pos, rope, cache_layer) + self.mlp(h)
 
 
 class Decoder(nn.Module):
@@ -278,15 +315,23 @@ class CohereForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:  # checkpoints carry no lm_head.weight (pitfall 6)
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def fuse(self) -> "CohereForCausalLM":
+        """Inference layout: fused q/k/v and gate/up matmuls (weights become views; nothing is copied twice)."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        return self
+
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """tokens (B, T) at positions start_pos.. -> logits (B, T, V), or (B, 1, V) with last_only (prefill and
         decode never need seq x vocab logits). Logits come back in float32, multiplied by logit_scale."""
-        T = tokens.shape[1]
+        T, cfg = tokens.shape[1], self.config
         pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
         x = self.model.embed_tokens(tokens)  # (B, T, H)
+        rope = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, x.dtype)  # once for all layers
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, pos, cache.layers[i] if cache is not None else None)
+            x = layer(x, pos, rope, cache.layers[i] if cache is not None else None)
         if last_only:
             x = x[:, -1:]  # (B, 1, H)
         x = self.model.norm(x)
