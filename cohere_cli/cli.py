@@ -51,12 +51,37 @@ Dtype = Annotated[
     typer.Option("--dtype", help="Compute dtype (auto picks the fastest on this machine and says which)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of streaming text.")]
+# an OpenAI-compatible server instead of a local model (issue #8)
+Endpoint = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", metavar="URL", help="Use an OpenAI-compatible server (vLLM, TGI, llama.cpp, "
+                 "transformers serve), e.g. http://gpu-box:8000/v1, instead of a local model. MODEL is then "
+                 "optional: a local copy that lends its tokenizer and templates."),
+]
+ApiKey = Annotated[
+    Optional[str], typer.Option("--api-key", envvar="COHERE_CLI_API_KEY", help="Bearer token for --endpoint.")
+]
+ServedModel = Annotated[
+    Optional[str],
+    typer.Option("--served-model", metavar="NAME", help="Model to ask --endpoint for (default: the one it serves)."),
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest silence from --endpoint.")
+]
+
+
+def _endpoint(url, api_key, served_model, timeout):
+    from cohere_cli.commands.remote import EndpointOptions
+
+    return EndpointOptions(url, api_key, served_model, timeout) if url else None
 
 
 @app.command()
 def generate(
     model: ModelArg,
-    prompt: Annotated[str, typer.Argument(help="Raw prompt text (BOS is added, no chat template).")],
+    prompt: Annotated[
+        Optional[str], typer.Argument(help="Raw prompt text (BOS is added, no chat template).", show_default=False)
+    ] = None,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = 0.0,
     top_k: TopK = 0,
@@ -66,13 +91,25 @@ def generate(
     seed: Seed = None,
     dtype: Dtype = "auto",
     json_out: Json = False,
+    endpoint: Endpoint = None,
+    api_key: ApiKey = None,
+    served_model: ServedModel = None,
+    timeout: Timeout = 120.0,
 ) -> None:
-    """One-shot completion of raw text. Text streams to stdout, stats to stderr."""
+    """One-shot completion of raw text. Text streams to stdout, stats to stderr.
+
+    With --endpoint, `cohere generate --endpoint URL PROMPT` (or MODEL PROMPT, MODEL lending its tokenizer)."""
     from cohere_cli.commands.generate import run_generate
+    from cohere_cli.errors import UsageError
     from cohere_cli.sampling import SamplingParams
 
+    if prompt is None:
+        if not endpoint:
+            raise UsageError("missing PROMPT: cohere generate MODEL PROMPT")
+        model, prompt = None, model  # `generate --endpoint URL PROMPT`
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-    run_generate(model, prompt, params, max_tokens=max_tokens, dtype=dtype, json_out=json_out)
+    run_generate(model, prompt, params, max_tokens=max_tokens, dtype=dtype, json_out=json_out,
+                 endpoint=_endpoint(endpoint, api_key, served_model, timeout))
 
 
 @app.command()
@@ -113,10 +150,15 @@ def chat(
     seed: Seed = None,
     dtype: Dtype = "auto",
     json_out: Json = False,
+    endpoint: Endpoint = None,
+    api_key: ApiKey = None,
+    served_model: ServedModel = None,
+    timeout: Timeout = 120.0,
 ) -> None:
     """Chat with a model using its own chat template: an interactive session, or one turn with --prompt.
 
-    Sampling defaults come from the model's generation_config.json; the options here override them."""
+    Sampling defaults come from the model's generation_config.json; the options here override them.
+    With --endpoint the answers come from that server; documents (--doc) are rendered here with MODEL's template."""
     from cohere_cli.commands.chat import ChatOptions, run_chat
 
     run_chat(ChatOptions(
@@ -124,6 +166,7 @@ def chat(
         citations=citations, plain=plain, on_overflow=on_overflow, ctx=ctx, max_tokens=max_tokens, dtype=dtype,
         json_out=json_out, sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                          repetition_penalty=repetition_penalty, seed=seed),
+        endpoint=endpoint, api_key=api_key, served_model=served_model, timeout=timeout,
     ))
 
 

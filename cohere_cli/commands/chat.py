@@ -31,6 +31,10 @@ class ChatOptions:
     dtype: str = "auto"
     json_out: bool = False
     sampling: dict = field(default_factory=dict)  # None = not given on the command line
+    endpoint: str | None = None  # an OpenAI-compatible server instead of a local model (MODEL: its tokenizer)
+    api_key: str | None = None
+    served_model: str | None = None
+    timeout: float = 120.0
 
 
 def pick_model(spec: str | None) -> str:
@@ -70,6 +74,10 @@ def run_chat(o: ChatOptions) -> None:
     from cohere_cli.store import remember_last_used
 
     conv = build_conversation(o)  # bad files fail before seconds of model loading
+    if o.endpoint:
+        from cohere_cli.commands.remote import run_remote_chat
+
+        return run_remote_chat(o, conv)
     name = pick_model(o.model)
     rt = load_runtime(name, o.dtype)
     remember_last_used(name)

@@ -1,0 +1,744 @@
+"""`--endpoint URL`: chat, generate and bench against an OpenAI-compatible server (vLLM, TGI, llama.cpp's server,
+`transformers serve`) instead of a local model. The standard library's http.client only: no new dependency.
+
+* Plain chat goes to `/v1/chat/completions` (the server applies the model's chat template).
+* Grounded chat (documents), a named template (`--template tool_use`) and `generate` render the prompt *here*, with
+  the model's own tokenizer and templates (MODEL, or the store entry named like the served model), and send it to
+  `/v1/completions` as raw text: token ids when the server takes them (vLLM, llama.cpp), else the text without the
+  BOS the server adds itself. A server that tokenizes it differently is reported once.
+* Streaming is Server-Sent Events; a response that is not an event stream, a stream that stops before its finish
+  chunk, a silence longer than --timeout, a refused connection, a 401 or an unknown model each become one line
+  (`RemoteError`). Ctrl-C closes the connection (the server then drops the request).
+* `RemoteChat` has `LocalChat`'s interface, so the REPL and `chat --prompt` drive it unchanged."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import urlsplit
+
+from cohere_cli import __version__
+from cohere_cli.chat_engine import ChatSettings, TurnStats
+from cohere_cli.console import error, warn
+from cohere_cli.conversation import Conversation
+from cohere_cli.errors import CohereError, ContextOverflow, TemplateError, UsageError
+from cohere_cli.generate import Response
+
+API_KEY_ENV = "COHERE_CLI_API_KEY"
+DEFAULT_TIMEOUT = 120.0  # seconds of silence tolerated: waiting for the status line, then between events
+CONNECT_TIMEOUT = 10.0
+ASSUMED_CONTEXT = 8192  # when neither the server, a local config nor --ctx says
+# Sampling fields outside the OpenAI schema: vLLM, SGLang and llama.cpp take them, strict servers reject them.
+EXTRA_SAMPLING = ("top_k", "min_p", "repetition_penalty")
+OPTIONAL_FIELDS = EXTRA_SAMPLING + ("stream_options",)
+# Cohere turn markers a server may print as text (they are `"special": false` in the tokenizer), used when no local
+# tokenizer lists them: the first three end the answer, the others are dropped.
+STOP_MARKERS = ("<|END_OF_TURN_TOKEN|>", "<|END_RESPONSE|>", "<EOS_TOKEN>")
+DROP_MARKERS = ("<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|START_RESPONSE|>")
+FINISH = {"eos_token": "stop", "eos": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+class RemoteError(CohereError):
+    """The endpoint could not be used: unreachable, refused, timed out, not OpenAI-compatible, cut mid-answer."""
+
+
+class HTTPStatusError(RemoteError):
+    def __init__(self, message: str, status: int, detail: str):
+        super().__init__(message)
+        self.status, self.detail = status, detail
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _detail(raw: bytes) -> str:
+    """The message in an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, TGI's {"error"}, text."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return _one_line(text) or "(empty body)"
+    if isinstance(obj, dict):
+        for key in ("error", "detail", "message"):
+            v = obj.get(key)
+            if isinstance(v, dict):
+                v = v.get("message") or json.dumps(v)
+            if isinstance(v, list):
+                v = json.dumps(v)
+            if isinstance(v, str) and v:
+                return _one_line(v)
+    return _one_line(text)
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------------------------
+class Client:
+    """One OpenAI-compatible server. Every request opens its own connection (thread-safe, nothing to keep alive)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        raw = url.strip()
+        if "://" not in raw:
+            raw = "http://" + raw
+        parts = urlsplit(raw)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise UsageError(f"--endpoint {url!r} is not an http(s) URL: give one like http://gpu-box:8000/v1")
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, port or (443 if self.https else 80)
+        path = parts.path.rstrip("/")
+        self.root = path[:-3] if path.endswith("/v1") else path  # where /health, /info live
+        self.base = self.root + "/v1"
+        self.url = f"{parts.scheme}://{parts.netloc}{self.base}"
+        self.api_key, self.timeout = api_key or None, timeout
+
+    def open(self, method: str, path: str, body: dict | None = None, *, timeout: float | None = None):
+        """Send a request, wait for the status line; return (connection, response) for a 2xx. Everything else is a
+        RemoteError with one line: refused, unknown host, timeout, TLS, 401/403, 404, any other status."""
+        timeout = timeout or self.timeout
+        connect = min(CONNECT_TIMEOUT, timeout)
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=connect)
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            raise RemoteError(f"cannot connect to {self.url}: connection refused (is the server running on that "
+                              f"port?)") from None
+        except socket.gaierror:
+            raise RemoteError(f"cannot connect to {self.url}: unknown host {self.host}") from None
+        except TimeoutError:
+            raise RemoteError(f"cannot connect to {self.url}: no answer within {connect:g} s") from None
+        except ssl.SSLError as e:
+            raise RemoteError(f"TLS handshake with {self.url} failed: {e.reason or e}") from None
+        except OSError as e:
+            raise RemoteError(f"cannot connect to {self.url}: {e.strerror or e}") from None
+        headers = {"Accept": "text/event-stream, application/json", "User-Agent": f"cohere-cli/{__version__}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            conn.sock.settimeout(timeout)
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+        except TimeoutError:
+            conn.close()
+            raise RemoteError(f"{self.url} did not answer within {timeout:g} s (--timeout SECONDS waits longer)") \
+                from None
+        except (http.client.HTTPException, OSError) as e:
+            conn.close()
+            raise RemoteError(f"{self.url} closed the connection without answering ({type(e).__name__}): is it an "
+                              f"HTTP server?") from None
+        except BaseException:  # Ctrl-C while waiting
+            conn.close()
+            raise
+        if resp.status >= 400:
+            try:
+                detail = _detail(resp.read(8192))
+            except (http.client.HTTPException, OSError):
+                detail = ""
+            finally:
+                conn.close()
+            raise HTTPStatusError(self._status_message(resp.status, resp.reason, path, detail), resp.status, detail)
+        return conn, resp
+
+    def _status_message(self, status: int, reason: str, path: str, detail: str) -> str:
+        rel = path[len(self.root):] or "/"
+        if status in (401, 403):
+            how = ("check the key given with --api-key / $" + API_KEY_ENV) if self.api_key else \
+                ("pass its key with --api-key KEY or $" + API_KEY_ENV)
+            return f"{self.url} refused the request ({status} {reason}): {how}"
+        if status == 404 and "model" in detail.lower():
+            return f"{self.url}: {detail} (--served-model NAME picks one; `cohere chat --endpoint URL` lists them)"
+        if status == 404:
+            return f"{self.url} has no {rel} (404): is it an OpenAI-compatible server?"
+        return f"{self.url} answered {status} {reason} to {rel}: {detail}"
+
+    def get_json(self, path: str, timeout: float | None = None):
+        conn, resp = self.open("GET", path, timeout=timeout)
+        try:
+            return json.loads(resp.read(1 << 22))
+        except (ValueError, http.client.HTTPException, OSError):
+            return None
+        finally:
+            conn.close()
+
+    def stream(self, path: str, body: dict) -> "Call":
+        conn, resp = self.open("POST", path, body)
+        return Call(self, conn, resp)
+
+
+def _sse(resp) -> Iterator[str]:
+    """The `data` of each Server-Sent Event (multi-line data joined with newlines); comments and other fields
+    skipped. A last event without its blank line still counts."""
+    data: list[str] = []
+    while True:
+        line = resp.readline(1 << 22)
+        if not line:
+            break
+        line = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+class Call:
+    """One streaming request whose status line has arrived. `chunks()` yields the parsed JSON chunks; a server that
+    answered with one JSON completion instead (it does not stream) yields that once, with `whole` set."""
+
+    def __init__(self, client: Client, conn, resp):
+        self.client, self.conn, self.resp = client, conn, resp
+        self.done = False  # saw [DONE]
+        ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        self.whole = ctype != "text/event-stream"
+        if self.whole and ctype != "application/json":
+            self.close()
+            raise RemoteError(f"{client.url} answered {ctype or 'without a content type'}, not an event stream: "
+                              f"is it an OpenAI-compatible server (the URL that serves /v1/chat/completions)?")
+
+    def close(self) -> None:
+        try:
+            self.conn.close()  # closes the socket: the server sees the client go away and drops the request
+        except OSError:
+            pass
+
+    def chunks(self) -> Iterator[dict]:
+        url, timeout = self.client.url, self.client.timeout
+        try:
+            if self.whole:
+                try:
+                    obj = json.loads(self.resp.read())
+                except ValueError:
+                    raise RemoteError(f"{url} sent a body that is neither an event stream nor JSON") from None
+                if not isinstance(obj, dict) or not obj.get("choices"):
+                    raise RemoteError(f"{url} answered JSON without choices: is it an OpenAI-compatible server?")
+                self.done = True
+                yield obj
+                return
+            for data in _sse(self.resp):
+                if data.strip() == "[DONE]":
+                    self.done = True
+                    return
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise RemoteError(f"{url} sent an event that is not JSON: {_one_line(data, 80)!r}") from None
+                if not isinstance(obj, dict):
+                    continue
+                if obj.get("error") and not obj.get("choices"):
+                    err = obj["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise RemoteError(f"the server failed mid-answer: {_one_line(str(msg))}")
+                yield obj
+        except TimeoutError:
+            raise RemoteError(f"{url} sent nothing for {timeout:g} s mid-answer (--timeout SECONDS waits longer)") \
+                from None
+        except (http.client.HTTPException, OSError) as e:
+            raise RemoteError(f"the connection to {url} broke mid-answer ({type(e).__name__}): did the server "
+                              f"stop?") from None
+        finally:
+            self.close()
+
+
+# ---- what the server serves ----------------------------------------------------------------------------------------
+@dataclass
+class ServerInfo:
+    models: list[str]  # ids from /v1/models ([] when it lists none or has no such route)
+    served: str | None  # the model we ask for (None: the server's only/pinned one, the "model" field left out)
+    context: int | None  # the server's context length, when it says
+
+
+def discover(client: Client, served_model: str | None) -> ServerInfo:
+    """/v1/models: which model to ask for, and its context (vLLM's max_model_len). A refused connection or a 401
+    fails here, before anything else happens; a server without the route is fine."""
+    try:
+        listing = client.get_json(client.base + "/models", timeout=min(client.timeout, 30))
+    except HTTPStatusError as e:
+        if e.status in (401, 403):
+            raise
+        listing = None
+    entries = [m for m in (listing or {}).get("data") or [] if isinstance(m, dict) and m.get("id")] \
+        if isinstance(listing, dict) else []
+    ids = [str(m["id"]) for m in entries]
+    if served_model is not None:
+        if ids and served_model not in ids:
+            raise RemoteError(f"{client.url} does not serve {served_model!r}; it serves: {', '.join(ids)}")
+        served = served_model
+    elif len(ids) == 1:
+        served = ids[0]
+    elif len(ids) > 1:
+        raise RemoteError(f"{client.url} serves several models ({', '.join(ids)}): pick one with --served-model NAME")
+    else:
+        served = None
+    entry = next((m for m in entries if m["id"] == served), None)
+    context = None
+    if entry is not None:
+        for key in ("max_model_len", "context_length", "max_context_length"):
+            if isinstance(entry.get(key), int) and entry[key] > 0:
+                context = entry[key]
+                break
+    if context is None:
+        context = _probe_context(client)
+    return ServerInfo(ids, served, context)
+
+
+def _probe_context(client: Client) -> int | None:
+    """TGI's /info (max_total_tokens) and llama.cpp's /props (n_ctx); harmless 404s elsewhere."""
+    for path, keys in (("/info", ("max_total_tokens",)), ("/props", ("default_generation_settings", "n_ctx"))):
+        try:
+            obj = client.get_json(client.root + path, timeout=min(client.timeout, 10))
+        except RemoteError:
+            continue
+        for k in keys:
+            obj = obj.get(k) if isinstance(obj, dict) else None
+        if isinstance(obj, int) and obj > 0:
+            return obj
+    return None
+
+
+def local_folder(model: str | None, served: str | None) -> Path | None:
+    """The local copy whose tokenizer, templates and generation_config.json stand for the served model: MODEL when
+    given, else a folder or store entry named exactly like the served model (or its last path part)."""
+    from cohere_cli.store import get_entry, list_entries, resolve_model
+
+    if model:
+        return resolve_model(model)
+    if not served:
+        return None
+    name = served.split("@")[0]
+    if Path(name).expanduser().is_dir() and (Path(name).expanduser() / "tokenizer.json").is_file():
+        return Path(name).expanduser()
+    entry = get_entry(name)
+    if entry is None:
+        tail = name.rstrip("/").rsplit("/", 1)[-1].lower()
+        hits = [e for e in list_entries() if e.short_name.lower() == tail]
+        entry = hits[0] if len(hits) == 1 else None
+    return entry.path if entry is not None else None
+
+
+def context_from_config(folder: Path | None) -> int | None:
+    try:
+        c = json.loads((folder / "config.json").read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+    v = c.get("max_position_embeddings") if isinstance(c, dict) else None
+    return v if isinstance(v, int) and v > 0 else None
+
+
+def pick_context(server: int | None, folder: Path | None, ctx: int | None) -> tuple[int, str]:
+    known, source = server, "the server's"
+    if known is None:
+        known, source = context_from_config(folder), "the local config's"
+    if known is None:
+        return (ctx, "--ctx") if ctx else (ASSUMED_CONTEXT, "assumed: the server does not say; --ctx N")
+    if ctx and ctx < known:
+        return ctx, "--ctx"
+    return known, source
+
+
+# ---- text ----------------------------------------------------------------------------------------------------------
+class TextFilter:
+    """Server text -> answer text, as the local detokenizer would give it: control-token strings (the turn markers
+    are `"special": false` in Cohere tokenizers, so a server may print them) are dropped, an end-of-turn marker ends
+    the answer. A tail that may be the start of a marker is held back until the next chunk shows what it is."""
+
+    def __init__(self, stop: Iterable[str] = STOP_MARKERS, drop: Iterable[str] = DROP_MARKERS):
+        self.stop = tuple(dict.fromkeys(stop))
+        self.markers = self.stop + tuple(m for m in dict.fromkeys(drop) if m and m not in self.stop)
+        self.buf, self.stopped = "", False
+
+    @classmethod
+    def for_tokenizer(cls, tok) -> "TextFilter":
+        if tok is None:
+            return cls()
+        stop = [tok.id_to_token(i) for i in sorted(tok.stop_ids)]
+        drop = [tok.id_to_token(i) for i in sorted(tok.control_ids)]
+        return cls([s for s in stop if s], [d for d in drop if d])
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buf += text
+        out = []
+        while True:
+            hits = [(self.buf.find(m), m) for m in self.markers if m in self.buf]
+            if not hits:
+                break
+            i, m = min(hits)
+            out.append(self.buf[:i])
+            self.buf = self.buf[i + len(m):]
+            if m in self.stop:
+                self.stopped, self.buf = True, ""
+                return "".join(out)
+        keep = 0
+        for m in self.markers:
+            for k in range(min(len(m) - 1, len(self.buf)), keep, -1):
+                if self.buf.endswith(m[:k]):
+                    keep = k
+                    break
+        cut = len(self.buf) - keep
+        out.append(self.buf[:cut])
+        self.buf = self.buf[cut:]
+        return "".join(out)
+
+    def flush(self) -> str:
+        rest, self.buf = ("" if self.stopped else self.buf), ""
+        return rest
+
+
+# ---- requests with what the server turned out to accept -------------------------------------------------------------
+class Api:
+    """A Client plus what this server accepts, learned from its first refusals: token ids as a completion prompt
+    (vLLM, llama.cpp: yes; TGI, transformers serve: text only), and fields outside the OpenAI schema."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.ids_ok: bool | None = None
+        self.optional_ok = True
+        self.warned: set[str] = set()
+
+    def warn_once(self, key: str, msg: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            warn(msg)
+
+    def open(self, kind: str, body: dict, *, prompt_ids: list[int] | None = None,
+             prompt_text: str | None = None) -> tuple["Call", bool]:
+        """POST a streaming chat ("chat") or raw completion ("completion"); returns (call, prompt sent as ids)."""
+        path = self.client.base + ("/chat/completions" if kind == "chat" else "/completions")
+        while True:
+            b = dict(body)
+            as_ids = kind == "completion" and prompt_ids is not None and self.ids_ok is not False
+            if kind == "completion":
+                b["prompt"] = list(prompt_ids) if as_ids else prompt_text
+            if not self.optional_ok:
+                for f in OPTIONAL_FIELDS:
+                    b.pop(f, None)
+            try:
+                call = self.client.stream(path, b)
+            except HTTPStatusError as e:
+                if e.status == 404 and kind == "completion" and "model" not in e.detail.lower():
+                    raise RemoteError(f"{self.client.url} has no /completions (raw text completion), which this "
+                                      f"needs: grounded answers, --template and generate render the prompt here"
+                                      ) from None
+                if e.status not in (400, 422):
+                    raise
+                detail = e.detail.lower()
+                named = [f for f in OPTIONAL_FIELDS if f in b and f in detail]
+                if self.optional_ok and named:
+                    self.optional_ok = False
+                    ignored = [f for f in EXTRA_SAMPLING if f in b]
+                    if ignored:
+                        self.warn_once("extras", f"{self.client.url} does not take {', '.join(ignored)}: "
+                                                 f"they are left out")
+                    continue
+                if as_ids and "context" not in detail and "maximum" not in detail:
+                    self.ids_ok = False  # e.g. "prompt must be a string": send the text
+                    continue
+                raise
+            if as_ids:
+                self.ids_ok = True
+            return call, as_ids
+
+
+def sampling_fields(params, send: Iterable[str] | None = None) -> dict:
+    """The request fields for SamplingParams: the OpenAI ones, plus top_k/min_p/repetition_penalty when they are
+    not off. `send` limits them to the ones that were set (the server's own defaults apply to the rest)."""
+    send = set(send) if send is not None else None
+    out = {}
+    for name, value, off in (("temperature", params.temperature, None), ("top_p", params.top_p, None),
+                             ("seed", params.seed, None), ("top_k", params.top_k, 0), ("min_p", params.min_p, 0.0),
+                             ("repetition_penalty", params.repetition_penalty, 1.0)):
+        if value is None or (send is not None and name not in send):
+            continue
+        if off is not None and value == off:
+            continue
+        out[name] = value
+    return out
+
+
+def _choice_text(choice: dict) -> str:
+    if "text" in choice:
+        return choice.get("text") or ""
+    part = choice.get("delta") or choice.get("message") or {}
+    return part.get("content") or "" if isinstance(part, dict) else ""
+
+
+def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_tokens: int | None,
+              count_tokens=None) -> Iterator[Response]:
+    """The Responses of one call, as stream_generate yields them: one per chunk of text, then a closing one with
+    finish_reason and the figures (token counts from the server's usage when it sends them, else counted here).
+    Raises RemoteError, after the text that did arrive, when the stream breaks off."""
+    usage, finish, n_chunks, t_first, t_last, parts = None, None, 0, None, None, []
+    prompt = prompt_tokens or 0
+
+    def make(text, n, fin=None, cached=0):
+        ttft = (t_first or time.perf_counter()) - t0
+        dec = (n - 1) / (t_last - t_first) if n > 1 and t_first is not None and t_last > t_first else 0.0
+        return Response(text, None, prompt, n, prompt / ttft if ttft > 0 else 0.0, dec, ttft, 0, fin,
+                        max(prompt - cached, 0))
+
+    try:
+        for obj in call.chunks():
+            if call.whole:
+                api.warn_once("whole", f"{api.client.url} does not stream: each answer arrives whole (first-token "
+                                       f"time = the whole answer's)")
+            if isinstance(obj.get("usage"), dict):
+                usage = obj["usage"]
+            text = ""
+            for choice in obj.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                text += _choice_text(choice)
+                if choice.get("finish_reason"):
+                    finish = FINISH.get(choice["finish_reason"], choice["finish_reason"])
+            if text:
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                n_chunks += 1
+                out = filt.feed(text)
+                parts.append(out)
+                yield make(out, n_chunks)
+                if filt.stopped:  # an end-of-turn marker the server printed: the answer is over
+                    finish = "stop"
+                    break
+        if finish is None and not call.done:
+            raise RemoteError(f"the connection to {api.client.url} closed mid-answer: did the server stop?")
+    finally:
+        call.close()
+    tail = filt.flush()
+    parts.append(tail)
+    cached = 0
+    if usage:
+        prompt = usage.get("prompt_tokens") or prompt
+        details = usage.get("prompt_tokens_details")
+        cached = (details or {}).get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    n = (usage or {}).get("completion_tokens") if not filt.stopped else None
+    if not isinstance(n, int):
+        n = count_tokens("".join(parts)) if count_tokens else n_chunks
+    yield make(tail, n, finish or "stop", cached)
+
+
+# ---- chat ----------------------------------------------------------------------------------------------------------
+NO_TOKENIZER = ("{what} renders the prompt here with the model's own template, and no local tokenizer is known for "
+                "the served model: give MODEL (a checkpoint folder or store name with its tokenizer), or `cohere "
+                "download REPO --include 'tokenizer*' --include '*.json'`")
+
+
+class RemoteChat:
+    """LocalChat's interface over an OpenAI-compatible server. `fit` opens the request (so that the failures that
+    come before any answer, refused, 401, unknown model, surface where the REPL drops the unanswered message);
+    `stream` reads it."""
+
+    def __init__(self, api: Api, settings: ChatSettings, *, served_model: str | None, tokenizer=None,
+                 folder: Path | None = None, context: int = ASSUMED_CONTEXT, context_source: str = "",
+                 send: Iterable[str] | None = None):
+        self.api, self.settings = api, settings
+        self.served_model, self.tokenizer, self.folder = served_model, tokenizer, folder
+        self.context, self.context_source = context, context_source
+        self.send = set(send) if send is not None else None  # sampling fields to send (None: all)
+        self.history: list[TurnStats] = []
+        self.survive_errors = False  # REPL: a broken stream ends the answer with one error line instead of raising
+        self._pending = None
+
+    @property
+    def name(self) -> str:
+        who = self.served_model or (self.folder.name if self.folder else "served model")
+        return f"{who} @ {self.api.client.url}"
+
+    # ---- rendering (local, when a tokenizer is known) ---------------------------------------------------------------
+    def _raw(self, conv: Conversation) -> bool:
+        """Render here and send a raw completion: documents, or a template other than the server's default."""
+        return bool(conv.documents) or self.settings.template not in (None, "default")
+
+    def render(self, conv: Conversation) -> list[int]:
+        return self.tokenizer.encode(self.render_text(conv), add_bos=False)  # the template wrote BOS itself
+
+    def render_text(self, conv: Conversation) -> str:
+        tok = self.tokenizer
+        if tok is None:
+            raise TemplateError(NO_TOKENIZER.format(what="this"))
+        kwargs, template = {}, self.settings.template
+        if conv.documents:
+            template, kwargs = self._grounded(template)
+            kwargs["documents"] = conv.documents
+        elif template == "rag":
+            raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
+        elif template == "tool_use":
+            kwargs["tools"] = []
+        return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
+
+    def _grounded(self, template: str | None) -> tuple[str | None, dict]:
+        if self.tokenizer is None:
+            raise TemplateError(NO_TOKENIZER.format(what="a grounded answer (--doc)"))
+        templates = self.tokenizer.chat_templates
+        name = template or ("rag" if "rag" in templates else "default")
+        source = templates.get(name, "")
+        if "documents" not in source:
+            raise TemplateError(f"{self.name}'s chat template has no grounded-generation (documents) support: "
+                                f"/doc clear to chat without documents")
+        if "citation_mode" in source:
+            return name, {"citation_mode": self.settings.citations}
+        return name, {"enable_citations": True}
+
+    def check_grounding(self) -> None:
+        self._grounded(self.settings.template)
+
+    def fit(self, conv: Conversation) -> tuple[list[int], int]:
+        dropped = 0
+        if self.tokenizer is None:
+            if self._raw(conv):
+                raise TemplateError(NO_TOKENIZER.format(what="--template" if not conv.documents else
+                                                        "a grounded answer (--doc)"))
+            ids = []  # counts come from the server's usage
+        else:
+            reserve = min(self.settings.max_tokens, max(self.context // 4, 1))
+            while True:
+                text = self.render_text(conv)
+                ids = self.tokenizer.encode(text, add_bos=False)
+                if len(ids) + reserve <= self.context:
+                    break
+                if self.settings.on_overflow == "error":
+                    raise ContextOverflow(
+                        f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                        f"{self.context}: /reset, /undo, or restart with --on-overflow drop")
+                if not conv.drop_oldest_exchange():
+                    raise ContextOverflow(
+                        f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context "
+                        f"of {self.context}: shorten it (or remove documents)")
+                dropped += 1
+        self._open(conv, ids, text if ids else None)
+        return ids, dropped
+
+    def _open(self, conv: Conversation, ids: list[int], text: str | None = None) -> None:
+        self._close_pending()
+        raw = self._raw(conv)
+        max_tokens = self.settings.max_tokens
+        if ids:
+            max_tokens = max(1, min(max_tokens, self.context - len(ids)))
+        body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
+                **sampling_fields(self.settings.params, self.send)}
+        if self.served_model:
+            body["model"] = self.served_model
+        if raw:
+            text = text if text is not None else self.render_text(conv)
+            bos = self.tokenizer.bos_token
+            if bos and text.startswith(bos):
+                text = text[len(bos):]  # a server that tokenizes text adds BOS itself
+        else:
+            body["messages"] = conv.messages()
+        t0 = time.perf_counter()
+        try:
+            call, as_ids = self.api.open("completion" if raw else "chat", body, prompt_ids=ids if raw else None,
+                                         prompt_text=text)
+        except KeyboardInterrupt:
+            raise RemoteError("cancelled before the server answered") from None
+        self._pending = (call, t0, ids, raw and not as_ids)
+
+    def _close_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[0].close()
+            self._pending = None
+
+    # ---- one turn ---------------------------------------------------------------------------------------------------
+    def stream_strict(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        """One answer; RemoteError (after what arrived) when the stream breaks."""
+        if self._pending is None:
+            self._open(conv, ids)
+        call, t0, ids, sent_text = self._pending
+        self._pending = None
+        count = (lambda s: len(self.tokenizer.encode(s, add_bos=False))) if self.tokenizer else None
+        last = None
+        for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
+                           prompt_tokens=len(ids) or None, count_tokens=count):
+            last = r
+            yield r
+        if sent_text and ids and last.prompt_tokens != len(ids):
+            self.api.warn_once("tokenized", f"the server tokenized the prompt itself ({last.prompt_tokens} tokens, "
+                                            f"{len(ids)} rendered here): it takes no token ids and adds special "
+                                            f"tokens of its own, so answers may differ from local ones")
+        self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
+                                      last.ttft_s, last.decode_tokens_per_s))
+
+    def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        if not self.survive_errors:
+            yield from self.stream_strict(conv, ids)
+            return
+        last = None
+        try:
+            for r in self.stream_strict(conv, ids):
+                last = r
+                yield r
+        except RemoteError as e:
+            error(f"{e} (what arrived is kept: /regen asks again)")
+            n = last.generation_tokens if last else 0
+            yield Response("", None, last.prompt_tokens if last else 0, n, 0.0, 0.0, last.ttft_s if last else 0.0,
+                           0, "error", last.prefilled_tokens if last else 0)
+
+    def describe(self) -> dict:
+        return {
+            "model": self.served_model or "(the server's only model)",
+            "endpoint": self.api.client.url,
+            "tokenizer": str(self.folder) if self.tokenizer is not None else
+            "none here: plain chat only, token counts from the server",
+            "context": f"{self.context} tokens ({self.context_source})",
+            "template": (self.settings.template or "default") + (
+                " (rendered here, sent as raw completions)" if self.settings.template not in (None, "default")
+                else " (the server's; documents: rendered here, sent as raw completions)"),
+        }
+
+    def reset(self) -> None:
+        self._close_pending()  # the server's prefix cache, if any, is its own business
+
+    def with_params(self, **changes) -> None:
+        self.settings.params = replace(self.settings.params, **changes)
+        if self.send is not None:
+            self.send |= set(changes)
+
+
+# ---- generate ------------------------------------------------------------------------------------------------------
+def generate_stream(api: Api, prompt: str, params, max_tokens: int, *, served_model: str | None, tokenizer=None
+                    ) -> tuple[list[int] | None, Iterator[Response]]:
+    """`cohere generate` remotely: the raw prompt with BOS, as ids when the server takes them. Returns the prompt ids
+    (None without a local tokenizer) and the Responses."""
+    ids = tokenizer.encode(prompt, add_bos=True) if tokenizer is not None else None
+    body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
+            **sampling_fields(params)}
+    if served_model:
+        body["model"] = served_model
+    t0 = time.perf_counter()
+    call, as_ids = api.open("completion", body, prompt_ids=ids, prompt_text=prompt)
+    count = (lambda s: len(tokenizer.encode(s, add_bos=False))) if tokenizer is not None else None
+
+    def run():
+        last = None
+        for r in responses(api, call, t0=t0, filt=TextFilter.for_tokenizer(tokenizer),
+                           prompt_tokens=len(ids) if ids else None, count_tokens=count):
+            last = r
+            yield r
+        if ids and not as_ids and last.prompt_tokens != len(ids):
+            api.warn_once("tokenized", f"the server tokenized the prompt itself ({last.prompt_tokens} tokens, "
+                                       f"{len(ids)} here): it takes no token ids and adds special tokens of its own")
+
+    return ids, run()

@@ -1,0 +1,169 @@
+"""Servers for the `--endpoint` tests, on 127.0.0.1 and a free port, with bounded waits everywhere.
+
+* `TransformersServe`: a real OpenAI-compatible server, `transformers serve` (pip install "transformers[serving]"),
+  pinned to a checkpoint the tests build, on CPU. Its /v1/models scans an (empty, private) Hugging Face cache, so it
+  lists no model: requests leave "model" out, as for any server pinned to one model.
+* `StubServer`: a few lines of http.server for what a healthy server never does: 401 without the key, answer JSON to
+  a streaming request, stay silent, send HTML, cut a stream in the middle of a chunk.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+START_TIMEOUT = 240  # the machine may be busy: loading torch + transformers + the model takes 5-60 s
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TransformersServe:
+    def __init__(self, model_dir: Path, workdir: Path):
+        self.model_dir, self.workdir = Path(model_dir), Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = self.workdir / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> "TransformersServe":
+        hf_home = self.workdir / "hf-home"
+        (hf_home / "hub").mkdir(parents=True, exist_ok=True)  # /v1/models scans it (a missing one is a 500)
+        env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_OFFLINE="1",
+                   HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # a shared 2-core machine: one thread is plenty
+        cmd = [sys.executable, "-c", "from transformers.cli.transformers import app; app()", "serve",
+               str(self.model_dir), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
+               "--dtype", "float32", "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"transformers serve did not answer /health within {timeout} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no goodbye on the open streams."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+# ---- the stub ------------------------------------------------------------------------------------------------------
+def _chunk(text: str, finish: str | None = None) -> bytes:
+    obj = {"id": "x", "object": "text_completion", "model": "stub",
+           "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.endswith("/models"):
+            return self._send(200, json.dumps({"object": "list", "data": [
+                {"id": "stub-model", "object": "model", "max_model_len": 4096}]}).encode())
+        self._send(404, b'{"detail": "Not Found"}')
+
+    def do_POST(self):
+        behaviour = self.server.behaviour
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        self.server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if behaviour == "auth" and self.headers.get("Authorization") != "Bearer sesame":
+            return self._send(401, b'{"error": {"message": "Invalid API key", "type": "invalid_request_error"}}')
+        if behaviour == "silent":
+            time.sleep(30)  # longer than the client's --timeout; the test ends first
+            return
+        if behaviour == "html":
+            return self._send(200, b"<html><body>It works!</body></html>", "text/html")
+        if behaviour == "whole":
+            return self._send(200, json.dumps({
+                "id": "x", "object": "text_completion", "model": "stub",
+                "choices": [{"index": 0, "text": "a whole answer", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode())
+        # "auth" with the right key, "stream" and "cut": an event stream, chunked
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i, part in enumerate(["Once", " upon", " a", " time"]):
+            if behaviour == "cut" and i == 2:
+                self.wfile.write(b"40\r\ndata: {\"choi")  # half a chunk, then the connection drops
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            data = _chunk(part)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            time.sleep(0.02)
+        data = _chunk("", "length") + b"data: [DONE]\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        self.wfile.flush()
+
+
+class StubServer:
+    def __init__(self, behaviour: str = "stream"):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.behaviour = behaviour
+        self.httpd.requests = []
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.httpd.requests
+
+    def __enter__(self) -> "StubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
