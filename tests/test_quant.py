@@ -1,0 +1,340 @@
+"""bitsandbytes quantization (cohere_cli/quant.py, quantize.py, quality.py) against bitsandbytes itself and against
+transformers' bitsandbytes integration, on small random checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from cohere_cli import quant, quantize
+from cohere_cli.checkpoint import load_model
+from cohere_cli.errors import CheckpointError, QuantizeError
+from cohere_cli.generate import prefill
+from cohere_cli.model import KVCache
+from factory_checkpoint import make_checkpoint
+
+bnbF = quant.bnb().functional
+VOCAB = 384
+SPECS = {
+    "nf4": quant.QuantSpec(bits=4),
+    "nf4-nodq": quant.QuantSpec(bits=4, double_quant=False),
+    "fp4-b128": quant.QuantSpec(bits=4, quant_type="fp4", blocksize=128),
+    "int8": quant.QuantSpec(bits=8),
+}
+
+
+def stored(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def one_shot_4bit(w, spec):
+    """What bitsandbytes' own quantize_4bit writes for `w`: {suffix: tensor}."""
+    q, st = bnbF.quantize_4bit(w, blocksize=spec.blocksize, compress_statistics=spec.double_quant,
+                               quant_type=spec.quant_type)
+    return {"weight": q, **{f"weight.{k}": v for k, v in st.as_dict(packed=True).items()}}, (q, st)
+
+
+def assert_same_serialization(ours: dict, ref: dict):
+    assert set(ours) == set(ref)
+    for k, v in ref.items():
+        if ".quant_state." in k:  # the JSON of the non-tensor state: compare what it says
+            assert quant.read_quant_state_json(ours[k]) == quant.read_quant_state_json(v), k
+        else:
+            assert ours[k].dtype == v.dtype and ours[k].shape == v.shape, k
+            assert torch.equal(ours[k], v), k
+
+
+# ---- one weight -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["nf4", "nf4-nodq", "fp4-b128"])
+@pytest.mark.parametrize("shape,dtype", [((256, 192), torch.bfloat16), ((96, 320), torch.float16),
+                                         ((130, 64), torch.float32)])
+def test_chunked_4bit_equals_bnb_one_shot(spec, shape, dtype):
+    spec = SPECS[spec]
+    w = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.05).to(dtype)
+    step = quant.row_chunk(shape, spec.blocksize, target_elems=shape[1] * 7)  # several chunks, aligned to blocks
+    assert step < shape[0]
+    ours = quant.quantize_weight(w, spec, rows=step)
+    ref, _ = one_shot_4bit(w, spec)
+    assert_same_serialization(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_chunked_int8_equals_bnb_int8params(dtype):
+    w = (torch.randn(200, 96, generator=torch.Generator().manual_seed(1)) * 0.05).to(dtype)
+    ours = quant.quantize_weight(w, SPECS["int8"], rows=64)
+    p = quant.bnb().nn.Int8Params(w.clone(), has_fp16_weights=False, requires_grad=False).to("cpu")  # bnb's path
+    assert torch.equal(ours["weight"], p.data) and ours["weight"].dtype == torch.int8
+    assert torch.equal(ours["SCB"], p.SCB)
+    assert ours["weight_format"].item() == 0
+
+
+def test_cpu_kernel_layout_is_bitsandbytes_layout():
+    convert = getattr(bnbF, "_convert_weight_packed_for_cpu", None)
+    if convert is None:
+        pytest.skip("this bitsandbytes has no CPU repacking")
+    import copy
+
+    for n, k in ((4096, 512), (96, 256), (32, 64)):
+        w = torch.randn(n, k).bfloat16()
+        q, st = bnbF.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+        packed, _ = convert(q.clone(), copy.deepcopy(st))
+        assert torch.equal(quant.pack_for_cpu(q, n, k), packed)
+        assert torch.equal(quant.unpack_from_cpu(packed), q)
+
+
+@pytest.mark.parametrize("spec", ["nf4", "fp4-b128", "int8"])
+def test_forward_paths(spec):
+    """Kernel and dequantize+GEMM give the float result up to rounding, the dequantize path is exactly F.linear with
+    the dequantized weight, and the default picks one of them per row count."""
+    spec = SPECS[spec]
+    n, k = 256, 512
+    w = (torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.05).bfloat16()
+    tensors = quant.quantize_weight(w, spec)
+    cls = quant.QuantLinear4bit if spec.bits == 4 else quant.QuantLinear8bit
+    mod = cls.from_stored(tensors, k, n)
+    default = mod.kernel_max_rows
+    assert default == quant.kernel_max_rows(spec.bits)
+    deq = mod.dequantize(torch.float32)
+    for rows in (1, 3, 16, 64):
+        x = torch.randn(2, rows, k, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        outs = {}
+        for path, limit in (("kernel", quant.UNLIMITED), ("dequantize", 0), ("default", default)):
+            mod.kernel_max_rows = limit
+            with torch.no_grad():
+                outs[path] = y = mod(x)
+            ref = torch.nn.functional.linear(x.float(), deq)
+            assert y.shape == (2, rows, n) and y.dtype == torch.bfloat16
+            rel = ((y.float() - ref).norm() / ref.norm()).item()
+            assert rel < 0.02, (path, rows, rel)
+        assert torch.equal(outs["dequantize"], torch.nn.functional.linear(x, mod.dequantize(torch.bfloat16)))
+        assert torch.equal(outs["default"], outs["kernel" if 2 * rows <= default else "dequantize"])
+
+
+# ---- whole checkpoints ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    d = tmp_path_factory.mktemp("parent")
+    return make_checkpoint(d, tokenizer=False, vocab=VOCAB, dtype="bfloat16", hidden=128, heads=4, kv_heads=2,
+                           intermediate=256, layers=3, max_shard_size="200KB")
+
+
+@pytest.fixture(scope="module")
+def quantized(parent, tmp_path_factory):
+    """spec name -> folder quantized by us (several output shards)."""
+    out = {}
+    for name, spec in SPECS.items():
+        d = tmp_path_factory.mktemp(f"q-{name}")
+        quantize.quantize_checkpoint(parent, d, spec, max_shard_bytes=150_000)
+        out[name] = d
+    return out
+
+
+def test_output_is_sharded_with_index(quantized):
+    d = quantized["nf4"]
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and files == sorted(p.name for p in d.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(d / f), framework="pt") as sf:
+            assert sf.metadata() == {"format": "pt"}
+            assert {k for k, v in index["weight_map"].items() if v == f} == set(sf.keys())
+    total = sum(t.numel() * t.element_size() for t in stored(d).values())
+    assert index["metadata"]["total_size"] == total
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_dequantized_weights_equal_bnb_bit_for_bit(parent, quantized, name):
+    spec = SPECS[name]
+    ref_sd, ours = stored(parent), stored(quantized[name])
+    model = load_model(quantized[name], dtype="bfloat16").model
+    mods = quant.quantized_modules(model)
+    linears = [k[: -len(".weight")] for k in ref_sd if quant.QUANTIZABLE.match(k[: -len(".weight")])]
+    assert sorted(mods) == sorted(linears) and len(linears) == 3 * 7
+    for mod in linears:
+        w = ref_sd[f"{mod}.weight"]
+        mine = {k[len(mod) + 1 :]: v for k, v in ours.items() if k.startswith(mod + ".")}
+        if spec.bits == 4:
+            ref, (q, st) = one_shot_4bit(w, spec)
+            assert_same_serialization(mine, ref)
+            expect = bnbF.dequantize_4bit(q, st)  # bitsandbytes' own quantize -> dequantize of the parent
+            qs = bnbF.QuantState.from_dict({k[len("weight.") :]: v for k, v in mine.items() if k != "weight"},
+                                           device=torch.device("cpu"))
+            assert torch.equal(bnbF.dequantize_4bit(mine["weight"], qs), expect)
+        else:
+            cb, scb, _ = bnbF.int8_vectorwise_quant(w.half())
+            assert torch.equal(mine["weight"], cb) and torch.equal(mine["SCB"], scb)
+            expect = bnbF.int8_vectorwise_dequant(cb, scb).to(w.dtype)
+        # the loaded module (repacked for the CPU kernel where there is one) dequantizes to the same bits
+        assert torch.equal(mods[mod].dequantize(w.dtype), expect), mod
+    # everything else is the parent's tensor, byte for byte
+    for k, v in ref_sd.items():
+        if not quant.QUANTIZABLE.match(k[: -len(".weight")]):
+            assert torch.equal(ours[k], v) and ours[k].dtype == v.dtype, k
+
+
+def test_config_carries_quantization_config(parent, quantized):
+    cfg = json.loads((quantized["nf4"] / "config.json").read_text())
+    pcfg = json.loads((parent / "config.json").read_text())
+    q = cfg.pop("quantization_config")
+    assert cfg == pcfg
+    assert q["quant_method"] == "bitsandbytes" and q["load_in_4bit"] and not q["load_in_8bit"]
+    assert q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] is True
+    q8 = json.loads((quantized["int8"] / "config.json").read_text())["quantization_config"]
+    assert q8["load_in_8bit"] and not q8["load_in_4bit"] and q8["llm_int8_skip_modules"] == ["lm_head"]
+
+
+@pytest.mark.parametrize("name,bnb_kwargs", [
+    ("nf4", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                 bnb_4bit_compute_dtype=torch.bfloat16)),
+    ("int8", dict(load_in_8bit=True)),
+])
+def test_same_tensors_as_transformers_writes(parent, quantized, tmp_path, name, bnb_kwargs):
+    """transformers quantizing the parent and saving it writes the very tensors we write; and our loader reads its
+    checkpoint to the same model as ours."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    hf = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.bfloat16,
+                                              quantization_config=BitsAndBytesConfig(**bnb_kwargs))
+    hf.save_pretrained(tmp_path)
+    theirs, ours = stored(tmp_path), stored(quantized[name])
+    assert_same_serialization(ours, theirs)
+    hf_q = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    our_q = json.loads((quantized[name] / "config.json").read_text())["quantization_config"]
+    for k in ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+              "bnb_4bit_quant_storage", "llm_int8_threshold"):
+        assert hf_q[k] == our_q[k], k
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = load_model(tmp_path, dtype="bfloat16").model(ids)
+        b = load_model(quantized[name], dtype="bfloat16").model(ids)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["nf4", "int8"])
+def test_greedy_tokens_agree_with_transformers_teacher_forced(parent, quantized, name):
+    """Our model core on the quantized checkpoint vs transformers loading the same folder with bitsandbytes: the
+    next-token argmax agrees on >= 90% of positions, for a whole-sequence forward (on either path) and for cached
+    decoding one token at a time (the bitsandbytes kernel path)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = quantized[name]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    ours = load_model(folder, dtype="bfloat16").model
+    # the sequence: transformers' own greedy continuation of a random prompt
+    prompt = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        seq = hf.generate(prompt, max_new_tokens=56, do_sample=False, min_new_tokens=56)
+        ref = hf(seq).logits[0].argmax(-1)  # (T,)
+        fulls = []
+        for path in ("dequantize", "kernel", None):
+            quant.force_path(ours, path)
+            fulls.append(ours(seq)[0].argmax(-1))
+        T = seq.shape[1]
+        cache = KVCache(ours.config, T, torch.bfloat16)
+        steps = [prefill(ours, seq[0, :1], cache, 0).argmax()]
+        for t in range(1, T):
+            steps.append(ours(seq[:, t : t + 1], t, cache, last_only=True)[0, -1].argmax())
+        stepwise = torch.stack(steps)
+    for full in fulls:
+        assert (full == ref).float().mean().item() >= 0.9
+    assert (stepwise == ref).float().mean().item() >= 0.9
+    # transformers' greedy tokens are its argmaxes: teacher-forced, we predict them too
+    assert (stepwise[7:-1] == seq[0, 8:]).float().mean().item() >= 0.9
+
+
+def test_keep_leaves_linears_float_and_transformers_agrees(parent, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    spec = quant.QuantSpec(bits=4, keep=["model.layers.0.*", "*.down_proj"])
+    r = quantize.quantize_checkpoint(parent, tmp_path, spec)
+    kept = sorted(r.plan.kept)
+    assert kept == sorted([f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj",
+                                                           "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                                           "mlp.up_proj", "mlp.down_proj")]
+                          + ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"])
+    sd = stored(tmp_path)
+    for m in kept:
+        assert sd[f"{m}.weight"].dtype == torch.bfloat16 and f"{m}.weight.absmax" not in sd
+    q = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert q["llm_int8_skip_modules"] == ["lm_head", *r.plan.kept]
+    ours = load_model(tmp_path, dtype="bfloat16").model
+    assert sorted(quant.quantized_modules(ours)) == sorted(r.plan.quantized)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, VOCAB, (1, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        agree = (hf(ids).logits.argmax(-1) == ours(ids).argmax(-1)).float().mean().item()
+    assert agree >= 0.9
+
+
+def test_refuses_quantized_parent_and_nothing_to_quantize(quantized, parent, tmp_path):
+    with pytest.raises(QuantizeError, match="already quantized"):
+        quantize.quantize_checkpoint(quantized["nf4"], tmp_path, SPECS["nf4"])
+    with pytest.raises(QuantizeError, match="nothing to quantize"):
+        quantize.quantize_checkpoint(parent, tmp_path, quant.QuantSpec(bits=4, keep=["*"]))
+
+
+def test_loader_errors(quantized, tmp_path):
+    import shutil
+
+    d = tmp_path / "broken"
+    shutil.copytree(quantized["nf4"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"]["quant_method"] = "gptq"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="'gptq' is not supported"):
+        load_model(d)
+    shutil.rmtree(d)
+    shutil.copytree(quantized["nf4"], d)
+    victim = "model.layers.1.mlp.up_proj.weight.absmax"
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    f = d / index["weight_map"][victim]
+    sd = load_file(f)
+    del sd[victim]
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="'model.layers.1.mlp.up_proj' lacks weight.absmax"):
+        load_model(d)
+
+
+# ---- the quality report ---------------------------------------------------------------------------------------------
+def test_quality_report_recomputed_independently(tmp_path):
+    """The report's numbers, recomputed here with plain full-model forwards of both models."""
+    from cohere_cli.quality import eval_text, evaluate
+    from cohere_cli.tokenizer import Tokenizer
+
+    p = make_checkpoint(tmp_path / "p", dtype="bfloat16", hidden=128, heads=4, kv_heads=2, intermediate=256,
+                        layers=2)
+    q = tmp_path / "q"
+    q.mkdir()
+    quantize.quantize_checkpoint(p, q, SPECS["nf4"])
+    report = evaluate(q, p, max_tokens=1500, window=256, dtype="bfloat16")
+
+    tok = Tokenizer.from_dir(q)
+    ids = tok.encode(eval_text(), add_bos=False)[:1500]
+    body = 255  # windows of 256: BOS + 255 tokens of text, full windows only
+    rows = [[tok.bos_id] + ids[j * body : (j + 1) * body] for j in range(len(ids) // body)]
+    x = torch.tensor(rows)
+    mp, mq = load_model(p, dtype="bfloat16").model, load_model(q, dtype="bfloat16").model
+    with torch.no_grad():
+        lp = torch.log_softmax(mp(x)[:, :-1].double(), -1)
+        lq = torch.log_softmax(mq(x)[:, :-1].double(), -1)
+    tgt = x[:, 1:, None]
+    ppl_p = math.exp(-lp.gather(-1, tgt).mean().item())
+    ppl_q = math.exp(-lq.gather(-1, tgt).mean().item())
+    kl = (lp.exp() * (lp - lq)).sum(-1).flatten()
+    top1 = (lp.argmax(-1) == lq.argmax(-1)).double().mean().item()
+
+    assert report.tokens == kl.numel() == len(rows) * body and report.windows == len(rows) and report.window == 256
+    assert report.parent_perplexity == pytest.approx(ppl_p, rel=1e-3)
+    assert report.perplexity == pytest.approx(ppl_q, rel=1e-3)
+    assert report.kl_mean == pytest.approx(kl.mean().item(), rel=2e-2, abs=1e-5)
+    assert report.kl_p99 == pytest.approx(torch.quantile(kl, 0.99).item(), rel=5e-2, abs=1e-5)
+    assert report.top1_agreement == pytest.approx(top1, abs=0.01)
+    assert report.kl_mean > 0 and 0.5 < report.top1_agreement < 1.0  # quantization did change something
