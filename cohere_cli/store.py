@@ -323,6 +323,7 @@ def entry_tmpdir(name: str, *, replace: bool = False) -> Iterator[Path]:
     models_dir().mkdir(parents=True, exist_ok=True)
     _cleanup_stale_tmp()
     tmp = Path(tempfile.mkdtemp(prefix=f"{folder_name(name)}.", suffix=f".{os.getpid()}", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; a published entry is an ordinary folder
     try:
         yield tmp
         m = read_manifest(tmp)

@@ -175,6 +175,12 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
             out.append(f"  source        {src.get('repo_id')} @ {src.get('revision')} (commit {src.get('commit')})")
         if manifest.get("parent"):
             out.append(f"  derived from  {manifest['parent']}")
+        q = manifest.get("quantization")
+        if q:
+            out.append(f"  quantization  {q.get('method', 'bitsandbytes')} {q.get('quant_type') or ''} "
+                       f"{q.get('bits')}-bit, blocksize {q.get('blocksize')}, double quant {q.get('double_quant')}, "
+                       f"compute {q.get('compute_dtype')}; unquantized: "
+                       f"{', '.join(q.get('unquantized') or []) or 'none'}")
         out.append(f"  created       {manifest.get('created_at')}")
         nfiles = len(manifest.get("files") or {})
         out.append(f"  files         {nfiles}, {sizes.human_bytes(sum(f.get('size', 0) for f in manifest['files'].values()))}"
@@ -184,6 +190,10 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     out.append(f"  architecture  {(summary['architectures'] or ['?'])[0]} ({summary['model_type']})")
     out.append(f"  parameters    {sizes.human_params(params)} ({params if params else '?'})")
     out.append(f"  precision     {precision or '?'} (stored as {storage_dtype or '?'})")
+    if manifest and manifest.get("quality"):
+        from cohere_cli.quality import format_report
+
+        out += format_report(manifest["quality"])
     out.append("config")
     out.append(f"  hidden {d.hidden}, intermediate {d.intermediate}, layers {d.layers}, heads {d.heads}, "
                f"kv heads {d.kv_heads}, head_dim {d.head_dim}, vocab {d.vocab}")
