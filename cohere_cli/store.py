@@ -182,12 +182,26 @@ def find_entry(spec: str) -> Entry | None:
     return None
 
 
+BUILTIN_DEMO = Path(__file__).parent / "data" / "demo"
+
+
+def builtin_entry(spec: str) -> Path | None:
+    """`demo`: the small trained model shipped inside the package (scripts/train_demo.py)."""
+    if spec.strip().lower() == "demo" and (BUILTIN_DEMO / "config.json").is_file():
+        return BUILTIN_DEMO
+    return None
+
+
 def resolve_model(spec: str) -> Path:
-    """MODEL as given on the command line -> a checkpoint folder: an existing folder, or a store entry by name or
-    unambiguous short form. Raises ModelNotFound with close matches and what to run otherwise."""
+    """MODEL as given on the command line -> a checkpoint folder: an existing folder, the built-in `demo`, or a
+    store entry by name or unambiguous short form. Raises ModelNotFound with close matches and what to run
+    otherwise."""
     p = Path(spec).expanduser()
     if p.is_dir():
         return p
+    demo = builtin_entry(spec)
+    if demo is not None:
+        return demo
     entry = find_entry(spec)
     if entry is not None:
         return entry.path

@@ -1,0 +1,231 @@
+"""`cohere bench [MODEL]`: prefill, time to first token, decode, memory, and how close decode is to the memory
+bandwidth roofline, per precision. A rich table goes to stderr; `--json` prints one record on stdout;
+`--compare-to FILE` prints the change against an earlier record (and adds it to the record as `comparison`).
+
+The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, seconds, tokens/s, FLOP/s):
+
+    schema, created_at
+    versions   {cohere_cli, torch, bitsandbytes, cuda, python, platform}
+    machine    {device, cpu, cpu_count, gpu, threads, memory_bandwidth_bytes_per_s, bandwidth_probe,
+                device_peak_bandwidth_bytes_per_s, env {OMP_NUM_THREADS, OMP_WAIT_POLICY, ...: those set}}
+    model      {name, path, revision, parent, architecture, model_type, parameters, context, hidden, layers, heads,
+                kv_heads, head_dim, intermediate, vocab, sliding_window, tied_embeddings}
+    settings   {seq, gen, repeat, warmup, prefill_short, precisions, threads, device, decode_positions,
+                decode_mean_context, prefill_chunk}
+    results    one per precision:
+               {precision, source, compute_dtype, threads, load_s, quantized_linears, model_bytes, kv_cache_bytes,
+                weights_read_bytes_per_token, kv_read_bytes_per_token, decode_bytes_per_token,
+                prefill_512_tokens_per_s, prefill_seq_tokens_per_s, ttft_s, decode_tokens_per_s   <- each a STAT
+                decode_roofline_tokens_per_s, decode_roofline_fraction, decode_device_peak_fraction,
+                prefill_512_flops, prefill_seq_flops, prefill_512_flop_per_s, prefill_seq_flop_per_s,
+                decode_flops_per_token,
+                peak_memory {rss_bytes, rss_with_load_bytes, rss_includes_load, cuda_allocated_bytes,
+                             cuda_reserved_bytes}}
+               STAT = {median, min, max, spread ((max-min)/median), samples}
+    comparison (with --compare-to) {file, baseline {created_at, model, settings, machine}, differences [text],
+                changes [{precision, metric, before, after, change (after/before - 1), better (bool)}]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.markup import escape
+
+from cohere_cli import bench, sizes
+from cohere_cli.console import err, info, warn
+from cohere_cli.errors import UsageError
+
+# (key in a result, label, +1 when higher is better / -1 when lower is better)
+COMPARED = (
+    ("prefill_512_tokens_per_s", "prefill 512 tok/s", +1),
+    ("prefill_seq_tokens_per_s", "prefill seq tok/s", +1),
+    ("ttft_s", "time to first token s", -1),
+    ("decode_tokens_per_s", "decode tok/s", +1),
+    ("decode_roofline_fraction", "decode / roofline", +1),
+    ("peak_memory.rss_bytes", "peak RSS bytes", -1),
+    ("peak_memory.cuda_allocated_bytes", "peak CUDA allocated bytes", -1),
+    ("model_bytes", "model bytes", -1),
+    ("kv_cache_bytes", "KV cache bytes", -1),
+)
+
+
+def run_bench_command(model: str, *, seq: int, gen: int, precision: str | None, repeat: int,
+                      threads: int | None, device: str, json_out: bool, compare_to: Path | None) -> dict:
+    baseline = load_record(compare_to) if compare_to is not None else None
+    precisions = bench.parse_precisions(precision)
+
+    def announce(plans):
+        info(f"bench {model}: seq {seq}, gen {gen}, {repeat} run(s) after a warm-up, precisions "
+             f"{', '.join(p.precision for p in plans)}")
+        for p in plans:
+            if p.mode == "quantize":
+                warn(f"{p.precision} is not in the store: {p.source} (each precision runs in its own process)")
+
+    record = bench.run_bench(model, seq=seq, gen=gen, precisions=precisions, repeat=repeat, threads=threads,
+                             device=device, on_plan=announce)
+    print_table(record)
+    if baseline is not None:
+        record["comparison"] = compare_records(baseline, record, str(compare_to))
+        print_comparison(record["comparison"])
+    if json_out:
+        print(json.dumps(record, indent=2))
+    return record
+
+
+# ---- records --------------------------------------------------------------------------------------------------------
+def load_record(path: Path) -> dict:
+    try:
+        rec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--compare-to {path}: no such file (write one with `cohere bench --json > FILE`)") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--compare-to {path} is not a JSON bench record ({e})") from None
+    if not isinstance(rec, dict) or not str(rec.get("schema", "")).startswith("cohere-cli.bench/") \
+            or not isinstance(rec.get("results"), list):
+        raise UsageError(f"--compare-to {path} is not a `cohere bench --json` record (no cohere-cli.bench schema)")
+    return rec
+
+
+def figure(result: dict, key: str):
+    """A result's value for `key` ("a.b" for nested); the median of a STAT; None when absent."""
+    v = result
+    for part in key.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    if isinstance(v, dict):
+        v = v.get("median")
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def compare_records(old: dict, new: dict, file: str = "") -> dict:
+    """Per precision present in both records, each compared figure: before, after, change = after/before - 1,
+    and whether it got better. `differences` names settings, machine, model and versions that changed (a change
+    there explains a difference in speed better than the code does)."""
+    differences = []
+
+    def diff(section: str, keys):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for k in keys:
+            if a.get(k) != b.get(k):
+                differences.append(f"{section}.{k}: {a.get(k)} -> {b.get(k)}")
+
+    diff("settings", ("seq", "gen", "repeat", "threads", "device", "prefill_short"))
+    diff("machine", ("cpu", "gpu", "cpu_count", "env"))
+    diff("model", ("name", "revision", "parameters"))
+    diff("versions", ("cohere_cli", "torch", "bitsandbytes", "cuda"))
+    before = {r.get("precision"): r for r in old.get("results", []) if isinstance(r, dict)}
+    changes = []
+    for r in new.get("results", []):
+        o = before.get(r["precision"])
+        if o is None:
+            differences.append(f"{r['precision']}: not in the earlier record")
+            continue
+        for key, label, sign in COMPARED:
+            a, b = figure(o, key), figure(r, key)
+            if a is None or b is None or a == 0:
+                continue
+            ch = b / a - 1
+            changes.append({"precision": r["precision"], "metric": key, "label": label, "before": a, "after": b,
+                            "change": ch, "better": ch * sign > 0})
+    for p in before:
+        if p not in {r["precision"] for r in new.get("results", [])}:
+            differences.append(f"{p}: not in this run")
+    return {"file": file,
+            "baseline": {k: old.get(k) for k in ("created_at", "model", "settings", "machine")},
+            "differences": differences, "changes": changes}
+
+
+# ---- printing -------------------------------------------------------------------------------------------------------
+def _stat(s: dict | None, fmt: str = "{:.1f}", scale: float = 1.0) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    text = fmt.format(s["median"] * scale)
+    if len(s.get("samples", [])) > 1:
+        text += f" [dim]±{s['spread'] * 50:.0f}%[/dim]"  # half the range, relative to the median
+    return text
+
+
+def _flops(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if x >= div:
+            return f"{x / div:.3g} {unit}FLOP/s"
+    return f"{x:.3g} FLOP/s"
+
+
+def _console():
+    """stderr, as wide as the table needs when it is not a terminal (a log file, a CI job)."""
+    from rich.console import Console
+
+    return err if err.is_terminal else Console(stderr=True, highlight=False, width=180)
+
+
+def print_table(record: dict) -> None:
+    from rich.table import Table
+
+    m, s, mod = record["machine"], record["settings"], record["model"]
+    bw = m["memory_bandwidth_bytes_per_s"]
+    where = m["gpu"] or m["cpu"]
+    peak = m.get("device_peak_bandwidth_bytes_per_s")
+    peak_txt = f", device peak {peak / 1e9:.0f} GB/s" if peak else ""
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    err.print(f"[bold]{escape(mod['name'])}[/bold] ({mod['model_type']}, {sizes.human_params(mod['parameters'])} "
+              f"parameters, context {mod['context']}) on {escape(str(where))}, {threads}; "
+              f"memory bandwidth {bw / 1e9:.1f} GB/s measured{peak_txt}", soft_wrap=True)
+    seq = s["seq"]
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    cols = ("precision", "model", f"KV@{seq}", f"prefill {s['prefill_short']}", f"prefill {seq}", "TTFT",
+            f"decode@{seq}", "roofline", "of roofline", f"prefill {seq} compute", "peak memory")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "precision" else "right")
+    for r in record["results"]:
+        pm = r["peak_memory"]
+        if pm.get("cuda_allocated_bytes") is not None:
+            mem = f"{sizes.human_bytes(pm['cuda_allocated_bytes'])} / {sizes.human_bytes(pm['cuda_reserved_bytes'])}"
+        else:
+            mem = sizes.human_bytes(pm["rss_bytes"])
+        t.add_row(
+            r["precision"], sizes.human_bytes(r["model_bytes"]), sizes.human_bytes(r["kv_cache_bytes"]),
+            _stat(r["prefill_512_tokens_per_s"]) + " tok/s", _stat(r["prefill_seq_tokens_per_s"]) + " tok/s",
+            _stat(r["ttft_s"], "{:.0f}", 1000) + " ms", _stat(r["decode_tokens_per_s"]) + " tok/s",
+            f"{r['decode_roofline_tokens_per_s']:.1f} tok/s", f"{r['decode_roofline_fraction'] * 100:.0f}%",
+            _flops(r["prefill_seq_flop_per_s"]), mem,
+        )
+    _console().print(t)
+    mem_kind = "CUDA allocated / reserved" if record["results"] and \
+        record["results"][0]["peak_memory"].get("cuda_allocated_bytes") is not None else "peak RSS while running"
+    info(f"medians of {s['repeat']} run(s) after a warm-up, ± half the range; decode at positions "
+         f"{s['decode_positions'][0]}..{s['decode_positions'][1]}; roofline = bandwidth / (weights + KV read per "
+         f"token); peak memory: {mem_kind} (each precision in its own process)")
+    for r in record["results"]:
+        if r["source"] != "checkpoint":
+            info(f"{r['precision']}: {r['source']}")
+
+
+def print_comparison(comp: dict) -> None:
+    from rich.table import Table
+
+    err.print(f"[bold]change against {escape(comp['file'])}[/bold] "
+              f"({escape(str((comp['baseline'] or {}).get('created_at')))})", soft_wrap=True)
+    for d in comp["differences"]:
+        warn(f"differs: {escape(d)}")
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("precision", "figure", "before", "after", "change"):
+        t.add_column(c, justify="left" if c in ("precision", "figure") else "right")
+    for c in comp["changes"]:
+        big = abs(c["change"]) >= 0.05
+        color = ("green" if c["better"] else "red") if big else "dim"
+        fmt = _human if "bytes" in c["metric"] else _num
+        t.add_row(c["precision"], c["label"], fmt(c["before"]), fmt(c["after"]),
+                  f"[{color}]{c['change'] * 100:+.1f}%[/{color}]")
+    _console().print(t)
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _human(x: float) -> str:
+    return sizes.human_bytes(x)
