@@ -320,11 +320,32 @@ def bench(
         Optional[Path], typer.Option("--compare-to", metavar="FILE", help="Print the change against an earlier "
                                      "`bench --json` record.")
     ] = None,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option("--endpoint", metavar="URL", help="Benchmark an OpenAI-compatible server instead (e.g. "
+                     "http://gpu-box:8000/v1): time to first token, decode and aggregate tokens/s per concurrency "
+                     "level. MODEL is then optional (a local tokenizer); --seq is the prompt length, --gen the "
+                     "tokens generated per request."),
+    ] = None,
+    api_key: ApiKey = None,
+    served_model: ServedModel = None,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", metavar="LIST", help="With --endpoint: comma-separated numbers of "
+                          "requests in flight, e.g. 1,4,16 (max(4, 2 x N) requests per level).")
+    ] = "1",
+    timeout: Timeout = 120.0,
 ) -> None:
     """Measure prefill, time to first token, decode speed and peak memory per precision.
 
     Reports decode as a fraction of the memory-bandwidth roofline (measured here) and prefill as FLOP/s.
     A table goes to stderr; --json writes the record to stdout."""
+    if endpoint:
+        from cohere_cli.commands.bench import run_remote_bench_command
+
+        run_remote_bench_command(None if model == "demo" else model,
+                                 endpoint=_endpoint(endpoint, api_key, served_model, timeout), seq=seq, gen=gen,
+                                 concurrency=concurrency, json_out=json_out, compare_to=compare_to)
+        return
     from cohere_cli.commands.bench import run_bench_command
 
     run_bench_command(model, seq=seq, gen=gen, precision=precision, repeat=repeat, threads=threads, device=device,

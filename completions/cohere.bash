@@ -23,6 +23,11 @@ _cohere_complete() {
         "bench:--threads") return ;;
         "bench:--device") COMPREPLY=($(compgen -W "auto cpu cuda" -- "$cur")); return ;;
         "bench:--compare-to") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "bench:--endpoint") return ;;
+        "bench:--api-key") return ;;
+        "bench:--served-model") return ;;
+        "bench:--concurrency") return ;;
+        "bench:--timeout") return ;;
         "chat:--prompt"|"chat:-p") return ;;
         "chat:--system"|"chat:-s") return ;;
         "chat:--history") COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -69,7 +74,7 @@ _cohere_complete() {
     esac
     case "$path" in
         "") COMPREPLY=($(compgen -W "bench chat download generate models quantize --version --help" -- "$cur")) ;;
-        "bench") COMPREPLY=($(compgen -W "--seq --gen --precision --repeat --threads --device --json --compare-to --help" -- "$cur")) ;;
+        "bench") COMPREPLY=($(compgen -W "--seq --gen --precision --repeat --threads --device --json --compare-to --endpoint --api-key --served-model --concurrency --timeout --help" -- "$cur")) ;;
         "chat") COMPREPLY=($(compgen -W "--prompt -p --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
         "download") COMPREPLY=($(compgen -W "--revision -r --include --exclude --token --dry-run --max-workers --json --help" -- "$cur")) ;;
         "generate") COMPREPLY=($(compgen -W "--max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;

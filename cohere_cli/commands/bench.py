@@ -22,6 +22,10 @@ The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, sec
                 peak_memory {rss_bytes, rss_with_load_bytes, rss_includes_load, cuda_allocated_bytes,
                              cuda_reserved_bytes}}
                STAT = {median, min, max, spread ((max-min)/median), samples}
+    with --endpoint URL (an OpenAI-compatible server, cohere_cli.remote_bench): the same sections, machine about
+    this client (+ endpoint), and results one per concurrency level:
+               {precision: "remote", concurrency, requests, errors, error_messages, prompt_tokens, generation_tokens,
+                ttft_s (a STAT + p90), decode_tokens_per_s (per request, a STAT), aggregate_tokens_per_s, wall_s}
     comparison (with --compare-to) {file, baseline {created_at, model, settings, machine}, differences [text],
                 changes [{precision, metric, before, after, change (after/before - 1), better (bool)}]}
 """
@@ -229,3 +233,48 @@ def _num(x: float) -> str:
 
 def _human(x: float) -> str:
     return sizes.human_bytes(x)
+
+
+# ---- --endpoint: an OpenAI-compatible server (cohere_cli.remote_bench) ----------------------------------------------
+def run_remote_bench_command(model: str | None, *, endpoint, seq: int, gen: int, concurrency: str, json_out: bool,
+                             compare_to: Path | None) -> dict:
+    from cohere_cli import remote_bench
+
+    levels = remote_bench.parse_concurrency(concurrency)
+    baseline = load_record(compare_to) if compare_to is not None else None
+    info(f"bench {endpoint.url}: prompt ~{seq} tokens, {gen} generated per request, concurrency "
+         f"{', '.join(map(str, levels))}")
+    record = remote_bench.run_remote_bench(
+        endpoint, model, seq=seq, gen=gen, concurrency=levels,
+        on_level=lambda c, n: info(f"concurrency {c}: {n} requests"))
+    print_remote_table(record)
+    if baseline is not None:
+        record["comparison"] = compare_records(baseline, record, str(compare_to))
+        print_comparison(record["comparison"])
+    if json_out:
+        print(json.dumps(record, indent=2))
+    return record
+
+
+def print_remote_table(record: dict) -> None:
+    from rich.table import Table
+
+    s, mod = record["settings"], record["model"]
+    err.print(f"[bold]{escape(str(mod['name']))}[/bold] at {escape(s['endpoint'])}: prompt ~{s['seq']} tokens, "
+              f"{s['gen']} generated per request", soft_wrap=True)
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("concurrency", "requests", "errors", "prompt", "TTFT median", "TTFT p90", "decode/request",
+              "aggregate"):
+        t.add_column(c, justify="right")
+    for r in record["results"]:
+        tt = r["ttft_s"]
+        t.add_row(str(r["concurrency"]), str(r["requests"]), str(r["errors"]),
+                  "-" if r["prompt_tokens"] is None else f"{r['prompt_tokens']:.0f}",
+                  _stat(tt, "{:.0f}", 1000) + " ms", "-" if tt.get("p90") is None else f"{tt['p90'] * 1000:.0f} ms",
+                  _stat(r["decode_tokens_per_s"]) + " tok/s", f"{r['aggregate_tokens_per_s']:.1f} tok/s")
+    _console().print(t)
+    info("TTFT and decode: medians over the requests, ± half the range; aggregate = all generated tokens / wall time "
+         "of the level")
+    for r in record["results"]:
+        for m in r["error_messages"]:
+            warn(f"concurrency {r['concurrency']}: {escape(m)}")
