@@ -260,7 +260,7 @@ def models_verify(model: ModelArg, json_out: JsonReport = False) -> None:
 # ---- quantize (issue #5) --------------------------------------------------------------------------------------------
 @app.command()
 def quantize(
-    model: ModelArg,
+    model: Annotated[str, typer.Argument(help="Checkpoint folder or store name (default: the built-in demo).")] = "demo",
     bits: Annotated[int, typer.Option("--bits", help="4 (nf4/fp4) or 8 (LLM.int8).")] = 4,
     quant_type: Annotated[str, typer.Option("--quant-type", help="4-bit data type: nf4 or fp4.")] = "nf4",
     blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit weights per scale (absmax) block.")] = 64,

@@ -78,7 +78,7 @@ def test_generate_streams_text_to_stdout_and_stats_to_stderr(ckpt):
     r = cohere("generate", str(ckpt), PROMPT, "--max-tokens", "12", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     rec = cohere_json("generate", str(ckpt), PROMPT, "--max-tokens", "12", "--dtype", "float32")
-    assert r.stdout == rec["text"]  # nothing but model text on stdout when piped
+    assert r.stdout == rec["text"] + "\n"  # nothing but model text (and a final newline) on stdout
     assert "tok/s" in r.stderr and "prompt tokens" in r.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
 from cohere_cli.console import err, out_write
@@ -44,7 +43,7 @@ def run_and_print(rt: Runtime, prompt_ids: Sequence[int], params: SamplingParams
         }
         print(json.dumps(record, ensure_ascii=False))
     else:
-        if sys.stdout.isatty():
-            out_write("\n")
+        if not "".join(text).endswith("\n"):
+            out_write("\n")  # end the answer's line, on a terminal and in a file alike
         err.print(f"[dim]{stats_line(last)}[/dim]")
     return last
