@@ -137,6 +137,14 @@ class Repl:
                     self.answer()
             except CohereError as ex:  # one line, and the session goes on
                 error(str(ex))
+            except (MemoryError, RuntimeError) as ex:
+                if not isinstance(ex, MemoryError) and "out of memory" not in str(ex).lower():
+                    raise
+                if self.conv.turns and self.conv.turns[-1]["role"] == "user":
+                    self.conv.pop_exchange()
+                self.engine.reset()
+                error("out of memory for this turn: /reset, shorten the conversation, or restart with a smaller "
+                      "--ctx or a quantized model")
 
     def answer(self) -> None:
         try:
