@@ -46,6 +46,34 @@ def generation_defaults(folder: Path) -> dict:
     return out
 
 
+def grounded_template(tok, template: str | None, settings: ChatSettings, model: str) -> tuple[str | None, dict]:
+    """Which template renders documents: Command R's `rag`, or the cmd3 template's documents path."""
+    templates = tok.chat_templates
+    name = template or ("rag" if "rag" in templates else "default")
+    source = templates.get(name, "")
+    if "documents" not in source:
+        raise TemplateError(
+            f"{model}'s chat template has no grounded-generation (documents) support: "
+            f"/doc clear to chat without documents"
+        )
+    if "citation_mode" in source:
+        return name, {"citation_mode": settings.citations}
+    return name, {"enable_citations": True}
+
+
+def render_text(tok, conv: Conversation, settings: ChatSettings, model: str) -> str:
+    """The whole conversation through the model's template, ready for generation (local or a raw completion)."""
+    kwargs, template = {}, settings.template
+    if conv.documents:
+        template, kwargs = grounded_template(tok, template, settings, model)
+        kwargs["documents"] = conv.documents
+    elif template == "rag":
+        raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
+    elif template == "tool_use":
+        kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
+    return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
+
+
 @dataclass
 class TurnStats:
     prompt_tokens: int
@@ -69,31 +97,8 @@ class LocalChat:
 
     # ---- rendering ------------------------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> list[int]:
-        tok = self.rt.tokenizer
-        kwargs, template = {}, self.settings.template
-        if conv.documents:
-            template, kwargs = self._grounded(template)
-            kwargs["documents"] = conv.documents
-        elif template == "rag":
-            raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
-        elif template == "tool_use":
-            kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
-        text = tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
-        return tok.encode(text, add_bos=False)  # the template wrote BOS itself
-
-    def _grounded(self, template: str | None) -> tuple[str | None, dict]:
-        """Which template renders documents: Command R's `rag`, or the cmd3 template's documents path."""
-        templates = self.rt.tokenizer.chat_templates
-        name = template or ("rag" if "rag" in templates else "default")
-        source = templates.get(name, "")
-        if "documents" not in source:
-            raise TemplateError(
-                f"{self.name}'s chat template has no grounded-generation (documents) support: "
-                f"/doc clear to chat without documents"
-            )
-        if "citation_mode" in source:
-            return name, {"citation_mode": self.settings.citations}
-        return name, {"enable_citations": True}
+        text = render_text(self.rt.tokenizer, conv, self.settings, self.name)
+        return self.rt.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
 
     def fit(self, conv: Conversation) -> tuple[list[int], int]:
         """Prompt ids that leave room for an answer, dropping the oldest turns if the policy allows.
@@ -129,7 +134,7 @@ class LocalChat:
 
     def check_grounding(self) -> None:
         """Raise now (not at the next turn) if this model cannot render documents."""
-        self._grounded(self.settings.template)
+        grounded_template(self.rt.tokenizer, self.settings.template, self.settings, self.name)
 
     def describe(self) -> dict:
         cfg, rt = self.rt.loaded.config, self.rt

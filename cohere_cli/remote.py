@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from cohere_cli import __version__
-from cohere_cli.chat_engine import ChatSettings, TurnStats
+from cohere_cli.chat_engine import ChatSettings, TurnStats, grounded_template, render_text
 from cohere_cli.console import error, warn
 from cohere_cli.conversation import Conversation
 from cohere_cli.errors import CohereError, ContextOverflow, TemplateError, UsageError
@@ -576,31 +576,14 @@ class RemoteChat:
         return self.tokenizer.encode(self.render_text(conv), add_bos=False)  # the template wrote BOS itself
 
     def render_text(self, conv: Conversation) -> str:
-        tok = self.tokenizer
-        if tok is None:
+        if self.tokenizer is None:
             raise TemplateError(NO_TOKENIZER.format(what="this"))
-        kwargs, template = {}, self.settings.template
-        if conv.documents:
-            template, kwargs = self._grounded(template)
-            kwargs["documents"] = conv.documents
-        elif template == "rag":
-            raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
-        elif template == "tool_use":
-            kwargs["tools"] = []
-        return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
+        return render_text(self.tokenizer, conv, self.settings, self.name)
 
     def _grounded(self, template: str | None) -> tuple[str | None, dict]:
         if self.tokenizer is None:
             raise TemplateError(NO_TOKENIZER.format(what="a grounded answer (--doc)"))
-        templates = self.tokenizer.chat_templates
-        name = template or ("rag" if "rag" in templates else "default")
-        source = templates.get(name, "")
-        if "documents" not in source:
-            raise TemplateError(f"{self.name}'s chat template has no grounded-generation (documents) support: "
-                                f"/doc clear to chat without documents")
-        if "citation_mode" in source:
-            return name, {"citation_mode": self.settings.citations}
-        return name, {"enable_citations": True}
+        return grounded_template(self.tokenizer, template, self.settings, self.name)
 
     def check_grounding(self) -> None:
         self._grounded(self.settings.template)
