@@ -166,10 +166,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict:
+def versions(with_torch: bool = True) -> dict:
+    """Package versions for the record. torch's build (and its CUDA) is read only with_torch: a remote bench never
+    imports torch."""
     from importlib import metadata
-
-    import torch
 
     from cohere_cli import __version__
 
@@ -179,8 +179,13 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"cohere_cli": __version__, "torch": torch.__version__, "bitsandbytes": ver("bitsandbytes"),
-            "cuda": torch.version.cuda, "python": platform.python_version(), "platform": platform.platform()}
+    out = {"cohere_cli": __version__, "torch": ver("torch"), "bitsandbytes": ver("bitsandbytes"), "cuda": None,
+           "python": platform.python_version(), "platform": platform.platform()}
+    if with_torch:
+        import torch
+
+        out.update(torch=torch.__version__, cuda=torch.version.cuda)
+    return out
 
 
 def _sync(dev) -> None:

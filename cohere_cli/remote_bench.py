@@ -16,7 +16,6 @@ No weights are loaded and torch is not imported.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import threading
 import time
@@ -184,25 +183,10 @@ def build_prompt(seq: int, tokenizer=None) -> tuple[list[int] | None, str]:
     return ids, tokenizer.decode(ids[1:]) if hasattr(tokenizer, "decode") else text
 
 
-def versions() -> dict:
-    from importlib import metadata
-
-    from cohere_cli import __version__
-
-    def ver(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"cohere_cli": __version__, "torch": ver("torch"), "bitsandbytes": ver("bitsandbytes"), "cuda": None,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 def run_remote_bench(endpoint, model: str | None, *, seq: int, gen: int, concurrency: list[int],
                      on_level=None) -> dict:
     """Benchmark the server behind `endpoint` (commands.remote.EndpointOptions); return the record."""
-    from cohere_cli.bench import ENV_KEYS, SCHEMA, cpu_name
+    from cohere_cli.bench import ENV_KEYS, SCHEMA, cpu_name, versions
     from cohere_cli.commands.remote import connect
     from cohere_cli.remote import Api
     from cohere_cli.store import utc_now
@@ -230,7 +214,7 @@ def run_remote_bench(endpoint, model: str | None, *, seq: int, gen: int, concurr
     return {
         "schema": SCHEMA,
         "created_at": utc_now(),
-        "versions": versions(),
+        "versions": versions(with_torch=False),
         "machine": {
             "device": "remote", "endpoint": client.url, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpu": None,
             "threads": max(concurrency), "memory_bandwidth_bytes_per_s": None, "bandwidth_probe": None,

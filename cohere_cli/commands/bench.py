@@ -70,6 +70,11 @@ def run_bench_command(model: str, *, seq: int, gen: int, precision: str | None, 
     record = bench.run_bench(model, seq=seq, gen=gen, precisions=precisions, repeat=repeat, threads=threads,
                              device=device, on_plan=announce)
     print_table(record)
+    return finish_record(record, baseline, compare_to, json_out)
+
+
+def finish_record(record: dict, baseline: dict | None, compare_to, json_out: bool) -> dict:
+    """The common end of a local or remote run: the change against --compare-to, then --json on stdout."""
     if baseline is not None:
         record["comparison"] = compare_records(baseline, record, str(compare_to))
         print_comparison(record["comparison"])
@@ -248,12 +253,7 @@ def run_remote_bench_command(model: str | None, *, endpoint, seq: int, gen: int,
         endpoint, model, seq=seq, gen=gen, concurrency=levels,
         on_level=lambda c, n: info(f"concurrency {c}: {n} requests"))
     print_remote_table(record)
-    if baseline is not None:
-        record["comparison"] = compare_records(baseline, record, str(compare_to))
-        print_comparison(record["comparison"])
-    if json_out:
-        print(json.dumps(record, indent=2))
-    return record
+    return finish_record(record, baseline, compare_to, json_out)
 
 
 def print_remote_table(record: dict) -> None:
