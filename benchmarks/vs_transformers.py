@@ -82,9 +82,9 @@ class Ours:
 
         self.name, self.precision = f"ours {precision}", precision
         dtype = "float32" if precision == "fp32" else "bfloat16"
-        self.model = load_model(folder, dtype=dtype).model
+        self.model = load_model(folder, dtype=dtype, inference=precision not in bench.QUANT_PRECISIONS).model
         if precision in bench.QUANT_PRECISIONS:
-            bench.quantize_in_memory(self.model, precision)
+            bench.quantize_in_memory(self.model, precision, folder)
         bench.release_memory()
 
     def run(self, ids: list[int], gen: int) -> tuple[float, float]:

@@ -240,14 +240,18 @@ def release_memory() -> None:
 
 
 # ---- quantizing a loaded model in memory ----------------------------------------------------------------------------
-def quantize_in_memory(model, precision: str) -> int:
+def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int:
     """Replace every linear `cohere quantize` would quantize by the module a quantized checkpoint loads into
     (cohere_cli.quant), with the same defaults (nf4/fp4: blocksize 64, double quantization; int8: threshold 6),
-    one layer at a time so the float weights are freed as we go. Returns the number of linears replaced."""
+    one layer at a time so the float weights are freed as we go; then fuses and packs as load_model does (with
+    the checkpoint `folder`, a tied head is packed and the embedding read from the file, as load_model does).
+    `model` comes from load_model(..., inference=False). Returns the number of linears replaced."""
     from cohere_cli import quant
 
     spec = quant.QuantSpec(bits=8) if precision == "int8" else quant.QuantSpec(bits=4, quant_type=precision)
     spec.validate()
+    if any(getattr(m, k, None) is not None for m in model.modules() for k in ("in_proj", "qkv_proj", "gate_up_proj")):
+        raise ValueError("quantize_in_memory needs the checkpoint's own layout: load_model(..., inference=False)")
     n = 0
     for name in [name for name, _ in model.named_modules() if spec.wants(name)]:
         mod = model.get_submodule(name)
@@ -263,50 +267,23 @@ def quantize_in_memory(model, precision: str) -> int:
         setattr(model.get_submodule(parent), attr, new)
         del w, stored, mod
         n += 1
-    _drop_stale_fusion(model)
-    _copy_out_of_file(model)
+    emb = None
+    w = model.model.embed_tokens.weight
+    if folder is not None and w.device.type == "cpu" and model.lm_head.weight is w:
+        from cohere_cli.checkpoint import mapped_tensor, weight_files
+
+        emb = mapped_tensor(weight_files(Path(folder)), "model.embed_tokens.weight", w.dtype)
+    model.fuse().pack(embedding=emb)  # the inference layout load_model gives a quantized checkpoint
     return n
-
-
-def _copy_out_of_file(model) -> None:
-    """Give the float parameters left (embeddings, norms) memory of their own. A checkpoint loaded in its own dtype
-    keeps its tensors in the safetensors memory map, and while any of them lives the whole map stays mapped: every
-    page loading touched (the float weights just quantized too) would keep counting in the resident set."""
-    import torch
-
-    fresh: dict[int, torch.nn.Parameter] = {}
-    for mod in model.modules():
-        for k, p in list(mod._parameters.items()):
-            if p is None:
-                continue
-            if id(p) not in fresh:  # tied weights stay tied
-                fresh[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-            mod._parameters[k] = fresh[id(p)]
-
-
-# load_model fuses q/k/v and gate/up of float linears into one matrix each (model.fuse(): the projections become
-# views of it, and forward uses the fused matrix). Once a projection is quantized that matrix is stale: forward
-# would silently keep running the float weights, and the matrix would keep them in memory.
-_FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
-
-
-def _drop_stale_fusion(model) -> None:
-    from torch import nn
-
-    for mod in model.modules():
-        for fused, parts in _FUSED.items():
-            if getattr(mod, fused, None) is None:
-                continue
-            if not all(type(getattr(mod, p, None)) is nn.Linear for p in parts):
-                setattr(mod, fused, None)
-                if hasattr(mod, fused + "_bias"):
-                    setattr(mod, fused + "_bias", None)
 
 
 def module_bytes(model) -> int:
     """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views)."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
+        if t.is_mkldnn:  # a packed weight (model.pack_weight): its own opaque memory, never shared
+            total += t.numel() * t.element_size()
+            continue
         key = (t.device, t.untyped_storage().data_ptr())
         if key in seen:
             continue
@@ -354,11 +331,11 @@ def measure(job: dict) -> dict:
     prec, seq, gen, short, repeat = job["precision"], job["seq"], job["gen"], job["short"], job["repeat"]
 
     t0 = time.perf_counter()
-    loaded = load_model(Path(job["folder"]), dtype=job["dtype"], device=dev)
+    loaded = load_model(Path(job["folder"]), dtype=job["dtype"], device=dev, inference=job["mode"] != "quantize")
     model = loaded.model
     replaced = 0
     if job["mode"] == "quantize":
-        replaced = quantize_in_memory(model, prec)
+        replaced = quantize_in_memory(model, prec, Path(job["folder"]))
     load_s = time.perf_counter() - t0
     release_memory()
     load_peak = peak_rss_bytes()

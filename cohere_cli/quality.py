@@ -144,8 +144,7 @@ class LayerStream:
         with torch.device("meta"):
             b = Block(self.cfg, i)
         b = self.load(f"model.layers.{i}", b)
-        b.self_attn.fuse()  # the inference layout load_model gives the model core (float linears only)
-        b.mlp.fuse()
+        b.fuse()  # the inference layout load_model gives the model core
         return b
 
     def embedding(self):

@@ -58,6 +58,11 @@ NESTED_BLOCKSIZE = 256  # bitsandbytes' double quantization of absmax (fixed in 
 # bf16 itself at every shape here, and on the AMX Xeon takes 8.8-9.2 ms at 512 rows against 8.1 ms for the bf16 GEMM
 # alone, before any dequantization: int8 stays on the kernel everywhere.
 KERNEL_MAX_ROWS_AMX_4BIT = 16
+# int8, bf16 activations, same machine and script, 5632x1024 weight, 2 threads (ms):
+#     rows                         1      2      4      8      16     64
+#     torch._weight_int8pack_mm    0.167  0.161  0.187  0.329  0.623  2.90
+#     bnb int8 (threshold 6)       0.225  0.424  0.443  0.442  0.542  1.16
+WOQ_MAX_ROWS = 8
 UNLIMITED = 1 << 62
 
 
@@ -276,6 +281,43 @@ def unpack_from_cpu(packed: torch.Tensor) -> torch.Tensor:
 
 
 # ---- quantized linear modules ---------------------------------------------------------------------------------------
+def gemv_4bit_cpu(a: torch.Tensor, packed: torch.Tensor, absmax_t: torch.Tensor, code: torch.Tensor, quant_type: str,
+                  blocksize: int, n: int) -> torch.Tensor:
+    """bitsandbytes' fused 4-bit CPU kernel: a (rows, k) bf16 contiguous -> (rows, n) bf16. Where bitsandbytes would
+    run its own C function (no kernels-community kernel loaded), call that function directly: the registered op
+    wraps it in ~15-20 us of Python per call (a tensor comparison, reshapes, dtype checks), and a decode step of a
+    Cohere model makes 7 such calls per layer; measured 9 us against 26 us for a 256x1024 weight. Same kernel,
+    same bits (tests/test_quant.py)."""
+    absmax_t = absmax_t.contiguous()  # a no-op, but for the parts of a fused module (QuantLinear4bit.cat)
+    fn = _native_gemv_4bit(quant_type)
+    if fn is None:
+        return torch.ops.bitsandbytes.gemv_4bit.default(a, packed, [n, a.shape[1]], absmax_t, code, blocksize)
+    import ctypes as ct
+
+    out = torch.empty(a.shape[0], n, dtype=torch.bfloat16)
+    fn(ct.c_int64(a.shape[0]), ct.c_int64(n), ct.c_int64(a.shape[1]), ct.c_void_p(a.data_ptr()),
+       ct.c_void_p(packed.data_ptr()), ct.c_void_p(absmax_t.data_ptr()), ct.c_void_p(out.data_ptr()),
+       ct.c_int64(blocksize), ct.c_int64(a.stride(0)), ct.c_int64(n))
+    return out
+
+
+def _native_gemv_4bit(quant_type: str):
+    """The C function bitsandbytes' CPU gemv_4bit op calls, or None where the op would do something else."""
+    cache = _native_gemv_4bit.__dict__
+    if quant_type not in cache:
+        fn = None
+        try:
+            import bitsandbytes.backends.cpu.ops as cpu_ops
+            from bitsandbytes.cextension import lib
+
+            if getattr(cpu_ops, "gemm_4bit_forward_kernel", None) is None:
+                fn = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16", None)
+        except Exception:  # another bitsandbytes layout: keep the registered op
+            fn = None
+        cache[quant_type] = fn
+    return cache[quant_type]
+
+
 class QuantLinear4bit(nn.Module):
     """A bitsandbytes 4-bit linear layer for the model core (drop-in for nn.Linear in forward).
 
@@ -333,6 +375,46 @@ class QuantLinear4bit(nn.Module):
             absmax = F_.dequantize_blockwise(state.absmax, state.state2) + state.offset
         return cls(in_features, out_features, data, absmax.float(), state.quant_type, state.blocksize, bias)
 
+    @classmethod
+    def cat(cls, parts: list["QuantLinear4bit"]) -> "QuantLinear4bit | None":
+        """One module computing the parts' outputs side by side (model.fuse_rows), from their bytes as they are:
+        4-bit rows are independent (blocks never straddle rows when in_features % blocksize == 0) and the CPU
+        layout interleaves rows within 32-row groups only. The parts keep views of the fused buffers."""
+        p0 = parts[0]
+        if any((p.in_features, p.quant_type, p.blocksize, p.cpu_kernel, p.bias is None)
+               != (p0.in_features, p0.quant_type, p0.blocksize, p0.cpu_kernel, p0.bias is None) for p in parts):
+            return None
+        k, bs = p0.in_features, p0.blocksize
+        if k % bs:
+            return None
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.in_features, fused.out_features = k, sum(p.out_features for p in parts)
+        fused.quant_type, fused.blocksize, fused.cpu_kernel = p0.quant_type, bs, p0.cpu_kernel
+        fused.kernel_max_rows = p0.kernel_max_rows
+        fused.register_buffer("absmax", torch.cat([p.absmax for p in parts]), persistent=False)
+        fused.register_buffer("code", p0.code, persistent=False)
+        rows = lambda t: t.view(-1, k // 2) if not p0.cpu_kernel else t  # standard layout as (n, k/2) bytes
+        fused.register_buffer("packed", torch.cat([rows(p.packed) for p in parts]), persistent=False)
+        if p0.cpu_kernel:
+            fused.register_buffer("absmax_t", torch.cat([p.absmax_t for p in parts], dim=1), persistent=False)
+        else:
+            fused.absmax_t = None
+        fused.bias = None if p0.bias is None else nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+        o = 0
+        for p in parts:
+            n = p.out_features
+            p.absmax = fused.absmax[o * k // bs : (o + n) * k // bs]
+            p.packed = fused.packed[o : o + n] if p0.cpu_kernel else fused.packed[o : o + n].reshape(-1, 1)
+            if p0.cpu_kernel:
+                p.absmax_t = fused.absmax_t[:, o : o + n]  # a strided view: gemv_4bit_cpu copies it if called
+            if p.bias is not None:
+                p.bias = nn.Parameter(fused.bias[o : o + n], requires_grad=False)
+            o += n
+        if not p0.cpu_kernel:
+            fused.packed = fused.packed.view(-1, 1)
+        return fused
+
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """The (out, in) weight in `dtype`, with bitsandbytes' dequantize kernel: equal to
         dequantize_4bit(quantize_4bit(w)) bit for bit."""
@@ -344,10 +426,9 @@ class QuantLinear4bit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if self.cpu_kernel and rows <= self.kernel_max_rows and x.device.type == "cpu":
-            out = torch.ops.bitsandbytes.gemv_4bit.default(
-                x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.packed, [self.out_features, self.in_features],
-                self.absmax_t, self.code, self.blocksize,
-            ).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            a = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (rows, k)
+            out = gemv_4bit_cpu(a, self.packed, self.absmax_t, self.code, self.quant_type, self.blocksize,
+                                self.out_features).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
             return out if self.bias is None else out + self.bias.to(x.dtype)
         if not self.cpu_kernel and x.device.type != "cpu":  # CUDA & co: bitsandbytes' own dispatch
             return self._bnb_matmul(x)
@@ -372,7 +453,10 @@ class QuantLinear4bit(nn.Module):
 class QuantLinear8bit(nn.Module):
     """A bitsandbytes LLM.int8() linear layer: int8 weight (out, in) + one fp32 scale per output row (SCB).
 
-    At most `kernel_max_rows` rows (unlimited by default: it won at every shape measured): bitsandbytes' int8 path
+    Up to `woq_max_rows` rows (decode) of bf16 activations on CPU: weight-only int8, torch's _weight_int8pack_mm
+    (x @ (cb * SCB/127)^T with the activations left in bf16: no activation quantization, so it is closer to the
+    float result than LLM.int8(); 1.2-1.8x faster than bitsandbytes' path at one row, slower past 8 rows).
+    Then, at most `kernel_max_rows` rows (unlimited by default: it won at every shape measured): bitsandbytes' int8 path
     (activations quantized per row to int8, int8 GEMM via torch._int_mm, outlier columns above `threshold` kept in
     floating point: int8_mixed_scaled_mm); more rows: dequantize the weight and run one GEMM in the activations'
     dtype."""
@@ -387,6 +471,8 @@ class QuantLinear8bit(nn.Module):
         self.register_buffer("scb", scb.float().contiguous(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.kernel_max_rows = kernel_max_rows(8)
+        self.woq_max_rows = WOQ_MAX_ROWS
+        self.register_buffer("scale", None, persistent=False)  # bf16 SCB/127 for the weight-only path, made once
 
     @classmethod
     def from_stored(cls, tensors: dict[str, torch.Tensor], in_features: int, out_features: int,
@@ -404,12 +490,39 @@ class QuantLinear8bit(nn.Module):
         bnb()  # registers the torch.ops.bitsandbytes kernels
         return cls(in_features, out_features, cb.to(device), scb.to(device), threshold, bias)
 
+    @classmethod
+    def cat(cls, parts: list["QuantLinear8bit"]) -> "QuantLinear8bit | None":
+        """One module computing the parts' outputs side by side (model.fuse_rows): int8 rows and their scales are
+        independent, so this is a concatenation; the parts keep views of the fused buffers."""
+        p0 = parts[0]
+        if any((p.in_features, p.threshold, p.bias is None) != (p0.in_features, p0.threshold, p0.bias is None)
+               for p in parts):
+            return None
+        cb, scb = torch.cat([p.cb for p in parts]), torch.cat([p.scb for p in parts])
+        bias = None if p0.bias is None else torch.cat([p.bias for p in parts])
+        fused = cls(p0.in_features, cb.shape[0], cb, scb, p0.threshold, bias)
+        fused.kernel_max_rows, fused.woq_max_rows = p0.kernel_max_rows, p0.woq_max_rows
+        o = 0
+        for p in parts:
+            n = p.out_features
+            p.cb, p.scb, p.scale = fused.cb[o : o + n], fused.scb[o : o + n], None
+            if bias is not None:
+                p.bias = nn.Parameter(fused.bias[o : o + n], requires_grad=False)
+            o += n
+        return fused
+
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         w = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(self.cb, self.scb)  # float32, bnb's rounding
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
+        if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            if self.scale is None:  # the dequantization scale of each row, SCB/127, as the kernel wants it
+                self.scale = (self.scb / 127.0).to(torch.bfloat16)
+            out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.cb, self.scale)
+            out = out.reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias.to(x.dtype)
         if rows <= self.kernel_max_rows:
             a = x.reshape(-1, x.shape[-1])
             if self.threshold > 0.0:
@@ -429,7 +542,8 @@ class QuantLinear8bit(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "
-                f"threshold={self.threshold}, bnb int8 kernel <= {self.kernel_max_rows} rows, else dequantize+gemm")
+                f"threshold={self.threshold}, weight-only <= {self.woq_max_rows} bf16 rows, "
+                f"bnb int8 kernel <= {self.kernel_max_rows} rows, else dequantize+gemm")
 
 
 # ---- loading quantized checkpoints (the hook in checkpoint.load_model) ----------------------------------------------
@@ -549,14 +663,23 @@ def _dots(key: str):
         i = key.rfind(".", 0, i)
 
 
-def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear4bit, QuantLinear8bit))}
+FUSED_NAMES = ("in_proj", "qkv_proj", "gate_up_proj")  # modules model.fuse() adds (views of the checkpoint's modules)
+
+
+def quantized_modules(model: nn.Module, fused: bool = False) -> dict[str, nn.Module]:
+    """The checkpoint's quantized linears by name; with fused=True also the fused ones forward runs."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear4bit, QuantLinear8bit))
+            and (fused or n.rpartition(".")[2] not in FUSED_NAMES)}
 
 
 def force_path(model: nn.Module, path: str | None) -> None:
-    """Make every quantized linear use one path: "kernel", "dequantize", or None for the per-shape default."""
-    for m in quantized_modules(model).values():
-        m.kernel_max_rows = {"kernel": UNLIMITED, "dequantize": 0, None: kernel_max_rows(m.bits)}[path]
+    """Make every quantized linear use one path: "woq" (int8 only: weight-only), "kernel" (bitsandbytes' fused
+    kernel), "dequantize", or None for the per-shape default."""
+    for m in quantized_modules(model, fused=True).values():
+        limits = {"kernel": UNLIMITED, "woq": UNLIMITED, "dequantize": 0, None: kernel_max_rows(m.bits)}
+        m.kernel_max_rows = limits[path]
+        if m.bits == 8:
+            m.woq_max_rows = {"woq": UNLIMITED, None: WOQ_MAX_ROWS}.get(path, 0)
 
 
 def read_quant_state_json(t: torch.Tensor) -> dict:

@@ -257,21 +257,27 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
 
 
 def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
-    """load_model fuses q/k/v and gate/up into one float matrix each; quantizing must not leave forward on it."""
+    """quantize_in_memory takes the checkpoint's own layout, quantizes every linear, then fuses the quantized ones
+    as load_model does for a quantized checkpoint: forward runs only quantized modules; a fused model is refused."""
+    import pytest
     import torch
 
     from cohere_cli.checkpoint import load_model
-    from cohere_cli.quant import quantized_modules
+    from cohere_cli.quant import QuantLinear4bit, QuantLinear8bit, quantized_modules
 
     ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
     ref = load_model(tiny, dtype="bfloat16").model
     with torch.inference_mode():
         want = ref(ids)
+    with pytest.raises(ValueError, match="inference=False"):
+        bench.quantize_in_memory(ref, "int8")
     for precision in ("int8", "nf4"):
-        m = load_model(tiny, dtype="bfloat16").model
+        m = load_model(tiny, dtype="bfloat16", inference=False).model
         assert bench.quantize_in_memory(m, precision) == 4 * 7 == len(quantized_modules(m))
-        for mod in m.modules():  # no stale fused float matrix left for forward to use
-            assert getattr(mod, "qkv", None) is None and getattr(mod, "gate_up", None) is None
+        assert len(quantized_modules(m, fused=True)) == 4 * 8  # + in_proj (q, k, v, gate, up) per layer
+        kind = QuantLinear8bit if precision == "int8" else QuantLinear4bit
+        for layer in m.model.layers:  # forward's fused modules are quantized too
+            assert type(layer.in_proj) is kind and layer.in_proj.out_features == 2 * 160 + 4 * 16 * 2
         assert m.lm_head.weight is m.model.embed_tokens.weight  # still tied
         with torch.inference_mode():
             got = m(ids)

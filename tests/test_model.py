@@ -168,3 +168,55 @@ def test_shape_mismatch(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(c))
     with pytest.raises(CheckpointError, match="config.json implies"):
         load_model(tmp_path)
+
+
+# ---- the decode layout ----------------------------------------------------------------------------------------------
+def untie(folder, seed: int = 0) -> None:
+    """Give a checkpoint a head of its own (Command-R releases tie it; other exports may not)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (f,) = sorted(folder.glob("*.safetensors"))
+    sd = load_file(f)
+    emb = sd["model.embed_tokens.weight"]
+    sd["lm_head.weight"] = (torch.randn(emb.shape, generator=torch.Generator().manual_seed(seed)) * 0.05).to(emb.dtype)
+    save_file(sd, f, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype, tied):
+    """load_model's default layout (q/k/v and gate/up fused; on CPU every float linear packed for oneDNN) against
+    the checkpoint's own modules (inference=False): the same logits for a prompt and for cached decode steps."""
+    from cohere_cli.model import Linear
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16")
+    if not tied:
+        untie(tmp_path)
+    fast = load_model(tmp_path, dtype=dtype).model
+    plain = load_model(tmp_path, dtype=dtype, inference=False).model
+    block = fast.model.layers[0]
+    assert type(block.in_proj) is Linear and block.in_proj.out_features == sum(p.out_features for p in block.parts())
+    assert plain.model.layers[0].in_proj is None
+    packs = torch.backends.mkldnn.is_available() and (dtype == "float32" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if packs:  # the packed fused matrix is the only copy: the projections' views of the plain one are gone
+        assert block.in_proj.weight.is_mkldnn and block.mlp.down_proj.weight.is_mkldnn
+        assert block.self_attn.q_proj.weight is None
+    # a tied head is packed from the embedding when the lookups can read the checkpoint file instead (stored in
+    # the model's dtype: no second copy); otherwise it stays the embedding matrix
+    head_packed = packs and (not tied or dtype == "bfloat16")
+    assert fast.lm_head.weight.is_mkldnn == head_packed
+    assert (fast.lm_head.weight is fast.model.embed_tokens.weight) == (tied and not head_packed)
+    assert torch.equal(fast.model.embed_tokens.weight, plain.model.embed_tokens.weight)
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(ids), plain(ids), atol=tol, rtol=tol)
+        caches = [KVCache(m.config, 32, getattr(torch, dtype)) for m in (fast, plain)]
+        for m, c in zip((fast, plain), caches):
+            prefill(m, ids[0, :12], c)
+        for t in range(12, 20):
+            a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)

@@ -1,0 +1,100 @@
+"""Every matmul path the model core can take, per layer shape of the 213M benchmark model, at 1 row (decode) and a
+few rows, with weights cycled through enough copies (~300 MB) that they come from memory, not cache.
+
+    python benchmarks/gemv_paths.py [--threads 2] [--rows 1,8,512]
+
+Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (model.pack_weight); int8 weight-only
+(torch._weight_int8pack_mm, what QuantLinear8bit runs for decode); bitsandbytes LLM.int8() (threshold 6, what it
+runs for more rows); bitsandbytes' fused nf4 kernel through its registered op and called directly
+(quant.gemv_4bit_cpu). Prints ms per call and GB/s of weight bytes read. The choices in model.py and quant.py cite
+these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = {"qkv": (1536, 1024), "o": (1024, 1024), "gate_up": (5632, 1024), "down": (1024, 2816),
+          "lm_head": (32000, 1024)}
+
+
+def bench(f, n: int) -> float:
+    for _ in range(3):
+        f()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            f()
+        best = min(best, (time.perf_counter() - t) / n)
+    return best * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default="1,8,512")
+    ap.add_argument("--mb", type=int, default=300, help="bytes of copies per path, so weights come from memory")
+    a = ap.parse_args()
+    import torch
+    import torch.nn.functional as F
+
+    from cohere_cli import quant
+    from cohere_cli.model import linear, pack_weight
+
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {a.threads} threads; ms per call (GB/s of weight bytes)")
+    for rows in [int(r) for r in a.rows.split(",")]:
+        for name, (n, k) in SHAPES.items():
+            copies = max(2, a.mb * 10**6 // (n * k * 2))
+            ws = [torch.randn(n, k).bfloat16() for _ in range(copies)]
+            x = torch.randn(rows, k).bfloat16()
+            reps = 20 if rows == 1 else 3
+            it = iter(range(10**9))
+            res = {}
+
+            def run(label, f, nbytes):
+                ms = bench(f, reps)
+                res[label] = f"{ms:.3f} ({nbytes / ms / 1e6:.0f})"
+
+            run("bf16 F.linear", lambda: F.linear(x, ws[next(it) % copies]), n * k * 2)
+            packed = [pack_weight(w) for w in ws]
+            run("bf16 packed", lambda: linear(x, packed[next(it) % copies]), n * k * 2)
+            del packed
+            if rows <= 8:
+                w32 = [w.float() for w in ws[: max(2, copies // 2)]]
+                c32 = len(w32)
+                run("fp32 F.linear", lambda: F.linear(x.float(), w32[next(it) % c32]), n * k * 4)
+                p32 = [pack_weight(w) for w in w32]
+                run("fp32 packed", lambda: linear(x.float(), p32[next(it) % c32]), n * k * 4)
+                del w32, p32
+            if name != "lm_head":  # the head is never quantized (transformers' bitsandbytes integration)
+                i8 = [quant.QuantLinear8bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=8)), k, n)
+                      for w in ws[: max(2, copies // 2)]]
+                c8 = len(i8)
+                for path in ("woq", "kernel"):
+                    for m in i8:
+                        quant.force_path(m, path)
+                    label = "int8 weight-only" if path == "woq" else "bnb int8 t=6"
+                    with torch.no_grad():
+                        run(label, lambda: i8[next(it) % c8](x), n * k)
+                del i8
+                q4 = [quant.QuantLinear4bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=4)), k, n)
+                      for w in ws]
+                if q4[0].cpu_kernel and rows <= 8:
+                    run("nf4 bnb op", lambda: (lambda m: torch.ops.bitsandbytes.gemv_4bit.default(
+                        x, m.packed, [n, k], m.absmax_t, m.code, m.blocksize))(q4[next(it) % copies]), n * k // 2)
+                    run("nf4 direct", lambda: (lambda m: quant.gemv_4bit_cpu(
+                        x, m.packed, m.absmax_t, m.code, "nf4", m.blocksize, n))(q4[next(it) % copies]), n * k // 2)
+                del q4
+            print(f"rows {rows:4d} {name:8s} " + "  ".join(f"{k_}: {v}" for k_, v in res.items()), flush=True)
+            del ws
+
+
+if __name__ == "__main__":
+    main()
