@@ -278,9 +278,13 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
 
 
 def module_bytes(model) -> int:
-    """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views)."""
+    """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views), except an
+    embedding read from the checkpoint file (model.pack(embedding=...)): only the rows of tokens seen are ever in
+    memory, and its packed copy, the head, is counted."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
+        if getattr(t, "file_backed", False):
+            continue
         if t.is_mkldnn:  # a packed weight (model.pack_weight): its own opaque memory, never shared
             total += t.numel() * t.element_size()
             continue
@@ -499,7 +503,7 @@ def plan_precisions(folder: Path, raw: dict, wanted: list[str] | None) -> list[P
         elif p in derived:
             plans.append(Plan(p, str(derived[p].path), "load", "auto", f"store: {derived[p].name}"))
         else:
-            how = "int8 (LLM.int8, threshold 6)" if p == "int8" else f"{p} (blocksize 64, double quantization)"
+            how = "int8 (LLM.int8, threshold 6; weight-only for decode)" if p == "int8" else f"{p} (blocksize 64, double quantization)"
             plans.append(Plan(p, str(float_folder), "quantize", "auto",
                               f"quantized in memory from {float_own}: bitsandbytes {how}"))
     return plans

@@ -165,9 +165,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
     """A CPU weight reordered once into oneDNN's blocked layout for one-row (decode) matmuls, or `w` itself where
-    oneDNN cannot take it. Why: torch's plain bf16/fp32 GEMV re-reads a row-major weight at ~28 GB/s here, the
-    packed one at 37-42 GB/s on layer shapes and ~80 GB/s on a 32000x1024 head (benchmarks/gemv_paths.py); 512-row
-    prefill matmuls cost the same either way, and bf16 results are bit-identical to F.linear."""
+    oneDNN cannot take it. Why (benchmarks/gemv_paths.py, the 213M model's shapes, 2 threads, weights from
+    memory): one-row bf16 F.linear reads a row-major weight at 18-24 GB/s, the packed weight at 29-53 GB/s (the
+    32000x1024 head: 3.4 -> 1.2 ms); fp32 19-22 -> 25-40 GB/s; 512-row prefill matmuls are 5-20% faster too; bf16
+    results are bit-identical to F.linear."""
     return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 1) if packable(w) else w
 
 
@@ -458,12 +459,12 @@ class CohereForCausalLM(nn.Module):
 
     def pack(self, embedding: torch.Tensor | None = None) -> "CohereForCausalLM":
         """CPU decode layout, after fuse(): every float linear's weight reordered once for oneDNN (pack_weight;
-        1.4-3.3x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
+        1.4-2.8x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
         embedding lookup needs its plain rows: given `embedding`, the same matrix in memory the model does not own
         (checkpoint.mapped_tensor: the checkpoint file, memory-mapped), the head is packed from the model's copy and
         the lookups then read the map, where only the rows of tokens actually seen become resident. Without it a
-        tied head stays on the embedding matrix (plain 3.0 ms against packed 0.9 ms for the 32000 x 1024 head of
-        the 213M benchmark model, ~20% of its decode step)."""
+        tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
+        the 213M benchmark model, whose whole bf16 decode step takes ~13 ms)."""
         for layer in self.model.layers:
             layer.pack()
         head, emb = self.lm_head, self.model.embed_tokens
@@ -476,6 +477,7 @@ class CohereForCausalLM(nn.Module):
             head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
             head.pack()
             emb.weight = nn.Parameter(embedding, requires_grad=False)
+            emb.weight.file_backed = True  # not memory of the model's own (bench.module_bytes)
         return self
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,

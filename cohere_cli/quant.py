@@ -11,10 +11,12 @@ Three jobs, all with bitsandbytes' own functions (no re-implementation of its nu
    `int8_vectorwise_quant` bit for bit (tests/test_quant.py checks it) while memory stays at one chunk.
 2. Build quantized linear modules from those stored tensors (`QuantLinear4bit.from_stored`,
    `QuantLinear8bit.from_stored`; `QuantizedLoader` is the hook checkpoint.load_model calls).
-3. Run them fast on CPU: the module picks the path per call shape (`forward`, `kernel_max_rows`). Few rows (decode)
-   use bitsandbytes' fused kernels, which read 4 or 8 bits per weight instead of 16; many rows (prefill) either stay
-   on the kernel or dequantize the weight once per call and run one bf16 GEMM, whichever is faster on this CPU
-   (measured with benchmarks/quant_paths.py; numbers above KERNEL_MAX_ROWS_AMX_4BIT).
+3. Run them fast on CPU: the module picks the path per call shape (`forward`, `kernel_max_rows`, `woq_max_rows`).
+   Few rows (decode) read 4 or 8 bits per weight instead of 16: bitsandbytes' fused 4-bit kernel (its C function
+   called directly, `gemv_4bit_cpu`), torch's weight-only int8 kernel on bitsandbytes' int8 rows and scales; many
+   rows (prefill) either run bitsandbytes' kernels or dequantize the weight once per call and run one bf16 GEMM,
+   whichever is faster on this CPU (benchmarks/quant_paths.py, gemv_paths.py; numbers above
+   KERNEL_MAX_ROWS_AMX_4BIT). `cat` fuses modules that read the same input (model.fuse_rows).
 
 bitsandbytes is imported lazily (it costs ~1.5 s and logs noise on import); this module never imports
 transformers."""
@@ -56,9 +58,10 @@ NESTED_BLOCKSIZE = 256  # bitsandbytes' double quantization of absmax (fixed in 
 # than bitsandbytes' tiled kernel, and dequantizing costs more than the difference); with AMX, 4-bit prefill is ~5x
 # faster dequantized (AMX bf16 GEMM) while decode stays on the kernel. The int8 kernel (torch._int_mm, VNNI) beats
 # bf16 itself at every shape here, and on the AMX Xeon takes 8.8-9.2 ms at 512 rows against 8.1 ms for the bf16 GEMM
-# alone, before any dequantization: int8 stays on the kernel everywhere.
+# alone, before any dequantization: int8 never dequantizes.
 KERNEL_MAX_ROWS_AMX_4BIT = 16
-# int8, bf16 activations, same machine and script, 5632x1024 weight, 2 threads (ms):
+# Below bitsandbytes' int8 kernel, decode rows take a third path: weight-only int8 (torch._weight_int8pack_mm, bf16
+# activations, no activation quantization). Same EPYC, 5632x1024 weight, 2 threads (ms):
 #     rows                         1      2      4      8      16     64
 #     torch._weight_int8pack_mm    0.167  0.161  0.187  0.329  0.623  2.90
 #     bnb int8 (threshold 6)       0.225  0.424  0.443  0.442  0.542  1.16
