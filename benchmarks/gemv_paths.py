@@ -6,7 +6,7 @@ few rows, with weights cycled through enough copies (~300 MB) that they come fro
 Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (model.pack_weight); int8 weight-only
 (torch._weight_int8pack_mm, what QuantLinear8bit runs for decode); bitsandbytes LLM.int8() (threshold 6, what it
 runs for more rows); bitsandbytes' fused nf4 kernel through its registered op and called directly
-(quant.gemv_4bit_cpu). Prints ms per call and GB/s of weight bytes read. The choices in model.py and quant.py cite
+(qlinear.gemv_4bit_cpu). Prints ms per call and GB/s of weight bytes read. The choices in model.py and quant.py cite
 these figures.
 """
 
@@ -44,7 +44,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from cohere_cli import quant
+    from cohere_cli import qlinear, quant
     from cohere_cli.model import linear, pack_weight
 
     torch.set_num_threads(a.threads)
@@ -65,35 +65,35 @@ def main() -> None:
             run("bf16 F.linear", lambda: F.linear(x, ws[next(it) % copies]), n * k * 2)
             packed = [pack_weight(w) for w in ws]
             run("bf16 packed", lambda: linear(x, packed[next(it) % copies]), n * k * 2)
-            del packed
+            packed = None
             if rows <= 8:
                 w32 = [w.float() for w in ws[: max(2, copies // 2)]]
                 c32 = len(w32)
                 run("fp32 F.linear", lambda: F.linear(x.float(), w32[next(it) % c32]), n * k * 4)
                 p32 = [pack_weight(w) for w in w32]
                 run("fp32 packed", lambda: linear(x.float(), p32[next(it) % c32]), n * k * 4)
-                del w32, p32
+                w32 = p32 = None
             if name != "lm_head":  # the head is never quantized (transformers' bitsandbytes integration)
-                i8 = [quant.QuantLinear8bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=8)), k, n)
+                i8 = [qlinear.QuantLinear8bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=8)), k, n)
                       for w in ws[: max(2, copies // 2)]]
                 c8 = len(i8)
                 for path in ("woq", "kernel"):
                     for m in i8:
-                        quant.force_path(m, path)
+                        qlinear.force_path(m, path)
                     label = "int8 weight-only" if path == "woq" else "bnb int8 t=6"
                     with torch.no_grad():
                         run(label, lambda: i8[next(it) % c8](x), n * k)
-                del i8
-                q4 = [quant.QuantLinear4bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=4)), k, n)
+                i8 = None
+                q4 = [qlinear.QuantLinear4bit.from_stored(quant.quantize_weight(w, quant.QuantSpec(bits=4)), k, n)
                       for w in ws]
                 if q4[0].cpu_kernel and rows <= 8:
                     run("nf4 bnb op", lambda: (lambda m: torch.ops.bitsandbytes.gemv_4bit.default(
                         x, m.packed, [n, k], m.absmax_t, m.code, m.blocksize))(q4[next(it) % copies]), n * k // 2)
-                    run("nf4 direct", lambda: (lambda m: quant.gemv_4bit_cpu(
+                    run("nf4 direct", lambda: (lambda m: qlinear.gemv_4bit_cpu(
                         x, m.packed, m.absmax_t, m.code, "nf4", m.blocksize, n))(q4[next(it) % copies]), n * k // 2)
-                del q4
+                q4 = None
             print(f"rows {rows:4d} {name:8s} " + "  ".join(f"{k_}: {v}" for k_, v in res.items()), flush=True)
-            del ws
+            ws = None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """CPU matmul cost of a quantized linear layer per path and row count: what cohere_cli/quant.py's per-shape choice
-(quant.kernel_max_rows) rests on.
+(qlinear.kernel_max_rows) rests on.
 
     python benchmarks/quant_paths.py [--shape 4096x4096] [--rows 1,2,4,8,16,32,64,512] [--threads 2] [--reps 7]
                                      [--runs 1]
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cohere_cli import quant  # noqa: E402
+from cohere_cli import qlinear, quant  # noqa: E402
 
 
 def timed(fn, reps: int) -> float:
@@ -46,10 +46,10 @@ def timed(fn, reps: int) -> float:
 def build(w: torch.Tensor):
     n, k = w.shape
     s4 = quant.quantize_weight(w, quant.QuantSpec(bits=4, quant_type="nf4", double_quant=True))
-    q4 = quant.QuantLinear4bit.from_stored(s4, k, n)
+    q4 = qlinear.QuantLinear4bit.from_stored(s4, k, n)
     s8 = quant.quantize_weight(w, quant.QuantSpec(bits=8))
-    q8_0 = quant.QuantLinear8bit.from_stored(s8, k, n, threshold=0.0)
-    q8_6 = quant.QuantLinear8bit.from_stored(s8, k, n, threshold=6.0)
+    q8_0 = qlinear.QuantLinear8bit.from_stored(s8, k, n, threshold=0.0)
+    q8_6 = qlinear.QuantLinear8bit.from_stored(s8, k, n, threshold=6.0)
     return q4, q8_0, q8_6
 
 
@@ -67,7 +67,7 @@ class Cycle:
 
 def forced(mod, kernel: bool):
     mod = copy_module(mod)
-    mod.kernel_max_rows = quant.UNLIMITED if kernel else 0
+    mod.kernel_max_rows = qlinear.UNLIMITED if kernel else 0
     return mod
 
 
@@ -94,10 +94,10 @@ def main() -> None:
     q4, q8_0, q8_6 = build(w16)
     copies = a.copies or max(1, -(-(256 << 20) // (n * k * 2)))  # >= 256 MB of bf16 weights: 8x this L3
     print(f"# {n}x{k} weight ({copies} copies cycled), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"cpu {torch.backends.cpu.get_cpu_capability()}, AMX: {quant.cpu_has_amx()}, "
-          f"bnb cpu kernel: {quant.cpu_has_bnb_kernel()}")
+          f"cpu {torch.backends.cpu.get_cpu_capability()}, AMX: {qlinear.cpu_has_amx()}, "
+          f"bnb cpu kernel: {qlinear.cpu_has_bnb_kernel()}")
     with torch.inference_mode():
-        unpack = min(timed(lambda: quant.unpack_from_cpu(q4.packed), a.reps) for _ in range(a.runs))
+        unpack = min(timed(lambda: qlinear.unpack_from_cpu(q4.packed), a.reps) for _ in range(a.runs))
         dq4 = min(timed(lambda: q4.dequantize(torch.bfloat16), a.reps) for _ in range(a.runs))
         dq8 = min(timed(lambda: q8_0.dequantize(torch.bfloat16), a.reps) for _ in range(a.runs))
         print(f"# dequantize the whole weight to bf16: nf4 {dq4:.2f} ms (of which {unpack:.2f} ms byte shuffle from "

@@ -246,7 +246,7 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
     one layer at a time so the float weights are freed as we go; then fuses and packs as load_model does (with
     the checkpoint `folder`, a tied head is packed and the embedding read from the file, as load_model does).
     `model` comes from load_model(..., inference=False). Returns the number of linears replaced."""
-    from cohere_cli import quant
+    from cohere_cli import qlinear, quant
 
     spec = quant.QuantSpec(bits=8) if precision == "int8" else quant.QuantSpec(bits=4, quant_type=precision)
     spec.validate()
@@ -259,9 +259,9 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
         stored = quant.quantize_weight(w, spec)
         bias = None if mod.bias is None else mod.bias.detach()
         if spec.bits == 4:
-            new = quant.QuantLinear4bit.from_stored(stored, mod.in_features, mod.out_features, bias, w.device)
+            new = qlinear.QuantLinear4bit.from_stored(stored, mod.in_features, mod.out_features, bias, w.device)
         else:
-            new = quant.QuantLinear8bit.from_stored(stored, mod.in_features, mod.out_features, bias, spec.threshold,
+            new = qlinear.QuantLinear8bit.from_stored(stored, mod.in_features, mod.out_features, bias, spec.threshold,
                                                     w.device)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, new)

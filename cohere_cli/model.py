@@ -214,7 +214,7 @@ class Linear(nn.Linear):
 
 def fuse_rows(parts: list[nn.Module]) -> nn.Module | None:
     """One module computing the outputs of `parts` (linears reading the same input) concatenated, built by their
-    type's `cat` (Linear here; the bitsandbytes modules of cohere_cli/quant.py have one too), so decode runs one
+    type's `cat` (Linear here; the bitsandbytes modules of cohere_cli/qlinear.py have one too), so decode runs one
     matmul (one pass over the weights, one call) instead of several. None where the types differ or cannot."""
     kind = type(parts[0])
     if any(type(p) is not kind for p in parts) or not hasattr(kind, "cat"):

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from cohere_cli import quant
+from cohere_cli import qlinear, quant
 from cohere_cli.errors import CheckpointError, QuantizeError, UsageError
 
 ST_DTYPES = {
@@ -364,7 +364,7 @@ def quantize_checkpoint(parent: Path, out: Path, spec: quant.QuantSpec, *,
     spec.validate()
     raw = check_parent(parent)
     plan = plan or make_plan(scan(parent), spec, max_shard_bytes)
-    quant.bnb()  # import (and silence) bitsandbytes before the clock starts
+    qlinear.bnb()  # import (and silence) bitsandbytes before the clock starts
     _return_freed_memory()
     workers = workers or max(1, min(4, torch.get_num_threads()))
     t0 = time.perf_counter()

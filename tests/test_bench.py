@@ -263,7 +263,7 @@ def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
     import torch
 
     from cohere_cli.checkpoint import load_model
-    from cohere_cli.quant import QuantLinear4bit, QuantLinear8bit, quantized_modules
+    from cohere_cli.qlinear import QuantLinear4bit, QuantLinear8bit, quantized_modules
 
     ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
     ref = load_model(tiny, dtype="bfloat16").model

@@ -11,14 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cohere_cli import quant, quantize
+from cohere_cli import qlinear, quant, quantize
 from cohere_cli.checkpoint import load_model
 from cohere_cli.errors import CheckpointError, QuantizeError
 from cohere_cli.generate import prefill
 from cohere_cli.model import KVCache
 from factory_checkpoint import make_checkpoint
 
-bnbF = quant.bnb().functional
+bnbF = qlinear.bnb().functional
 VOCAB = 384
 SPECS = {
     "nf4": quant.QuantSpec(bits=4),
@@ -70,7 +70,7 @@ def test_chunked_4bit_equals_bnb_one_shot(spec, shape, dtype):
 def test_chunked_int8_equals_bnb_int8params(dtype):
     w = (torch.randn(200, 96, generator=torch.Generator().manual_seed(1)) * 0.05).to(dtype)
     ours = quant.quantize_weight(w, SPECS["int8"], rows=64)
-    p = quant.bnb().nn.Int8Params(w.clone(), has_fp16_weights=False, requires_grad=False).to("cpu")  # bnb's path
+    p = qlinear.bnb().nn.Int8Params(w.clone(), has_fp16_weights=False, requires_grad=False).to("cpu")  # bnb's path
     assert torch.equal(ours["weight"], p.data) and ours["weight"].dtype == torch.int8
     assert torch.equal(ours["SCB"], p.SCB)
     assert ours["weight_format"].item() == 0
@@ -86,8 +86,8 @@ def test_cpu_kernel_layout_is_bitsandbytes_layout():
         w = torch.randn(n, k).bfloat16()
         q, st = bnbF.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
         packed, _ = convert(q.clone(), copy.deepcopy(st))
-        assert torch.equal(quant.pack_for_cpu(q, n, k), packed)
-        assert torch.equal(quant.unpack_from_cpu(packed), q)
+        assert torch.equal(qlinear.pack_for_cpu(q, n, k), packed)
+        assert torch.equal(qlinear.unpack_from_cpu(packed), q)
 
 
 @pytest.mark.parametrize("spec", ["nf4", "fp4-b128", "int8"])
@@ -99,19 +99,19 @@ def test_forward_paths(spec):
     n, k = 256, 512
     w = (torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.05).bfloat16()
     tensors = quant.quantize_weight(w, spec)
-    cls = quant.QuantLinear4bit if spec.bits == 4 else quant.QuantLinear8bit
+    cls = qlinear.QuantLinear4bit if spec.bits == 4 else qlinear.QuantLinear8bit
     mod = cls.from_stored(tensors, k, n)
     default = mod.kernel_max_rows
-    assert default == quant.kernel_max_rows(spec.bits)
+    assert default == qlinear.kernel_max_rows(spec.bits)
     woq = getattr(mod, "woq_max_rows", 0)
-    assert woq == (quant.WOQ_MAX_ROWS if spec.bits == 8 else 0)
+    assert woq == (qlinear.WOQ_MAX_ROWS if spec.bits == 8 else 0)
     deq = mod.dequantize(torch.float32)
     paths = ["kernel", "dequantize", None] + (["woq"] if spec.bits == 8 else [])
     for rows in (1, 3, 16, 64):
         x = torch.randn(2, rows, k, generator=torch.Generator().manual_seed(rows)).bfloat16()
         outs = {}
         for path in paths:
-            quant.force_path(mod, path)
+            qlinear.force_path(mod, path)
             with torch.no_grad():
                 outs[path] = y = mod(x)
             ref = torch.nn.functional.linear(x.float(), deq)
@@ -160,7 +160,7 @@ def test_dequantized_weights_equal_bnb_bit_for_bit(parent, quantized, name):
     spec = SPECS[name]
     ref_sd, ours = stored(parent), stored(quantized[name])
     model = load_model(quantized[name], dtype="bfloat16").model
-    mods = quant.quantized_modules(model)
+    mods = qlinear.quantized_modules(model)
     linears = [k[: -len(".weight")] for k in ref_sd if quant.QUANTIZABLE.match(k[: -len(".weight")])]
     assert sorted(mods) == sorted(linears) and len(linears) == 3 * 7
     for mod in linears:
@@ -240,7 +240,7 @@ def test_greedy_tokens_agree_with_transformers_teacher_forced(parent, quantized,
         ref = hf(seq).logits[0].argmax(-1)  # (T,)
         fulls = []
         for path in ("dequantize", "kernel", None):
-            quant.force_path(ours, path)
+            qlinear.force_path(ours, path)
             fulls.append(ours(seq)[0].argmax(-1))
         T = seq.shape[1]
         cache = KVCache(ours.config, T, torch.bfloat16)
@@ -271,7 +271,7 @@ def test_keep_leaves_linears_float_and_transformers_agrees(parent, tmp_path):
     q = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert q["llm_int8_skip_modules"] == ["lm_head", *r.plan.kept]
     ours = load_model(tmp_path, dtype="bfloat16").model
-    assert sorted(quant.quantized_modules(ours)) == sorted(r.plan.quantized)
+    assert sorted(qlinear.quantized_modules(ours)) == sorted(r.plan.quantized)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     ids = torch.randint(0, VOCAB, (1, 30), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -352,7 +352,7 @@ def test_fused_quantized_modules_equal_their_parts(spec):
     working on views of its buffers (no second copy)."""
     spec = SPECS[spec]
     k, outs = 256, (128, 64, 64)
-    cls = quant.QuantLinear4bit if spec.bits == 4 else quant.QuantLinear8bit
+    cls = qlinear.QuantLinear4bit if spec.bits == 4 else qlinear.QuantLinear8bit
     parts = []
     for i, n in enumerate(outs):
         w = (torch.randn(n, k, generator=torch.Generator().manual_seed(10 + i)) * 0.05).bfloat16()
@@ -360,13 +360,13 @@ def test_fused_quantized_modules_equal_their_parts(spec):
     x = torch.randn(1, 5, k, generator=torch.Generator().manual_seed(1)).bfloat16()
     paths = ["kernel", "dequantize", None] + (["woq"] if spec.bits == 8 else [])
     with torch.no_grad():
-        before = {p: [quant.force_path(m, p) or m(x) for m in parts] for p in paths}
+        before = {p: [qlinear.force_path(m, p) or m(x) for m in parts] for p in paths}
         fused = cls.cat(parts)
         assert fused.out_features == sum(outs)
         for p in paths:
-            quant.force_path(fused, p)
+            qlinear.force_path(fused, p)
             assert torch.equal(fused(x), torch.cat(before[p], dim=-1)), p
-            assert all(torch.equal(quant.force_path(m, p) or m(x), want) for m, want in zip(parts, before[p])), p
+            assert all(torch.equal(qlinear.force_path(m, p) or m(x), want) for m, want in zip(parts, before[p])), p
     big = fused.cb if spec.bits == 8 else fused.packed
     for m in parts:
         mine = m.cb if spec.bits == 8 else m.packed
@@ -375,13 +375,13 @@ def test_fused_quantized_modules_equal_their_parts(spec):
 
 def test_direct_4bit_kernel_call_equals_the_registered_op():
     """gemv_4bit_cpu calls bitsandbytes' C function itself where the registered op would: same bits."""
-    if not quant.cpu_has_bnb_kernel():
+    if not qlinear.cpu_has_bnb_kernel():
         pytest.skip("bitsandbytes' fused 4-bit CPU kernel needs AVX512-BF16")
     n, k = 96, 320
     w = (torch.randn(n, k, generator=torch.Generator().manual_seed(5)) * 0.05).bfloat16()
-    mod = quant.QuantLinear4bit.from_stored(quant.quantize_weight(w, SPECS["nf4"]), k, n)
+    mod = qlinear.QuantLinear4bit.from_stored(quant.quantize_weight(w, SPECS["nf4"]), k, n)
     for rows in (1, 3):
         a = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).bfloat16()
-        ours = quant.gemv_4bit_cpu(a, mod.packed, mod.absmax_t, mod.code, "nf4", mod.blocksize, n)
+        ours = qlinear.gemv_4bit_cpu(a, mod.packed, mod.absmax_t, mod.code, "nf4", mod.blocksize, n)
         ref = torch.ops.bitsandbytes.gemv_4bit.default(a, mod.packed, [n, k], mod.absmax_t, mod.code, mod.blocksize)
         assert torch.equal(ours, ref)

@@ -257,9 +257,9 @@ def test_ctrl_c_leaves_nothing_behind(big, tmp_path, where):
 PROBE = r"""
 import json, sys
 from pathlib import Path
-from cohere_cli import quant, quantize
+from cohere_cli import qlinear, quant, quantize
 
-quant.bnb()  # imports done: measure the quantization alone
+qlinear.bnb()  # imports done: measure the quantization alone
 
 
 def status(key):
