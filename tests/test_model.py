@@ -220,3 +220,21 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
         for t in range(12, 20):
             a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_mapped_tensor_reads_the_checkpoint_file(tmp_path):
+    """checkpoint.mapped_tensor: the stored bytes as a tensor, found in whichever shard holds them; None where the
+    dtype differs or the key is absent (the caller then keeps its own copy)."""
+    from safetensors.torch import load_file
+
+    from cohere_cli.checkpoint import mapped_tensor, weight_files
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16", max_shard_size="150KB")
+    files = weight_files(tmp_path)
+    assert len(files) > 1
+    stored = {k: v for f in files for k, v in load_file(f).items()}
+    for key in ("model.embed_tokens.weight", "model.layers.3.mlp.down_proj.weight", "model.norm.weight"):
+        t = mapped_tensor(files, key, torch.bfloat16)
+        assert t is not None and torch.equal(t, stored[key]), key
+    assert mapped_tensor(files, "model.embed_tokens.weight", torch.float32) is None
+    assert mapped_tensor(files, "lm_head.weight", torch.bfloat16) is None

@@ -346,10 +346,15 @@ def test_quality_report_recomputed_independently(tmp_path):
 
 
 # ---- fused modules (model.fuse_rows) --------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec", ["nf4", "fp4-b128", "int8"])
-def test_fused_quantized_modules_equal_their_parts(spec):
+@pytest.mark.parametrize("spec,kernel_layout", [("nf4", True), ("nf4", False), ("fp4-b128", True), ("int8", True)])
+def test_fused_quantized_modules_equal_their_parts(spec, kernel_layout, monkeypatch):
     """cat() of q/k/v-shaped parts computes each part's output side by side, on every path, and leaves the parts
-    working on views of its buffers (no second copy)."""
+    working on views of its buffers (no second copy). 4-bit in both layouts: the CPU kernel's (AVX512-BF16) and the
+    standard one (other CPUs, CUDA)."""
+    if kernel_layout and spec != "int8" and not qlinear.cpu_has_bnb_kernel():
+        pytest.skip("bitsandbytes' fused 4-bit CPU kernel needs AVX512-BF16")
+    if not kernel_layout:
+        monkeypatch.setattr(qlinear, "cpu_has_bnb_kernel", lambda: False)
     spec = SPECS[spec]
     k, outs = 256, (128, 64, 64)
     cls = qlinear.QuantLinear4bit if spec.bits == 4 else qlinear.QuantLinear8bit
@@ -367,6 +372,8 @@ def test_fused_quantized_modules_equal_their_parts(spec):
             qlinear.force_path(fused, p)
             assert torch.equal(fused(x), torch.cat(before[p], dim=-1)), p
             assert all(torch.equal(qlinear.force_path(m, p) or m(x), want) for m, want in zip(parts, before[p])), p
+    if spec.bits == 4:
+        assert fused.cpu_kernel == kernel_layout
     big = fused.cb if spec.bits == 8 else fused.packed
     for m in parts:
         mine = m.cb if spec.bits == 8 else m.packed
