@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from cohere_cli.conversation import Conversation
 from cohere_cli.errors import ContextOverflow, TemplateError
-from cohere_cli.generate import Response, Session, stream_generate
-from cohere_cli.runtime import Runtime
+from cohere_cli.response import Response
 from cohere_cli.sampling import SamplingParams
+
+if TYPE_CHECKING:  # LocalChat runs a local model; the remote chat (remote.py) shares the rest without torch
+    from cohere_cli.runtime import Runtime
 
 DEFAULT_CTX_CAP = 8192  # the KV cache is preallocated: a 128K window for a 35B model would be 21 GB
 
@@ -86,6 +88,8 @@ class TurnStats:
 
 class LocalChat:
     def __init__(self, rt: Runtime, settings: ChatSettings, ctx: int | None = None):
+        from cohere_cli.generate import Session
+
         self.rt, self.settings = rt, settings
         self.context = min(ctx or min(rt.context, DEFAULT_CTX_CAP), rt.context)
         self.session = Session(rt.model, max_seq=self.context)
@@ -123,6 +127,8 @@ class LocalChat:
 
     # ---- one turn ------------------------------------------------------------------------------------------------
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        from cohere_cli.generate import stream_generate
+
         last = None
         for r in stream_generate(self.rt.model, self.rt.tokenizer, ids, self.settings.params,
                                  self.settings.max_tokens, session=self.session, context=self.context):

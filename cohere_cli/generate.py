@@ -7,30 +7,16 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
 from cohere_cli.errors import ContextOverflow
+from cohere_cli.response import Response
 from cohere_cli.model import CohereForCausalLM, KVCache
 from cohere_cli.sampling import Sampler, SamplingParams
 
 PREFILL_CHUNK = 512
-
-
-@dataclass
-class Response:
-    text: str  # text delta produced by this step ("" while a UTF-8 character is incomplete)
-    token: int | None  # the token sampled this step (None on the closing response)
-    prompt_tokens: int
-    generation_tokens: int
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    ttft_s: float  # time to first token, prefill included
-    peak_memory_bytes: int
-    finish_reason: str | None = None  # None while running, then "stop" or "length"
-    prefilled_tokens: int = 0  # prompt tokens actually run through the model (the rest came from the cache)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

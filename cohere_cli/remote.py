@@ -29,7 +29,7 @@ from cohere_cli.chat_engine import ChatSettings, TurnStats, grounded_template, r
 from cohere_cli.console import error, warn
 from cohere_cli.conversation import Conversation
 from cohere_cli.errors import CohereError, ContextOverflow, TemplateError, UsageError
-from cohere_cli.generate import Response
+from cohere_cli.response import Response
 
 API_KEY_ENV = "COHERE_CLI_API_KEY"
 DEFAULT_TIMEOUT = 120.0  # seconds of silence tolerated: waiting for the status line, then between events

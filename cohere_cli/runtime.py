@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cohere_cli.checkpoint import Loaded, load_model
 from cohere_cli.console import info
 from cohere_cli.store import resolve_model
 from cohere_cli.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch only once a model is loaded: the commands that import this also serve --endpoint
+    from cohere_cli.checkpoint import Loaded
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Runtime:
 
 
 def load_runtime(spec: str, dtype: str = "auto", device: str = "cpu", quiet: bool = False) -> Runtime:
+    from cohere_cli.checkpoint import load_model
+
     folder = resolve_model(spec)
     tokenizer = Tokenizer.from_dir(folder)  # first: a missing tokenizer fails before seconds of weight loading
     loaded = load_model(folder, dtype=dtype, device=device)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Sampler:
     255029 tokens, and a padding row must never be emitted (it would decode to nothing)."""
 
     def __init__(self, params: SamplingParams, n_valid: int | None = None):
+        import torch  # here, not at the top: SamplingParams serves the --endpoint paths, which never need torch
+
         self.p = params
         self.n_valid = n_valid
         self.gen = torch.Generator()
@@ -33,6 +37,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> int:
         """logits (V,) float32; history: ids seen so far (prompt + generated), for the repetition penalty."""
+        import torch
         p = self.p
         logits = logits.float()
         if self.n_valid is not None and self.n_valid < logits.shape[-1]:

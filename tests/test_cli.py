@@ -29,6 +29,26 @@ def test_help_does_not_import_torch():
     assert "generate" in r.stdout and "chat" in r.stdout
 
 
+def test_endpoint_paths_do_not_import_torch():
+    """chat, generate and bench against a server never load a model: no torch (~1 s of start-up). Port 9 refuses
+    the connection, so each command ends at its one-line error."""
+    probe = (
+        "import sys\n"
+        "from cohere_cli.cli import main\n"
+        "url = 'http://127.0.0.1:9/v1'\n"
+        "for argv in (['cohere', 'generate', '--endpoint', url, 'hi'],\n"
+        "             ['cohere', 'chat', '--endpoint', url, '--prompt', 'hi'],\n"
+        "             ['cohere', 'bench', '--endpoint', url, '--seq', '16', '--gen', '4', '--concurrency', '1']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n        main()\n    except SystemExit as e:\n        print('exit', e.code, file=sys.stderr)\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1] == "NO-TORCH", r.stderr
+    assert lines.count("exit 1") == 3 and r.stderr.count("connection refused") == 3, r.stderr
+
+
 def test_completion_scripts_are_fresh():
     for name, text in render_all().items():
         on_disk = (ROOT / "completions" / name).read_text()

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from cohere_cli.chat_engine import ChatSettings, generation_defaults
 from cohere_cli.console import err, info, out_write
-from cohere_cli.generate import Response
+from cohere_cli.response import Response
 from cohere_cli.remote import (DEFAULT_TIMEOUT, Api, Client, RemoteChat, discover, generate_stream, local_folder,
                                pick_context)
 from cohere_cli.sampling import SamplingParams

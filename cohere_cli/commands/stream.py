@@ -6,7 +6,7 @@ import json
 from typing import Sequence
 
 from cohere_cli.console import err, out_write
-from cohere_cli.generate import Response, stream_generate
+from cohere_cli.response import Response
 from cohere_cli.runtime import Runtime
 from cohere_cli.sampling import SamplingParams
 
@@ -22,6 +22,8 @@ def stats_line(r: Response) -> str:
 
 def run_and_print(rt: Runtime, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
                   json_out: bool, stop_ids: set[int] | None = None) -> Response:
+    from cohere_cli.generate import stream_generate  # torch: only here, where a local model runs
+
     tokens, text, last = [], [], None
     for r in stream_generate(rt.model, rt.tokenizer, prompt_ids, params, max_tokens, stop_ids=stop_ids):
         if r.token is not None:
