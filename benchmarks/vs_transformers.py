@@ -20,7 +20,7 @@
 4. Peak memory per engine: a fresh subprocess per engine (this script with --peak-worker) loads the model, resets
    the resident-set high-water mark and runs the long workload (8192-token prefill + 16 tokens): the peak RSS of
    running, and of loading + running.
-5. Prints a table, the ratios against each target of issue #7, the bandwidth roofline (bench.measure_bandwidth),
+5. Prints a table, the ratios against each target of issue #7, the bandwidth roofline (roofline.measure_bandwidth),
    and with --profile (or --profile-only) torch.profiler tables of our bf16 decode step at context 512 (20 steps)
    plus a cProfile of them, and of one 512-token prefill chunk at the start and at the end of the long prompt.
 
@@ -77,19 +77,19 @@ def build_checkpoint(cache: Path) -> Path:
 # ---- engines --------------------------------------------------------------------------------------------------------
 class Ours:
     def __init__(self, folder: Path, precision: str):
-        from cohere_cli import bench
+        from cohere_cli import bench, bench_child
         from cohere_cli.checkpoint import load_model
 
         self.name, self.precision = f"ours {precision}", precision
         dtype = "float32" if precision == "fp32" else "bfloat16"
         self.model = load_model(folder, dtype=dtype, inference=precision not in bench.QUANT_PRECISIONS).model
         if precision in bench.QUANT_PRECISIONS:
-            bench.quantize_in_memory(self.model, precision, folder)
-        bench.release_memory()
+            bench_child.quantize_in_memory(self.model, precision, folder)
+        bench_child.release_memory()
 
     def run(self, ids: list[int], gen: int) -> tuple[float, float]:
         """(time to first token, decode tokens/s), timed from the call."""
-        from cohere_cli.bench import NullTokenizer
+        from cohere_cli.bench_child import NullTokenizer
         from cohere_cli.generate import Session, stream_generate
         from cohere_cli.sampling import SamplingParams
 
@@ -158,16 +158,16 @@ def prompt(n: int, seed: int = 0) -> list[int]:
 def peak_worker(engine: str, folder: Path, long: int, threads: int) -> None:
     import torch
 
-    from cohere_cli import bench
+    from cohere_cli import bench_child
 
     torch.set_num_threads(threads)
     e = make_engine(engine, folder)
-    bench.release_memory()
-    load_peak = bench.peak_rss_bytes()
-    after_load = bench._status_kib("VmRSS") * 1024
-    bench.reset_peak_rss()
+    bench_child.release_memory()
+    load_peak = bench_child.peak_rss_bytes()
+    after_load = bench_child._status_kib("VmRSS") * 1024
+    bench_child.reset_peak_rss()
     e.run(prompt(long), 16)
-    run_peak = bench.peak_rss_bytes()
+    run_peak = bench_child.peak_rss_bytes()
     print(json.dumps({"engine": engine, "rss_after_load": after_load, "peak_rss_run": run_peak,
                       "peak_rss_total": max(load_peak, run_peak)}))
 
@@ -295,7 +295,7 @@ def main() -> None:
     if a.peak_worker:
         return peak_worker(a.peak_worker, folder, a.long, a.threads)
 
-    from cohere_cli import bench, sizes
+    from cohere_cli import roofline, sizes
 
     precisions = [p.strip() for p in a.precisions.split(",") if p.strip()]
     if a.profile_only:
@@ -305,7 +305,7 @@ def main() -> None:
     names = ["hf:bf16"] + [f"ours:{p}" for p in precisions]
     print(f"loading {', '.join(names)} ({a.threads} threads, torch {torch.__version__})", file=sys.stderr)
     engines = {n: make_engine(n, folder) for n in names}
-    bw = bench.measure_bandwidth("cpu")["bytes_per_s"]
+    bw = roofline.measure_bandwidth("cpu")["bytes_per_s"]
     d = sizes.Dims.from_config(json.loads((folder / "config.json").read_text()))
 
     workloads = [("short", a.short)] + ([] if a.no_long else [("long", a.long)])
@@ -362,9 +362,9 @@ def main() -> None:
         row += [f"{lens[w] / med(res[(n, w)]['ttft']):.0f}" for w, _ in workloads]
         row += [f"{med(res[(n, w)]['decode']):.1f}" for w, _ in workloads]
         for w, _ in workloads:
-            per_tok = bench.decode_bytes_per_token(d, e.precision, lens[w] + a.gen // 2)
-            frac = bench.roofline_fraction(med(res[(n, w)]["decode"]), per_tok, bw)
-            row.append(f"{frac * 100:.0f}% of {bench.roofline_tokens_per_s(per_tok, bw):.0f}")
+            per_tok = roofline.decode_bytes_per_token(d, e.precision, lens[w] + a.gen // 2)
+            frac = roofline.roofline_fraction(med(res[(n, w)]["decode"]), per_tok, bw)
+            row.append(f"{frac * 100:.0f}% of {roofline.roofline_tokens_per_s(per_tok, bw):.0f}")
         pk = peaks.get(n)
         row.append(f"{pk['peak_rss_run'] / 1e6:.0f} / {pk['peak_rss_total'] / 1e6:.0f} MB" if pk else "-")
         print("| " + " | ".join(row) + " |")

@@ -96,7 +96,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
     """Build the model for `folder` and fill it tensor by tensor. Raises CheckpointError on any mismatch.
     With `inference` (the default) it comes out in the decode layout: fused q/k/v and gate/up (model.fuse()) and,
     on CPU, weights packed for oneDNN (model.pack()); inference=False keeps the checkpoint's modules as they are
-    (what bench.quantize_in_memory needs)."""
+    (what bench_child.quantize_in_memory needs)."""
     from safetensors import SafetensorError, safe_open
 
     t0 = time.perf_counter()

@@ -477,7 +477,7 @@ class CohereForCausalLM(nn.Module):
             head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
             head.pack()
             emb.weight = nn.Parameter(embedding, requires_grad=False)
-            emb.weight.file_backed = True  # not memory of the model's own (bench.module_bytes)
+            emb.weight.file_backed = True  # not memory of the model's own (bench_child.module_bytes)
         return self
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,

@@ -69,7 +69,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def aggregate(samples: list[Sample], concurrency: int) -> dict:
     """One level's result from its requests. Failed requests count as errors and are left out of the figures; the
     aggregate rate is every generated token over the wall time from the first start to the last end."""
-    from cohere_cli.bench import summarize
+    from cohere_cli.roofline import summarize
 
     ok = [s for s in samples if s.error is None]
     ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
@@ -186,7 +186,8 @@ def build_prompt(seq: int, tokenizer=None) -> tuple[list[int] | None, str]:
 def run_remote_bench(endpoint, model: str | None, *, seq: int, gen: int, concurrency: list[int],
                      on_level=None) -> dict:
     """Benchmark the server behind `endpoint` (commands.remote.EndpointOptions); return the record."""
-    from cohere_cli.bench import ENV_KEYS, SCHEMA, cpu_name, versions
+    from cohere_cli.bench import ENV_KEYS, SCHEMA
+    from cohere_cli.roofline import cpu_name, versions
     from cohere_cli.commands.remote import connect
     from cohere_cli.remote import Api
     from cohere_cli.store import utc_now

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cohere_cli import bench, sizes
+from cohere_cli import bench, bench_child, roofline, sizes
 from cohere_cli.commands.bench import compare_records, figure, load_record
 from cohere_cli.errors import UsageError
 
@@ -26,28 +26,28 @@ OTHER = 32000 * 1024 + 16 * 1024 + 1024  # tied embedding + per-layer norm + fin
 # ---- arithmetic -----------------------------------------------------------------------------------------------------
 def test_weights_read_per_token_by_hand():
     assert LINEAR + OTHER == 213_140_480
-    assert bench.weights_read_per_token(D, "bf16") == 2 * (LINEAR + OTHER)
-    assert bench.weights_read_per_token(D, "fp32") == 4 * (LINEAR + OTHER)
+    assert roofline.weights_read_per_token(D, "bf16") == 2 * (LINEAR + OTHER)
+    assert roofline.weights_read_per_token(D, "fp32") == 4 * (LINEAR + OTHER)
     rows = 16 * (1024 + 256 + 256 + 1024 + 2816 + 2816 + 1024)  # one fp32 scale per output row
-    assert bench.weights_read_per_token(D, "int8") == LINEAR + 4 * rows + 2 * OTHER
-    assert bench.weights_read_per_token(D, "nf4") == int(LINEAR * (0.5 + 4 / 64)) + 2 * OTHER
+    assert roofline.weights_read_per_token(D, "int8") == LINEAR + 4 * rows + 2 * OTHER
+    assert roofline.weights_read_per_token(D, "nf4") == int(LINEAR * (0.5 + 4 / 64)) + 2 * OTHER
     # untied: the input embedding contributes one row, the lm_head the whole table
     untied = sizes.Dims.from_config({**CFG_213M, "tie_word_embeddings": False})
-    assert bench.weights_read_per_token(untied, "bf16") == 2 * (LINEAR + OTHER) + 2 * 1024
+    assert roofline.weights_read_per_token(untied, "bf16") == 2 * (LINEAR + OTHER) + 2 * 1024
 
 
 def test_kv_read_and_roofline_by_hand():
     per_position = 16 * 2 * 4 * 64 * 2  # layers x (K, V) x kv heads x head dim x bf16 bytes = 16 KiB
-    assert bench.kv_read_per_token(D, 8192) == per_position * 8192 == 134_217_728
-    per_tok = bench.decode_bytes_per_token(D, "bf16", 512)
+    assert roofline.kv_read_per_token(D, 8192) == per_position * 8192 == 134_217_728
+    per_tok = roofline.decode_bytes_per_token(D, "bf16", 512)
     assert per_tok == 2 * (LINEAR + OTHER) + per_position * 512
-    assert bench.roofline_tokens_per_s(per_tok, 26e9) == pytest.approx(26e9 / 434_669_568)
-    assert bench.roofline_tokens_per_s(per_tok, 26e9) == pytest.approx(59.8, abs=0.05)
+    assert roofline.roofline_tokens_per_s(per_tok, 26e9) == pytest.approx(26e9 / 434_669_568)
+    assert roofline.roofline_tokens_per_s(per_tok, 26e9) == pytest.approx(59.8, abs=0.05)
     # 29.7 tok/s (transformers bf16 on the dev machine) is half of that roofline
-    assert bench.roofline_fraction(29.7, per_tok, 26e9) == pytest.approx(29.7 * 434_669_568 / 26e9)
-    assert bench.roofline_fraction(bench.roofline_tokens_per_s(per_tok, 26e9), per_tok, 26e9) == pytest.approx(1)
+    assert roofline.roofline_fraction(29.7, per_tok, 26e9) == pytest.approx(29.7 * 434_669_568 / 26e9)
+    assert roofline.roofline_fraction(roofline.roofline_tokens_per_s(per_tok, 26e9), per_tok, 26e9) == pytest.approx(1)
     with pytest.raises(ValueError):
-        bench.roofline_tokens_per_s(0, 26e9)
+        roofline.roofline_tokens_per_s(0, 26e9)
 
 
 def test_sliding_layers_read_at_most_their_window():
@@ -55,21 +55,21 @@ def test_sliding_layers_read_at_most_their_window():
            "sliding_window_pattern": 4}  # layers 0-2 slide, layer 3 is global
     d = sizes.Dims.from_config(cfg)
     per_layer_position = 2 * 4 * 64 * 2
-    assert bench.kv_read_per_token(d, 1000) == per_layer_position * (3 * 100 + 1000)
+    assert roofline.kv_read_per_token(d, 1000) == per_layer_position * (3 * 100 + 1000)
 
 
 def test_prefill_flops_by_hand():
     T = 512
     attn = 16 * 4 * 1024 * (T * (T + 1) // 2)  # layers x 4 x (heads x head_dim) x causal keys
-    assert bench.prefill_flops(D, T) == 2 * LINEAR * T + attn + 2 * 32000 * 1024
+    assert roofline.prefill_flops(D, T) == 2 * LINEAR * T + attn + 2 * 32000 * 1024
     # a chunk at positions 512..1023 attends to more keys than the first chunk
     later = 16 * 4 * 1024 * sum(p + 1 for p in range(512, 1024))
-    assert bench.prefill_flops(D, T, start=512) == 2 * LINEAR * T + later + 2 * 32000 * 1024
+    assert roofline.prefill_flops(D, T, start=512) == 2 * LINEAR * T + later + 2 * 32000 * 1024
     # chunking does not change the total, except for the logits each chunk computes
-    assert bench.prefill_flops(D, 1024) == bench.prefill_flops(D, 512) + bench.prefill_flops(D, 512, 512) \
+    assert roofline.prefill_flops(D, 1024) == roofline.prefill_flops(D, 512) + roofline.prefill_flops(D, 512, 512) \
         - 2 * 32000 * 1024
     # a decode step at context c: the linears once, attention over c keys, one position's logits
-    assert bench.decode_flops(D, 100) == 2 * LINEAR + 16 * 4 * 1024 * 100 + 2 * 32000 * 1024
+    assert roofline.decode_flops(D, 100) == 2 * LINEAR + 16 * 4 * 1024 * 100 + 2 * 32000 * 1024
 
 
 def test_prefill_flops_respect_windows():
@@ -78,15 +78,15 @@ def test_prefill_flops_respect_windows():
     lin = sizes.param_counts(d).linear
     keys_sliding = 1 + 2 + 3 + 3 + 3  # positions 0..4, window 3
     keys_full = 1 + 2 + 3 + 4 + 5
-    assert bench.prefill_flops(d, 5) == 2 * lin * 5 + 4 * 1024 * (keys_sliding + keys_full) + 2 * 32000 * 1024
-    assert bench._causal_keys(5, 3) == keys_sliding and bench._causal_keys(5, None) == keys_full
+    assert roofline.prefill_flops(d, 5) == 2 * lin * 5 + 4 * 1024 * (keys_sliding + keys_full) + 2 * 32000 * 1024
+    assert roofline._causal_keys(5, 3) == keys_sliding and roofline._causal_keys(5, None) == keys_full
 
 
 def test_summarize():
-    s = bench.summarize([10.0, 12.0, 11.0])
+    s = roofline.summarize([10.0, 12.0, 11.0])
     assert s == {"median": 11.0, "min": 10.0, "max": 12.0, "spread": pytest.approx(2 / 11),
                  "samples": [10.0, 12.0, 11.0]}
-    assert bench.summarize([5.0])["spread"] == 0.0
+    assert roofline.summarize([5.0])["spread"] == 0.0
 
 
 def test_parse_precisions():
@@ -232,11 +232,11 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
             assert set(x[k]) == STAT_KEYS and len(x[k]["samples"]) == 2 and x[k]["median"] > 0, (p, k)
         assert x["threads"] == 1 and x["model_bytes"] > 0 and x["load_s"] > 0
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96)  # the session's cache holds --seq positions
-        assert x["decode_bytes_per_token"] == bench.decode_bytes_per_token(d, p, 93)
+        assert x["decode_bytes_per_token"] == roofline.decode_bytes_per_token(d, p, 93)
         assert x["decode_roofline_fraction"] == pytest.approx(
             x["decode_tokens_per_s"]["median"] * x["decode_bytes_per_token"] / m["memory_bandwidth_bytes_per_s"])
         assert x["prefill_seq_flop_per_s"] == pytest.approx(
-            bench.prefill_flops(d, 96) * x["prefill_seq_tokens_per_s"]["median"] / 96)
+            roofline.prefill_flops(d, 96) * x["prefill_seq_tokens_per_s"]["median"] / 96)
         pm = x["peak_memory"]
         assert pm["rss_bytes"] > x["model_bytes"] and pm["rss_with_load_bytes"] >= pm["rss_bytes"]
         assert pm["cuda_allocated_bytes"] is None
@@ -270,10 +270,10 @@ def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
     with torch.inference_mode():
         want = ref(ids)
     with pytest.raises(ValueError, match="inference=False"):
-        bench.quantize_in_memory(ref, "int8")
+        bench_child.quantize_in_memory(ref, "int8")
     for precision in ("int8", "nf4"):
         m = load_model(tiny, dtype="bfloat16", inference=False).model
-        assert bench.quantize_in_memory(m, precision) == 4 * 7 == len(quantized_modules(m))
+        assert bench_child.quantize_in_memory(m, precision) == 4 * 7 == len(quantized_modules(m))
         assert len(quantized_modules(m, fused=True)) == 4 * 8  # + in_proj (q, k, v, gate, up) per layer
         kind = QuantLinear8bit if precision == "int8" else QuantLinear4bit
         for layer in m.model.layers:  # forward's fused modules are quantized too
@@ -283,4 +283,4 @@ def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
             got = m(ids)
         err = ((got - want).norm() / want.norm()).item()
         assert 0 < err < 0.6, (precision, err)  # quantized (not identical), still the same model (unrelated: ~1.4)
-        assert bench.module_bytes(m) < bench.module_bytes(ref)
+        assert bench_child.module_bytes(m) < bench_child.module_bytes(ref)
