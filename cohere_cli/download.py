@@ -6,49 +6,43 @@
   every chunk from the bytes already on disk. Staging lives in the store's `.partial/<entry>/` so it survives
   restarts; `cohere models` lists it and `cohere models rm` removes it.
 - Files are split into `chunk_size` ranges fetched by up to `max_workers` threads (big shards in parallel ranges,
-  small files side by side), over persistent connections; redirects are followed and Authorization is dropped when
-  one leaves the origin (signed CDN URLs reject it).
+  small files side by side), over persistent connections (cohere_cli/httppool.py); redirects are followed and
+  Authorization is dropped when one leaves the origin (signed CDN URLs reject it).
 - Transient failures (connection reset or dropped, timeouts, 408/429/5xx) are retried with exponential backoff and
   jitter; the count resets whenever an attempt gained bytes, so a link that drops every minute still finishes.
   Other statuses (401/403 gated, 404...) stop the download at once with a message from `describe_http_error`.
 - A hashing thread per file follows the downloaded prefix, so verification costs little extra time: LFS files must
   match their sha256, small files their git blob id (the Hub's ETag for them), all files their size. A mismatch
   deletes that file's part and fails loudly; the other files are kept.
-- Verified files are renamed to `<staging>/<path>`; `publish` links them into a temporary entry and renames it into
-  the store with its manifest (cohere_cli.store.entry_tmpdir).
+- Verified files are renamed to `<staging>/<path>`; `staging.publish` links them into a temporary entry and renames
+  it into the store with its manifest (cohere_cli/staging.py).
 
 Tuning from the environment (tests use it): COHERE_CLI_DL_CHUNK_SIZE (bytes), COHERE_CLI_DL_TIMEOUT (s),
 COHERE_CLI_DL_RETRIES, COHERE_CLI_DL_BACKOFF (s), COHERE_CLI_DL_SAVE_INTERVAL (s)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import errno
 import hashlib
 import http.client
-import json
 import os
 import queue
 import random
 import re
-import shutil
 import socket
-import ssl
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
 
 from cohere_cli.errors import DownloadError
+from cohere_cli.httppool import Fatal, HttpPool
+from cohere_cli.staging import VERIFIED, atomic_json, read_json
 
 ENV_PREFIX = "COHERE_CLI_DL_"
-VERIFIED = "verified.json"
-PLAN = "plan.json"
 _READ_BLOCK = 1 << 20
 _HASH_BLOCK = 8 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -124,10 +118,6 @@ class Progress:
     def end(self) -> None: ...
 
 
-class _Fatal(Exception):
-    """Stop the whole download with this message."""
-
-
 class _Transient(Exception):
     def __init__(self, msg: str, retry_after: float | None = None):
         super().__init__(msg)
@@ -142,163 +132,9 @@ def git_blob_sha1_prefix(size: int) -> bytes:
     return b"blob %d\0" % size
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def _fsync(fd: int) -> None:
     with contextlib.suppress(OSError):
         (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-# ---- HTTP --------------------------------------------------------------------------------------------------------
-class _Http:
-    """http.client with persistent connections per thread and origin, proxies from the environment, redirects
-    followed (Authorization dropped when a redirect leaves the origin), and shutdown_all() to unblock every worker
-    at once on abort."""
-
-    def __init__(self, timeout: float):
-        self.timeout = timeout
-        self._local = threading.local()
-        self._live: set[http.client.HTTPConnection] = set()
-        self._lock = threading.Lock()
-        self._ssl: ssl.SSLContext | None = None
-
-    def _pool(self) -> dict:
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        return pool
-
-    def _new(self, scheme: str, host: str, port: int) -> tuple[http.client.HTTPConnection, bool]:
-        if scheme == "https" and self._ssl is None:
-            self._ssl = ssl.create_default_context()
-        proxy = urllib.request.getproxies().get(scheme)
-        if proxy and not urllib.request.proxy_bypass(host):
-            p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            auth = {}
-            if p.username:
-                cred = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
-                auth = {"Proxy-Authorization": "Basic " + base64.b64encode(cred).decode()}
-            pcls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
-            kw = {"context": self._ssl or ssl.create_default_context()} if p.scheme == "https" else {}
-            conn = pcls(p.hostname, p.port or (443 if p.scheme == "https" else 80), timeout=self.timeout, **kw)
-            if scheme == "https":
-                conn.set_tunnel(host, port, headers=auth)
-                return conn, False
-            conn._proxy_auth = auth  # type: ignore[attr-defined]
-            return conn, True  # plain http through a proxy: absolute-URL requests
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._ssl), False
-        if scheme == "http":
-            return http.client.HTTPConnection(host, port, timeout=self.timeout), False
-        raise _Fatal(f"cannot download from a {scheme}:// URL")
-
-    def drop(self, origin: tuple) -> None:
-        entry = self._pool().pop(origin, None)
-        if entry is not None:
-            with self._lock:
-                self._live.discard(entry[0])
-            entry[0].close()
-
-    def close_thread(self) -> None:
-        for origin in list(self._pool()):
-            self.drop(origin)
-
-    def shutdown_all(self) -> None:
-        with self._lock:
-            conns = list(self._live)
-        for c in conns:
-            sock = getattr(c, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def get(self, url: str, headers: Mapping[str, str], *, method: str = "GET",
-            cross_origin: bool = True) -> tuple[http.client.HTTPResponse, tuple]:
-        """GET (or HEAD), following up to 10 redirects (only same-origin ones unless `cross_origin`). Returns
-        (response, origin); the caller reads the body, then either leaves the connection for reuse (body fully
-        read) or calls drop(origin)."""
-        headers = dict(headers)
-        for _ in range(10):
-            sp = urlsplit(url)
-            origin = _origin(sp)
-            resp = self._request(origin, url, sp, headers, method)
-            location = resp.getheader("Location")
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                new = urljoin(url, location)
-                same = _origin(urlsplit(new)) == origin
-                if not same and not cross_origin:
-                    return resp, origin
-                resp.read()
-                if resp.will_close:
-                    self.drop(origin)
-                if not same:
-                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                url = new
-                continue
-            return resp, origin
-        raise _Fatal(f"too many redirects fetching {url}")
-
-    def _request(self, origin: tuple, url: str, sp, headers: dict, method: str) -> http.client.HTTPResponse:
-        pool = self._pool()
-        for fresh in (False, True):
-            entry = pool.get(origin)
-            reused = entry is not None and not fresh
-            if not reused:
-                if entry is not None:
-                    self.drop(origin)
-                conn, absolute = self._new(*origin)
-                entry = pool[origin] = (conn, absolute)
-                with self._lock:
-                    self._live.add(conn)
-            conn, absolute = entry
-            target = url if absolute else (sp.path or "/") + (f"?{sp.query}" if sp.query else "")
-            h = {**headers, **getattr(conn, "_proxy_auth", {})} if absolute else headers
-            try:
-                conn.request(method, target, headers=h)
-                return conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.drop(origin)
-                if not reused:
-                    raise
-                # a kept-alive connection the server had closed: retry once on a fresh one
-            except BaseException:
-                self.drop(origin)
-                raise
-        raise AssertionError("unreachable")
-
-
-def _origin(sp) -> tuple[str, str, int]:
-    scheme = sp.scheme.lower()
-    return scheme, (sp.hostname or "").lower(), sp.port or (443 if scheme == "https" else 80)
-
-
-def fetch_bytes(url: str, headers: Mapping[str, str], *, timeout: float = 30.0, head: bool = False,
-                max_bytes: int = 64 << 20) -> tuple[int, dict[str, str], bytes]:
-    """One small request: GET (config.json for --dry-run) or, with `head`, a HEAD that stops at a cross-origin
-    redirect (the access probe: the Hub answers 401/403/404 itself, a redirect to the CDN means access is granted;
-    no body byte is transferred). Returns (status, headers, body). Network failures raise OSError /
-    http.client.HTTPException."""
-    client = _Http(timeout)
-    try:
-        resp, _ = client.get(url, headers, method="HEAD" if head else "GET", cross_origin=not head)
-        body = resp.read(max_bytes)
-        return resp.status, {k: v for k, v in resp.getheaders()}, body
-    except _Fatal as e:
-        raise http.client.HTTPException(str(e)) from None
-    finally:
-        client.close_thread()
 
 
 # ---- per-file state ----------------------------------------------------------------------------------------------
@@ -347,7 +183,7 @@ class _Job:
     def load(self) -> None:
         """Read the saved per-chunk progress, trusting it only for the same expected file and never beyond what
         the part file physically holds."""
-        st = _read_json(self.state_path)
+        st = read_json(self.state_path)
         try:
             size_on_disk = self.part.stat().st_size
         except OSError:
@@ -379,9 +215,9 @@ class _Job:
                 n = os.pwrite(self.fd, data, offset)  # type: ignore[arg-type]
             except OSError as e:
                 if e.errno == errno.ENOSPC:
-                    raise _Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
+                    raise Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
                                  "command again (the bytes so far are kept)") from None
-                raise _Fatal(f"cannot write {self.part} ({e.strerror or e})") from None
+                raise Fatal(f"cannot write {self.part} ({e.strerror or e})") from None
             data = data[n:]
             offset += n
 
@@ -399,7 +235,7 @@ class _Job:
             if done == self.saved and not force:
                 return
             _fsync(self.fd)
-            _atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
+            atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
                                            "chunk_size": self.chunk_size, "done": done})
             self.saved = done
             self.last_save = time.monotonic()
@@ -438,7 +274,7 @@ class Transfer:
         self._bad: list[str] = []
         self._lock = threading.Lock()
         self._tasks: queue.Queue = queue.Queue()
-        self._http = _Http(options.timeout)
+        self._http = HttpPool(options.timeout)
         self._progress = Progress()
         self._hashers: list[threading.Thread] = []
         self._verified: dict[str, dict] = {}
@@ -447,7 +283,7 @@ class Transfer:
 
     # -- what is already there
     def prepare(self) -> None:
-        self._verified = _read_json(self.staging / VERIFIED)
+        self._verified = read_json(self.staging / VERIFIED)
         for job in self.jobs:
             rec = self._verified.get(job.spec.path) or {}
             size = job.final.stat().st_size if job.final.is_file() else -1
@@ -568,7 +404,7 @@ class Transfer:
                 self._ensure_hasher(job)
                 self._chunk(job, i)
                 job.save()
-        except _Fatal as e:
+        except Fatal as e:
             self._fail(str(e))
         except _Aborted:
             pass
@@ -587,14 +423,14 @@ class Transfer:
             try:
                 self._transfer(job, i, start + before, end)
                 continue
-            except (_Fatal, _Aborted):
+            except (Fatal, _Aborted):
                 raise
             except (OSError, http.client.HTTPException, _Transient) as e:
                 if self._abort.is_set():
                     raise _Aborted from None
                 failures = 0 if job.done[i] > before else failures + 1
                 if failures > self.opts.retries:
-                    raise _Fatal(
+                    raise Fatal(
                         f"giving up on {job.spec.path} after {failures} failed attempts ({_describe_exc(e)}): "
                         "check the network and run the same command again to resume"
                     ) from None
@@ -622,11 +458,11 @@ class Transfer:
                 if not m or int(m[1]) != pos:
                     raise _Transient(f"unexpected Content-Range {resp.getheader('Content-Range')!r}")
                 if m[3] != "*" and int(m[3]) != spec.size:
-                    raise _Fatal(f"{spec.path} is {m[3]} bytes on the server, not {spec.size}: the repo changed; "
+                    raise Fatal(f"{spec.path} is {m[3]} bytes on the server, not {spec.size}: the repo changed; "
                                  "run the same command again")
             elif status == 200:
                 if resp.length is not None and resp.length != spec.size:
-                    raise _Fatal(f"{spec.path} is {resp.length} bytes on the server, not {spec.size}: the repo "
+                    raise Fatal(f"{spec.path} is {resp.length} bytes on the server, not {spec.size}: the repo "
                                  "changed; run the same command again")
                 skip = pos  # the server ignored Range: read past the bytes we already have
             elif status in (408, 429) or status >= 500:
@@ -634,11 +470,11 @@ class Transfer:
                 resp.read(1 << 16)
                 raise _Transient(f"HTTP {status}", float(retry_after) if (retry_after or "").isdigit() else None)
             elif status == 416:
-                raise _Fatal(f"{spec.path} is smaller on the server than expected ({spec.size} bytes): the repo "
+                raise Fatal(f"{spec.path} is smaller on the server than expected ({spec.size} bytes): the repo "
                              "changed; run the same command again")
             else:
                 resp.read(1 << 16)
-                raise _Fatal(self.describe(status, {k: v for k, v in resp.getheaders()}, spec.path))
+                raise Fatal(self.describe(status, {k: v for k, v in resp.getheaders()}, spec.path))
             # read1: one socket read at a time, so every byte received is on disk and counted even when the
             # next read times out or is interrupted (readinto would wait to fill the whole buffer).
             while skip:
@@ -713,7 +549,7 @@ class Transfer:
             job.result = FileResult(spec.path, spec.size, digest, spec.blob_id)
             with self._lock:
                 self._verified[spec.path] = {"expect": spec.expect, "sha256": digest, "size": spec.size}
-                _atomic_json(self.staging / VERIFIED, self._verified)
+                atomic_json(self.staging / VERIFIED, self._verified)
             self._progress.verified(spec.path)
         except OSError as e:
             self._fail(f"cannot read back {job.part} to verify it ({e})")
@@ -726,125 +562,3 @@ def _describe_exc(e: BaseException) -> str:
         return "connection dropped mid-transfer"
     text = str(e).strip()
     return f"{type(e).__name__}: {text}" if text and not isinstance(e, _Transient) else (text or type(e).__name__)
-
-
-# ---- staging and publishing --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def staging_lock(staging: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on a staging folder for the whole download (a second `cohere download` of the same
-    entry would corrupt the parts)."""
-    staging.mkdir(parents=True, exist_ok=True)
-    lock_path = staging / ".lock"
-    f = open(lock_path, "a+")
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:
-            pass
-        except OSError:
-            raise DownloadError(f"another `cohere download` of {what} is running: wait for it, or stop it") from None
-        yield
-    finally:
-        f.close()
-
-
-def staging_files(staging: Path) -> Iterator[tuple[Path, str]]:
-    """(file, repo path it belongs to) for every downloaded or partial file in a staging folder."""
-    for p in staging.rglob("*"):
-        if not p.is_file() or p.name.startswith(".") or p.name.endswith(".tmp"):
-            continue
-        rel = p.relative_to(staging).as_posix()
-        if rel in (PLAN, VERIFIED):
-            continue
-        for suffix in (".part.json", ".part"):
-            if rel.endswith(suffix):
-                rel = rel[: -len(suffix)]
-                break
-        yield p, rel
-
-
-def staged_bytes(staging: Path) -> int:
-    """Bytes of downloaded data a staging folder holds (bookkeeping not counted)."""
-    if not staging.is_dir():
-        return 0
-    return sum(p.stat().st_size for p, _ in staging_files(staging) if not p.name.endswith(".part.json"))
-
-
-def prune_staging(staging: Path, expected: Mapping[str, str]) -> None:
-    """Delete what a staging folder holds for files that are not in the repo at this commit ({path: expect} of all
-    its files, selected or not) or that were fetched for other contents; parts of files merely left out by this
-    run's --include/--exclude are kept for a later run."""
-    if not staging.is_dir():
-        return
-    verified = _read_json(staging / VERIFIED)
-    for p, rel in list(staging_files(staging)):
-        want = expected.get(rel)
-        if p.name.endswith(".part.json"):
-            stale = _read_json(p).get("expect") != want
-        elif p.name.endswith(".part"):
-            stale = want is None
-        else:
-            stale = (verified.get(rel) or {}).get("expect") != want
-        if stale:
-            with contextlib.suppress(OSError):
-                p.unlink()
-    kept = {k: v for k, v in verified.items() if v.get("expect") == expected.get(k)}
-    if kept != verified:
-        _atomic_json(staging / VERIFIED, kept)
-    for d in sorted((d for d in staging.rglob("*") if d.is_dir()), reverse=True):
-        with contextlib.suppress(OSError):
-            d.rmdir()  # only empty ones
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def adopt_verified(staging: Path, spec: FileSpec, source: Path, sha256: str) -> None:
-    """Put an already verified local copy (a file of an existing entry with the same checksum) into staging as
-    done, so it is not fetched again."""
-    link_or_copy(source, staging / spec.path)
-    rec = _read_json(staging / VERIFIED)
-    rec[spec.path] = {"expect": spec.expect, "sha256": sha256, "size": spec.size}
-    _atomic_json(staging / VERIFIED, rec)
-
-
-def publish(name: str, staging: Path, results: dict[str, FileResult], *, source: dict,
-            keep: dict[str, tuple[Path, dict]] | None = None, **manifest_fields) -> Path:
-    """Build entry `name` from the verified files in `staging` (plus `keep`: {relpath: (file, manifest record)}
-    carried over from the entry being replaced), write its manifest and rename it into the store (replacing an
-    older entry of that name only now that the new one is complete). Staging is removed after."""
-    from cohere_cli import store
-
-    files: dict[str, dict] = {}
-    with store.entry_tmpdir(name, replace=True) as tmp:
-        for rel, (src, record) in (keep or {}).items():
-            if rel not in results:
-                link_or_copy(src, tmp / rel)
-                files[rel] = dict(record)
-        for rel, r in results.items():
-            link_or_copy(staging / rel, tmp / rel)
-            files[rel] = {"size": r.size, "sha256": r.sha256, **({"blob_id": r.blob_id} if r.blob_id else {})}
-        files = dict(sorted(files.items()))
-        store.write_manifest(tmp, store.make_manifest(tmp, name=name, source=source, files=files, **manifest_fields))
-    # staging keeps only parts of files this run did not select (a later, wider run resumes them)
-    verified = _read_json(staging / VERIFIED)
-    for rel in results:
-        verified.pop(rel, None)
-        with contextlib.suppress(OSError):
-            (staging / rel).unlink()
-    if any(True for _ in staging_files(staging)):
-        _atomic_json(staging / VERIFIED, verified)
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
-    return store.entry_path(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cohere_cli import download, store
+from cohere_cli import download, staging, store
 from cohere_cli.cli import app
 from cohere_cli.errors import DownloadError, UsageError
 from hub_server import HubServer, make_tiny_cohere
@@ -348,7 +348,7 @@ def test_disk_too_small_is_refused_up_front(hub, monkeypatch):
 
 
 def test_concurrent_download_of_same_entry_is_refused(hub):
-    with download.staging_lock(store.partial_path(REPO), REPO):
+    with staging.staging_lock(store.partial_path(REPO), REPO):
         msg = fails("download", REPO)
     assert "another `cohere download`" in msg
 

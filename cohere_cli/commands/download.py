@@ -17,21 +17,10 @@ from rich.markup import escape
 
 from cohere_cli import hub, sizes, store
 from cohere_cli.console import err, info, warn
-from cohere_cli.download import (
-    PLAN,
-    FileSpec,
-    Options,
-    Progress,
-    Transfer,
-    adopt_verified,
-    expect_id,
-    fetch_bytes,
-    prune_staging,
-    publish,
-    staged_bytes,
-    staging_lock,
-)
+from cohere_cli.download import FileSpec, Options, Progress, Transfer, expect_id
 from cohere_cli.errors import DownloadError
+from cohere_cli.httppool import fetch_bytes
+from cohere_cli.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
 
 KV_SEQ = 8192
 
