@@ -108,7 +108,8 @@ class Load:
 
     def one(self, max_tokens: int | None = None) -> Sample:
         """One streaming request; any RemoteError becomes the sample's error (one line)."""
-        from cohere_cli.remote import HTTPStatusError, TextFilter, responses
+        from cohere_cli.openai_http import HTTPStatusError
+        from cohere_cli.remote import TextFilter, responses
 
         t0 = time.perf_counter()
         s = Sample(start=t0, end=t0)

@@ -13,8 +13,8 @@ from typing import Iterator
 from cohere_cli.chat_engine import ChatSettings, generation_defaults
 from cohere_cli.console import err, info, out_write
 from cohere_cli.response import Response
-from cohere_cli.remote import (DEFAULT_TIMEOUT, Api, Client, RemoteChat, discover, generate_stream, local_folder,
-                               pick_context)
+from cohere_cli.openai_http import DEFAULT_TIMEOUT, Client
+from cohere_cli.remote import Api, RemoteChat, discover, generate_stream, local_folder, pick_context
 from cohere_cli.sampling import SamplingParams
 
 
