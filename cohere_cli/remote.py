@@ -335,7 +335,6 @@ class RemoteChat:
         self.context, self.context_source = context, context_source
         self.send = set(send) if send is not None else None  # sampling fields to send (None: all)
         self.history: list[TurnStats] = []
-        self.survive_errors = False  # REPL: a broken stream ends the answer with one error line instead of raising
         self._pending = None
 
     @property
@@ -441,9 +440,8 @@ class RemoteChat:
                                       last.ttft_s, last.decode_tokens_per_s))
 
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
-        if not self.survive_errors:
-            yield from self.stream_strict(conv, ids)
-            return
+        """The REPL's stream: a broken stream ends the answer with one error line instead of raising (one-shot
+        callers use stream_strict)."""
         last = None
         try:
             for r in self.stream_strict(conv, ids):

@@ -112,3 +112,20 @@ def reference_model(path: Path, dtype=torch.float32):
 
     m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
     return m.eval()
+
+
+def make_endless_checkpoint(path: Path, **kw) -> Path:
+    """A model that never says a stop token (their embedding rows are zero, so their logits are 0 while greedy
+    picks a positive one): answers run to --max-tokens, long enough to interrupt (tests/test_repl.py,
+    tests/test_remote.py)."""
+    from safetensors.torch import load_file, save_file
+
+    from cohere_cli.tokenizer import Tokenizer
+
+    d = make_checkpoint(path, **kw)
+    f = d / "model.safetensors"
+    sd = load_file(f)
+    for t in Tokenizer.from_dir(d).stop_ids:
+        sd["model.embed_tokens.weight"][t] = 0
+    save_file(sd, f, metadata={"format": "pt"})
+    return d

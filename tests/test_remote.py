@@ -5,7 +5,6 @@ never shows. Each CLI run is a subprocess, as a user runs it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,14 +14,12 @@ pytest.importorskip("fastapi", reason='the real server is `transformers serve`: 
 pytest.importorskip("uvicorn", reason='the real server is `transformers serve`: pip install -e ".[test]"')
 
 import pexpect  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 from cohere_cli.remote import TextFilter  # noqa: E402
-from cohere_cli.tokenizer import Tokenizer  # noqa: E402
-from factory_checkpoint import make_checkpoint  # noqa: E402
+from factory_checkpoint import make_endless_checkpoint  # noqa: E402
 from factory_tokenizer import load_reference  # noqa: E402
 from openai_server import StubServer, TransformersServe, free_port  # noqa: E402
-from test_repl import ANSI, STATUS, Chat  # noqa: E402
+from test_repl import STATUS, Chat  # noqa: E402
 
 CLI_TIMEOUT = 180  # seconds for one CLI run on a busy machine
 CONTEXT = 32768  # room for answers that outlast a Ctrl-C even at the server's ~1000 tokens/s
@@ -53,15 +50,9 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A model that never says a stop token (as in test_repl): answers run to --max-tokens, long enough to
-    interrupt or to kill the server under."""
-    d = make_checkpoint(tmp_path_factory.mktemp("served"), max_position_embeddings=CONTEXT)
-    f = d / "model.safetensors"
-    sd = load_file(f)
-    for t in Tokenizer.from_dir(d).stop_ids:
-        sd["model.embed_tokens.weight"][t] = 0
-    save_file(sd, f, metadata={"format": "pt"})
-    return d
+    """A model that never says a stop token: answers run to --max-tokens, long enough to interrupt or to kill the
+    server under."""
+    return make_endless_checkpoint(tmp_path_factory.mktemp("served"), max_position_embeddings=CONTEXT)
 
 
 @pytest.fixture(scope="module")

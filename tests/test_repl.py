@@ -9,11 +9,8 @@ import sys
 
 import pexpect
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
-from cohere_cli.tokenizer import Tokenizer
-from factory_checkpoint import make_checkpoint
+from factory_checkpoint import make_checkpoint, make_endless_checkpoint
 from factory_tokenizer import load_reference
 
 ANSI = re.compile(r"\x1b\][^\x07]*\x07|\x1b\[[0-9;?]*[ -/]*[@-~]|\r")
@@ -22,15 +19,7 @@ STATUS = re.compile(r"(\d+)/(\d+) tokens · (\d+) prefilled")
 
 @pytest.fixture(scope="module")
 def endless(tmp_path_factory):
-    """A model that never says a stop token (their embedding rows are zero, so their logits are 0 while greedy
-    picks a positive one): answers run to --max-tokens, long enough to interrupt."""
-    d = make_checkpoint(tmp_path_factory.mktemp("endless"), max_position_embeddings=8192)
-    f = d / "model.safetensors"
-    sd = load_file(f)
-    for t in Tokenizer.from_dir(d).stop_ids:
-        sd["model.embed_tokens.weight"][t] = 0
-    save_file(sd, f, metadata={"format": "pt"})
-    return d
+    return make_endless_checkpoint(tmp_path_factory.mktemp("endless"), max_position_embeddings=8192)
 
 
 class Chat:

@@ -82,6 +82,13 @@ def run_chat(o: ChatOptions) -> None:
     rt = load_runtime(name, o.dtype)
     remember_last_used(name)
     engine = LocalChat(rt, settings_for(o, rt.folder), ctx=o.ctx)
+    drive(engine, conv, o, lambda ids: run_and_print(rt, ids, engine.settings.params, engine.settings.max_tokens,
+                                                      o.json_out))
+
+
+def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
+    """What chat does with an engine, local (LocalChat) or remote (RemoteChat): with --prompt one turn, printed by
+    `answer(prompt ids)`; else the REPL."""
     if conv.documents:
         engine.check_grounding()
     if o.prompt is not None:
@@ -89,7 +96,7 @@ def run_chat(o: ChatOptions) -> None:
         ids, dropped = engine.fit(conv)
         if dropped:
             info(f"context full: dropped the {dropped} oldest exchanges of the history")
-        run_and_print(rt, ids, engine.settings.params, engine.settings.max_tokens, o.json_out)
+        answer(ids)
         return
     from cohere_cli.repl import Repl
     from cohere_cli.store import store_root

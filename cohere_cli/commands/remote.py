@@ -101,21 +101,10 @@ def run_remote_chat(o, conv) -> None:
                         context=context, context_source=source, send=send)
     info(f"{client.url}: {server.served or 'its only model'}, context {context} ({source}), "
          f"tokenizer {'from ' + str(folder) if tok is not None else 'none here (plain chat; counts from the server)'}")
-    if conv.documents:
-        engine.check_grounding()
-    if o.prompt is not None:
-        conv.add_user(o.prompt)
-        ids, dropped = engine.fit(conv)
-        if dropped:
-            info(f"context full: dropped the {dropped} oldest exchanges of the history")
-        print_responses(engine.stream_strict(conv, ids), ids or None, o.json_out, endpoint=client.url,
-                        model=server.served)
-        return
-    from cohere_cli.repl import Repl
-    from cohere_cli.store import store_root
+    from cohere_cli.commands.chat import drive
 
-    engine.survive_errors = True
-    Repl(engine, conv, plain=o.plain, history_file=store_root() / "chat_history").run()
+    drive(engine, conv, o, lambda ids: print_responses(engine.stream_strict(conv, ids), ids or None, o.json_out,
+                                                        endpoint=client.url, model=server.served))
 
 
 def run_remote_generate(model: str | None, prompt: str, params: SamplingParams, *, max_tokens: int, json_out: bool,
