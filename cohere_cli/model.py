@@ -339,7 +339,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=1.0 / math.sqrt(hd))
         return out.reshape(B, self.nh, T, hd).to(dtype)
 
-
     def _prefix_and_causal(self, q, k, v):
         """Prefill of a full-attention layer with no mask: the chunk's queries see every key before the chunk
         (P = S - T of them, no mask needed) and the chunk's own keys causally. Two flash-attention calls, one over
