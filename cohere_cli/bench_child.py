@@ -77,7 +77,7 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
 
     spec = quant.QuantSpec(bits=8) if precision == "int8" else quant.QuantSpec(bits=4, quant_type=precision)
     spec.validate()
-    if any(getattr(m, k, None) is not None for m in model.modules() for k in ("in_proj", "qkv_proj", "gate_up_proj")):
+    if any(getattr(m, k, None) is not None for m in model.modules() for k in qlinear.FUSED_NAMES):
         raise ValueError("quantize_in_memory needs the checkpoint's own layout: load_model(..., inference=False)")
     n = 0
     for name in [name for name, _ in model.named_modules() if spec.wants(name)]:
@@ -94,13 +94,10 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
         setattr(model.get_submodule(parent), attr, new)
         del w, stored, mod
         n += 1
-    emb = None
-    w = model.model.embed_tokens.weight
-    if folder is not None and w.device.type == "cpu" and model.lm_head.weight is w:
-        from cohere_cli.checkpoint import mapped_tensor, weight_files
+    from cohere_cli.checkpoint import inference_layout, weight_files
 
-        emb = mapped_tensor(weight_files(Path(folder)), "model.embed_tokens.weight", w.dtype)
-    model.fuse().pack(embedding=emb)  # the inference layout load_model gives a quantized checkpoint
+    # the layout load_model gives a quantized checkpoint
+    inference_layout(model, weight_files(Path(folder)) if folder is not None else None)
     return n
 
 

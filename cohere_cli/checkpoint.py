@@ -146,9 +146,18 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval().requires_grad_(False)
     if inference:
-        emb = mapped_tensor(files, "model.embed_tokens.weight", torch_dtype) if device.type == "cpu" and tied else None
-        model.fuse().pack(embedding=emb)
+        inference_layout(model, files)
     return Loaded(model, cfg, raw, torch_dtype, why, time.perf_counter() - t0, folder)
+
+
+def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None) -> None:
+    """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
+    the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype."""
+    w = model.model.embed_tokens.weight
+    emb = None
+    if files and w.device.type == "cpu" and model.lm_head.weight is w:
+        emb = mapped_tensor(files, "model.embed_tokens.weight", w.dtype)
+    model.fuse().pack(embedding=emb)
 
 
 def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tensor | None:

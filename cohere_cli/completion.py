@@ -54,15 +54,18 @@ def _tree(root):
     return tree
 
 
+def _path_cases(root, var: str) -> list[str]:
+    """The `case "$var:$word"` branches (bash and zsh alike) that walk the typed words down the command tree."""
+    return [f'            "{" ".join(path)}:{s}") {var}="{" ".join(path + (s,))}" ;;'
+            for path, _, subs, _ in _tree(root) for s in subs]
+
+
 def bash(root, prog: str = "cohere") -> str:
     lines = [f"# bash completion for {prog}: {HEADER}", f"_{prog}_complete() {{",
              '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" path="" i w',
              "    for ((i = 1; i < COMP_CWORD; i++)); do",
              '        w="${COMP_WORDS[i]}"',
-             '        case "$path:$w" in']
-    for path, _, subs, _ in _tree(root):
-        for s in subs:
-            lines.append(f'            "{" ".join(path)}:{s}") path="{" ".join(path + (s,))}" ;;')
+             '        case "$path:$w" in', *_path_cases(root, "path")]
     lines += ["        esac", "    done", '    case "$path:$prev" in']
     for path, _, _, opts in _tree(root):
         key = " ".join(path)
@@ -99,10 +102,7 @@ def zsh(root, prog: str = "cohere") -> str:
              "    local -a path_words; local i w p=''",
              "    for ((i = 2; i < CURRENT; i++)); do",
              '        w="${words[i]}"',
-             '        case "$p:$w" in']
-    for path, _, subs, _ in _tree(root):
-        for s in subs:
-            lines.append(f'            "{" ".join(path)}:{s}") p="{" ".join(path + (s,))}" ;;')
+             '        case "$p:$w" in', *_path_cases(root, "p")]
     lines += ["        esac", "    done", '    case "$p" in']
     for path, cmd, subs, opts in _tree(root):
         specs = []
@@ -137,8 +137,7 @@ def fish(root, prog: str = "cohere") -> str:
             cond = "__fish_use_subcommand"
         else:
             seen = " && ".join(f"__fish_seen_subcommand_from {p}" for p in path)
-            deeper = [s for s in subs]
-            cond = seen + (f" && not __fish_seen_subcommand_from {' '.join(deeper)}" if deeper else "")
+            cond = seen + (f" && not __fish_seen_subcommand_from {' '.join(subs)}" if subs else "")
         for s in subs:
             lines.append(f"complete -c {prog} -n '{cond}' -a {s} -d '{_help(cmd.commands[s])}'")
         for o, kind in opts:

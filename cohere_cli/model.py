@@ -223,9 +223,10 @@ def fuse_rows(parts: list[nn.Module]) -> nn.Module | None:
 
 
 def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[nn.Module]) -> None:
-    """pack() every float Linear among a fused module and the linears beside it. Once a fused weight is packed it
-    is the only copy: the parts' views of the plain matrix are dropped (forward never reads them again)."""
-    for lin in [fused, *others]:
+    """pack() every float Linear forward runs: the fused module (or, where fusing failed, its parts themselves)
+    and the linears beside it. Once a fused weight is packed it is the only copy: the parts' views of the plain
+    matrix are dropped (forward never reads them again)."""
+    for lin in ([fused] if fused is not None else parts) + others:
         if type(lin) is Linear:
             lin.pack()
     if type(fused) is Linear and fused.weight.is_mkldnn:
@@ -288,8 +289,7 @@ class Attention(nn.Module):
         self.qkv_proj = fuse_rows([self.q_proj, self.k_proj, self.v_proj])
 
     def pack(self) -> None:
-        pack_linears(self.qkv_proj, [self.q_proj, self.k_proj, self.v_proj],
-                     [self.o_proj] + ([] if self.qkv_proj is not None else [self.q_proj, self.k_proj, self.v_proj]))
+        pack_linears(self.qkv_proj, [self.q_proj, self.k_proj, self.v_proj], [self.o_proj])
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
@@ -327,14 +327,14 @@ class Attention(nn.Module):
         mask = None
         if T > 1 or kpos is not None:  # one query on a full layer sees every key the cache hands over
             mask = masks.get((self.window, S)) if masks is not None else None
-        if mask is None and (T > 1 or kpos is not None):
-            kp = kpos if kpos is not None else torch.arange(S, device=q.device)
-            mask = kp[None, :] <= qpos[:, None]  # (T, S) causal
-            if self.window is not None:  # sliding: the token itself + window-1 before it
-                mask &= kp[None, :] > qpos[:, None] - self.window
-            mask = mask.repeat(g, 1)  # (g*T, S), rows ordered like the folded queries
-            if masks is not None:  # rebuilt per layer it cost ~10% of a late 512-token chunk of an 8K prefill
-                masks[(self.window, S)] = mask
+            if mask is None:
+                kp = kpos if kpos is not None else torch.arange(S, device=q.device)
+                mask = kp[None, :] <= qpos[:, None]  # (T, S) causal
+                if self.window is not None:  # sliding: the token itself + window-1 before it
+                    mask &= kp[None, :] > qpos[:, None] - self.window
+                mask = mask.repeat(g, 1)  # (g*T, S), rows ordered like the folded queries
+                if masks is not None:  # rebuilt per layer it cost ~10% of a late 512-token chunk of an 8K prefill
+                    masks[(self.window, S)] = mask
         qg = q.reshape(B, self.nkv, g * T, hd)  # (B, nkv, g*T, hd): heads j*g..j*g+g-1 share kv head j
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=1.0 / math.sqrt(hd))
         return out.reshape(B, self.nh, T, hd).to(dtype)
@@ -390,8 +390,7 @@ class MLP(nn.Module):
         self.gate_up_proj = fuse_rows([self.gate_proj, self.up_proj])
 
     def pack(self) -> None:
-        pack_linears(self.gate_up_proj, [self.gate_proj, self.up_proj],
-                     [self.down_proj] + ([] if self.gate_up_proj is not None else [self.gate_proj, self.up_proj]))
+        pack_linears(self.gate_up_proj, [self.gate_proj, self.up_proj], [self.down_proj])
 
 
 class Block(nn.Module):

@@ -177,7 +177,9 @@ class QuantLinear4bit(nn.Module):
     bits = 4
 
     def __init__(self, in_features: int, out_features: int, data: torch.Tensor, absmax: torch.Tensor,
-                 quant_type: str, blocksize: int, bias: torch.Tensor | None = None):
+                 quant_type: str, blocksize: int, bias: torch.Tensor | None = None, cpu_layout: bool = False):
+        """data: the packed 4-bit weight in the standard layout, or with cpu_layout already in the CPU kernel's
+        (another module's buffer, see cat)."""
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.quant_type, self.blocksize = quant_type, blocksize
@@ -190,8 +192,11 @@ class QuantLinear4bit(nn.Module):
         self.register_buffer("absmax", absmax.float().contiguous(), persistent=False)  # (n*k/blocksize,)
         self.register_buffer("code", bnb().functional.get_4bit_type(quant_type, device=data.device),
                              persistent=False)
+        if cpu_layout and not self.cpu_kernel:
+            raise ValueError("4-bit data in the CPU kernel's layout, on a module that cannot run that kernel")
         if self.cpu_kernel:
-            self.register_buffer("packed", pack_for_cpu(data, n, k), persistent=False)  # (n, k/2)
+            packed = data.view(n, k // 2) if cpu_layout else pack_for_cpu(data, n, k)
+            self.register_buffer("packed", packed, persistent=False)  # (n, k/2)
             self.register_buffer("absmax_t", self.absmax.view(n, k // blocksize).t().to(torch.bfloat16).contiguous(),
                                  persistent=False)
         else:
@@ -232,32 +237,21 @@ class QuantLinear4bit(nn.Module):
         k, bs = p0.in_features, p0.blocksize
         if k % bs:
             return None
-        fused = cls.__new__(cls)
-        nn.Module.__init__(fused)
-        fused.in_features, fused.out_features = k, sum(p.out_features for p in parts)
-        fused.quant_type, fused.blocksize, fused.cpu_kernel = p0.quant_type, bs, p0.cpu_kernel
+        rows = lambda t: t.view(-1, k // 2)  # either layout as (n, k/2) bytes: rows stay whole in both
+        bias = None if p0.bias is None else torch.cat([p.bias for p in parts])
+        fused = cls(k, sum(p.out_features for p in parts), torch.cat([rows(p.packed) for p in parts]),
+                    torch.cat([p.absmax for p in parts]), p0.quant_type, bs, bias, cpu_layout=p0.cpu_kernel)
         fused.kernel_max_rows = p0.kernel_max_rows
-        fused.register_buffer("absmax", torch.cat([p.absmax for p in parts]), persistent=False)
-        fused.register_buffer("code", p0.code, persistent=False)
-        rows = lambda t: t.view(-1, k // 2) if not p0.cpu_kernel else t  # standard layout as (n, k/2) bytes
-        fused.register_buffer("packed", torch.cat([rows(p.packed) for p in parts]), persistent=False)
-        if p0.cpu_kernel:
-            fused.register_buffer("absmax_t", torch.cat([p.absmax_t for p in parts], dim=1), persistent=False)
-        else:
-            fused.absmax_t = None
-        fused.bias = None if p0.bias is None else nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
         o = 0
         for p in parts:
             n = p.out_features
             p.absmax = fused.absmax[o * k // bs : (o + n) * k // bs]
-            p.packed = fused.packed[o : o + n] if p0.cpu_kernel else fused.packed[o : o + n].reshape(-1, 1)
+            p.packed = rows(fused.packed)[o : o + n].view(p.packed.shape)
             if p0.cpu_kernel:
                 p.absmax_t = fused.absmax_t[:, o : o + n]  # a strided view: gemv_4bit_cpu copies it if called
-            if p.bias is not None:
+            if bias is not None:
                 p.bias = nn.Parameter(fused.bias[o : o + n], requires_grad=False)
             o += n
-        if not p0.cpu_kernel:
-            fused.packed = fused.packed.view(-1, 1)
         return fused
 
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
