@@ -205,7 +205,7 @@ def derive(raw_child: dict, d: sizes.Dims, settings: dict, bandwidth: float, pea
     prec, seq, gen, short = raw_child["precision"], settings["seq"], settings["gen"], settings["prefill_short"]
     kv_elem = raw_child["kv_bytes_per_element"]
     ctx = settings["decode_mean_context"]
-    w_read = weights_read_per_token(d, prec)
+    w_read = weights_read_per_token(d, prec, int8_head=raw_child["head"] == "int8")
     kv_read = kv_read_per_token(d, ctx, kv_elem)
     per_tok = w_read + kv_read
     p_short = summarize(raw_child["prefill_short_tokens_per_s"])
@@ -217,6 +217,7 @@ def derive(raw_child: dict, d: sizes.Dims, settings: dict, bandwidth: float, pea
         "precision": prec,
         "source": raw_child["source"],
         "compute_dtype": raw_child["compute_dtype"],
+        "head": raw_child["head"],
         "threads": raw_child["threads"],
         "load_s": raw_child["load_s"],
         "quantized_linears": raw_child["quantized_linears"],

@@ -69,7 +69,8 @@ def release_memory() -> None:
 # ---- quantizing a loaded model in memory ----------------------------------------------------------------------------
 def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int:
     """Replace every linear `cohere quantize` would quantize by the module a quantized checkpoint loads into
-    (cohere_cli.quant), with the same defaults (nf4/fp4: blocksize 64, double quantization; int8: threshold 6),
+    (cohere_cli.quant), with the same defaults (nf4/fp4: blocksize 64, double quantization; int8: threshold 6; the
+    head int8 on CPU),
     one layer at a time so the float weights are freed as we go; then fuses and packs as load_model does (with
     the checkpoint `folder`, a tied head is packed and the embedding read from the file, as load_model does).
     `model` comes from load_model(..., inference=False). Returns the number of linears replaced."""
@@ -96,8 +97,10 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
         n += 1
     from cohere_cli.checkpoint import inference_layout, weight_files
 
-    # the layout load_model gives a quantized checkpoint
-    inference_layout(model, weight_files(Path(folder)) if folder is not None else None)
+    # the layout load_model gives a quantized checkpoint (head included: int8 on CPU, spec.head's default)
+    cpu = model.model.embed_tokens.weight.device.type == "cpu"
+    inference_layout(model, weight_files(Path(folder)) if folder is not None else None,
+                     int8_head=spec.threshold if cpu and spec.head == "int8" else None)
     return n
 
 
@@ -222,6 +225,7 @@ def measure(job: dict) -> dict:
     out = {
         "precision": prec,
         "compute_dtype": str(loaded.dtype).removeprefix("torch."),
+        "head": "int8" if type(model.lm_head).__name__ == "QuantLinear8bit" else "float",
         "kv_bytes_per_element": session.cache.layers[0][0].element_size(),
         "threads": torch.get_num_threads(),
         "load_s": load_s,

@@ -136,8 +136,10 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
             raise CheckpointError(f"{f} is corrupt or truncated ({e}): re-download it") from None
         except OSError as e:
             raise CheckpointError(f"cannot read {f} ({e})") from None
+    head = None
     if quant is not None:
         quant.finish()
+        head = quant.head_threshold if device.type == "cpu" else None
     missing = sorted(expected - seen)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -146,18 +148,24 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval().requires_grad_(False)
     if inference:
-        inference_layout(model, files)
+        inference_layout(model, files, int8_head=head)
     return Loaded(model, cfg, raw, torch_dtype, why, time.perf_counter() - t0, folder)
 
 
-def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None) -> None:
+def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
+                     int8_head: float | None = None) -> None:
     """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
-    the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype."""
+    the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
+    the head as LLM.int8() with this outlier threshold instead (quantized checkpoints on CPU, quant.head_threshold)."""
     w = model.model.embed_tokens.weight
-    emb = None
+    emb = head = None
     if files and w.device.type == "cpu" and model.lm_head.weight is w:
         emb = mapped_tensor(files, "model.embed_tokens.weight", w.dtype)
-    model.fuse().pack(embedding=emb)
+    if int8_head is not None and isinstance(model.lm_head, torch.nn.Linear):
+        from cohere_cli.qlinear import QuantLinear8bit
+
+        head = QuantLinear8bit.from_float(model.lm_head.weight.detach(), int8_head)
+    model.fuse().pack(embedding=emb, head=head)
 
 
 def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tensor | None:

@@ -272,6 +272,11 @@ def quantize(
         typer.Option("--keep", metavar="NAME_GLOB", help="Leave matching linears unquantized (repeatable), "
                      "e.g. 'model.layers.0.*' or '*.down_proj'."),
     ] = None,
+    head: Annotated[
+        Literal["int8", "float"],
+        typer.Option("--head", help="Output head on CPU: int8 (built at load; ~2x faster per token on the head) "
+                     "or float (the stored weights as they are, as transformers runs them)."),
+    ] = "int8",
     output: Annotated[
         Optional[str],
         typer.Option("--output", "-o", metavar="NAME_OR_PATH",
@@ -288,7 +293,7 @@ def quantize(
 
     run_quantize(
         model, bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant, keep=keep or [],
-        output=output, force=force, no_eval=no_eval,
+        head=head, output=output, force=force, no_eval=no_eval,
     )
 
 

@@ -455,25 +455,33 @@ class CohereForCausalLM(nn.Module):
             layer.fuse()
         return self
 
-    def pack(self, embedding: torch.Tensor | None = None) -> "CohereForCausalLM":
+    def pack(self, embedding: torch.Tensor | None = None, head: nn.Module | None = None) -> "CohereForCausalLM":
         """CPU decode layout, after fuse(): every float linear's weight reordered once for oneDNN (pack_weight;
         1.4-2.8x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
         embedding lookup needs its plain rows: given `embedding`, the same matrix in memory the model does not own
         (checkpoint.mapped_tensor: the checkpoint file, memory-mapped), the head is packed from the model's copy and
         the lookups then read the map, where only the rows of tokens actually seen become resident. Without it a
         tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
-        the 213M benchmark model, whose whole bf16 decode step takes ~13 ms)."""
+        the 213M benchmark model, whose whole bf16 decode step takes ~13 ms). `head`: a module to run as the head
+        instead (built by the caller from the head's weight, e.g. int8 for quantized models); the embedding then
+        reads `embedding` in the same way."""
         for layer in self.model.layers:
             layer.pack()
-        head, emb = self.lm_head, self.model.embed_tokens
-        if type(head) is not Linear:
+        emb = self.model.embed_tokens
+        tied = self.lm_head.weight is emb.weight
+        if head is not None:
+            self.lm_head = head
+        elif type(self.lm_head) is not Linear:
             return self
-        if head.weight is not emb.weight:
-            head.pack()
+        elif not tied:
+            self.lm_head.pack()
         elif embedding is not None and packable(emb.weight):
+            self.lm_head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
+            self.lm_head.pack()
+        else:
+            return self
+        if tied and embedding is not None:
             assert embedding.shape == emb.weight.shape and embedding.dtype == emb.weight.dtype
-            head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
-            head.pack()
             emb.weight = nn.Parameter(embedding, requires_grad=False)
             emb.weight.file_backed = True  # not memory of the model's own (bench_child.module_bytes)
         return self

@@ -14,6 +14,7 @@ bitsandbytes is imported lazily (it costs ~1.5 s and logs noise on import)."""
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import torch
@@ -46,7 +47,27 @@ KERNEL_MAX_ROWS_AMX_4BIT = 16
 #     torch._weight_int8pack_mm    0.167  0.161  0.187  0.329  0.623  2.90
 #     bnb int8 (threshold 6)       0.225  0.424  0.443  0.442  0.542  1.16
 WOQ_MAX_ROWS = 8
+# One row (a decode step) takes a fourth: LLM.int8() itself, bitsandbytes' arithmetic bit for bit (the activation row
+# quantized to int8 by its absmax, torch._int_mm, the same dequantization), written as 9 small ops on the row instead
+# of its registered ops (which cost ~100 us of Python and tensor bookkeeping per call; a decode step of a Cohere
+# model makes 3 such calls per layer plus the head). _int_mm reads the int8 weight where it lies (no copy) with
+# AVX512-VNNI; same EPYC, 2 threads, weights from memory, one row, ms (GB/s of int8 weight):
+#     weight          _int_mm         torch._weight_int8pack_mm   (fbgemm's prepacked dynamic linear)
+#     7168 x 1024     0.175 (42)      0.263 (28)                  0.145 (51)
+#     34816 x 4096    4.37  (33)      4.18  (34)                  3.86  (37)
+#     4096 x 14336    1.16  (51)      1.72  (34)                  1.12  (53)
+# fbgemm is a little faster but needs its own copy of every weight, made at 0.1-0.3 GB/s (a 7B model: ~40 s at
+# load on 2 cores, and twice the memory): not taken. Without AVX-512, _int_mm falls back to scalar code, and one row
+# stays on the weight-only path.
 UNLIMITED = 1 << 62
+
+
+def cpu_has_int8_mm() -> bool:
+    """Whether torch._int_mm has its AVX-512 kernel here (bitsandbytes' own condition for using it on CPU)."""
+    if not hasattr(cpu_has_int8_mm, "_v"):
+        major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+        cpu_has_int8_mm._v = (major, minor) >= (2, 6) and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return cpu_has_int8_mm._v
 
 
 def kernel_max_rows(bits: int) -> int:
@@ -311,6 +332,7 @@ class QuantLinear8bit(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.kernel_max_rows = kernel_max_rows(8)
         self.woq_max_rows = WOQ_MAX_ROWS
+        self.row_kernel = cpu_has_int8_mm() and cb.device.type == "cpu"  # one row: _llm_int8_row
         self.register_buffer("scale", None, persistent=False)  # bf16 SCB/127 for the weight-only path, made once
 
     @classmethod
@@ -330,6 +352,17 @@ class QuantLinear8bit(nn.Module):
         return cls(in_features, out_features, cb.to(device), scb.to(device), threshold, bias)
 
     @classmethod
+    def from_float(cls, w: torch.Tensor, threshold: float, rows: int = 8192) -> "QuantLinear8bit":
+        """LLM.int8() of a float (out, in) weight, as `cohere quantize` stores one (fp16, then int8_vectorwise_quant),
+        `rows` rows at a time so that the float temporaries stay small (a 256000 x 8192 head is 2 billion weights)."""
+        cbs, scbs = [], []
+        for r in range(0, w.shape[0], rows):
+            cb, scb, _ = bnb().functional.int8_vectorwise_quant(w[r : r + rows].to(torch.float16).contiguous())
+            cbs.append(cb)
+            scbs.append(scb)
+        return cls(w.shape[1], w.shape[0], torch.cat(cbs), torch.cat(scbs), threshold)
+
+    @classmethod
     def cat(cls, parts: list["QuantLinear8bit"]) -> "QuantLinear8bit | None":
         """One module computing the parts' outputs side by side (model.fuse_rows): int8 rows and their scales are
         independent, so this is a concatenation; the parts keep views of the fused buffers."""
@@ -340,7 +373,7 @@ class QuantLinear8bit(nn.Module):
         cb, scb = torch.cat([p.cb for p in parts]), torch.cat([p.scb for p in parts])
         bias = None if p0.bias is None else torch.cat([p.bias for p in parts])
         fused = cls(p0.in_features, cb.shape[0], cb, scb, p0.threshold, bias)
-        fused.kernel_max_rows, fused.woq_max_rows = p0.kernel_max_rows, p0.woq_max_rows
+        fused.kernel_max_rows, fused.woq_max_rows, fused.row_kernel = p0.kernel_max_rows, p0.woq_max_rows, p0.row_kernel
         o = 0
         for p in parts:
             n = p.out_features
@@ -356,6 +389,10 @@ class QuantLinear8bit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
+        if rows == 1 and self.row_kernel and x.device.type == "cpu":
+            out = self._llm_int8_row(x.reshape(1, -1))
+            if out is not None:
+                return out.reshape(*x.shape[:-1], self.out_features)
         if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu":
             if self.scale is None:  # the dequantization scale of each row, SCB/127, as the kernel wants it
                 self.scale = (self.scb / 127.0).to(torch.bfloat16)
@@ -379,26 +416,54 @@ class QuantLinear8bit(nn.Module):
         b = None if self.bias is None else self.bias.to(cdtype)
         return F.linear(x.to(cdtype), self.dequantize(cdtype), b).to(x.dtype)
 
+    def _llm_int8_row(self, a: torch.Tensor) -> torch.Tensor | None:
+        """One row (1, in) through LLM.int8() exactly as bitsandbytes computes it on CPU (int8_vectorwise_quant,
+        then int8_scaled_mm: _int_mm and int8_mm_dequant), or None where the row has an outlier (|a| >= threshold:
+        bitsandbytes' path then keeps those columns in floating point) or is all zeros."""
+        lo, hi = torch.aminmax(a)
+        amax = max(-lo.item(), hi.item())  # a bf16/fp32 value, exact as a Python float
+        if amax == 0.0 or (self.threshold > 0.0 and amax >= self.threshold):
+            return None
+        # round(A * (127 / absmax)) in float32, where bitsandbytes' `127.0 / row_stats` is torch's
+        # reciprocal(row_stats) * 127, two float32 roundings (each correctly rounded from the exact double here)
+        scale = _f32(_f32(1.0 / amax) * 127.0)
+        q = a.to(torch.float32, copy=True).mul_(scale).round_().to(torch.int8)  # (1, in)
+        acc = torch._int_mm(q, self.cb.t())  # (1, out) int32
+        # int8_mm_dequant: acc * (row_stats * SCB) * 1/127^2 (its constant), in float32
+        out = torch.mul(acc, self.scb * amax).mul_(6.200124e-05)
+        if self.bias is not None:
+            out += self.bias.to(a.dtype)
+        return out.to(a.dtype)
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "
-                f"threshold={self.threshold}, weight-only <= {self.woq_max_rows} bf16 rows, "
+                f"threshold={self.threshold}, one row: {'LLM.int8() on _int_mm, ' if self.row_kernel else ''}"
+                f"weight-only <= {self.woq_max_rows} bf16 rows, "
                 f"bnb int8 kernel <= {self.kernel_max_rows} rows, else dequantize+gemm")
+
+
+def _f32(v: float) -> float:
+    """v rounded to float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 FUSED_NAMES = ("in_proj", "qkv_proj", "gate_up_proj")  # modules model.fuse() adds (views of the checkpoint's modules)
 
 
 def quantized_modules(model: nn.Module, fused: bool = False) -> dict[str, nn.Module]:
-    """The checkpoint's quantized linears by name; with fused=True also the fused ones forward runs."""
+    """The checkpoint's quantized linears by name; with fused=True every quantized module forward runs, also those
+    load builds that the checkpoint does not store (the fused ones, FUSED_NAMES, and the int8 head, `lm_head`)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear4bit, QuantLinear8bit))
-            and (fused or n.rpartition(".")[2] not in FUSED_NAMES)}
+            and (fused or (n.rpartition(".")[2] not in FUSED_NAMES and n != "lm_head"))}
 
 
 def force_path(model: nn.Module, path: str | None) -> None:
     """Make every quantized linear use one path: "woq" (int8 only: weight-only), "kernel" (bitsandbytes' fused
-    kernel), "dequantize", or None for the per-shape default."""
+    kernel, its registered ops for int8), "dequantize", or None for the per-shape default (for int8 one row then
+    runs _llm_int8_row where _int_mm is fast)."""
     for m in quantized_modules(model, fused=True).values():
         limits = {"kernel": UNLIMITED, "woq": UNLIMITED, "dequantize": 0, None: kernel_max_rows(m.bits)}
         m.kernel_max_rows = limits[path]
         if m.bits == 8:
             m.woq_max_rows = {"woq": UNLIMITED, None: WOQ_MAX_ROWS}.get(path, 0)
+            m.row_kernel = path is None and cpu_has_int8_mm() and m.cb.device.type == "cpu"

@@ -165,7 +165,9 @@ class LayerStream:
         return self.load("model.norm", n)
 
     def head(self, embedding) -> Callable:
-        """x (..., H) -> logits (..., V) in float32 with logit_scale, exactly like CohereForCausalLM's last step."""
+        """x (..., H) -> logits (..., V) in float32 with logit_scale, exactly like CohereForCausalLM's last step
+        (for a quantized checkpoint on CPU, with the int8 head load_model builds)."""
+        from cohere_cli.quant import head_threshold
         import torch
         import torch.nn.functional as F
         from torch import nn
@@ -173,10 +175,17 @@ class LayerStream:
         scale = self.cfg.logit_scale
         if self.cfg.tie_word_embeddings or not any(k.startswith("lm_head.") for k in self.where):
             w = embedding if embedding is not None else self.embedding()
-            return lambda x: F.linear(x, w).float() * scale
-        with torch.device("meta"):
-            lin = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size, bias=False)
-        lm = self.load("lm_head", lin)
+            lm = lambda x: F.linear(x, w)  # noqa: E731
+        else:
+            with torch.device("meta"):
+                lin = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size, bias=False)
+            lm = self.load("lm_head", lin)
+            w = lm.weight
+        threshold = head_threshold(self.raw) if self.quantized and torch.device(self.device).type == "cpu" else None
+        if threshold is not None:  # the int8 head load_model runs (checkpoint.inference_layout)
+            from cohere_cli.qlinear import QuantLinear8bit
+
+            lm = QuantLinear8bit.from_float(w.detach(), threshold)
         return lambda x: lm(x).float() * scale
 
 

@@ -34,6 +34,12 @@ from cohere_cli.qlinear import QuantLinear4bit, QuantLinear8bit, bnb
 # (tied) lm_head stay in the parent's dtype, as in transformers' bitsandbytes integration.
 QUANTIZABLE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$")
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# The output head is stored in float (transformers never quantizes it), but the model core runs it as LLM.int8() on
+# CPU, built at load from that float weight, unless config.json says otherwise under this key. Why: the head reads a
+# vocab x hidden matrix per token, 2 GB in bf16 for R7B's 256000-token vocabulary against ~4 GB for all its nf4
+# layers; llama.cpp's 4- and 8-bit files and mlx-lm quantize it too (llama.cpp keeps it at 6-8 bits, as here).
+HEAD_KEY = "cohere_cli_lm_head"
+HEADS = ("int8", "float")
 NESTED_BLOCKSIZE = 256  # bitsandbytes' double quantization of absmax (fixed in quantize_4bit)
 
 # ---- what to quantize -----------------------------------------------------------------------------------------------
@@ -46,7 +52,8 @@ class QuantSpec:
     blocksize: int = 64  # 4-bit only
     double_quant: bool = True  # 4-bit only: quantize the absmax values again (8-bit, blocks of 256)
     compute_dtype: str = "bfloat16"  # what the linears compute in (bnb_4bit_compute_dtype)
-    threshold: float = 6.0  # 8-bit only: LLM.int8() outlier threshold on activations (llm_int8_threshold)
+    threshold: float = 6.0  # LLM.int8() outlier threshold on activations (llm_int8_threshold; 4-bit: the head's)
+    head: str = "int8"  # how the output head runs on CPU: int8 (built at load) or float (HEAD_KEY)
     keep: list[str] = field(default_factory=list)  # glob patterns of module names left unquantized
 
     def validate(self) -> None:
@@ -56,6 +63,8 @@ class QuantSpec:
             raise UsageError(f"--bits must be 4 or 8 (got {self.bits}): bitsandbytes stores nf4/fp4 or int8")
         if self.quant_type not in ("nf4", "fp4"):
             raise UsageError(f"--quant-type must be nf4 or fp4 (got {self.quant_type!r})")
+        if self.head not in HEADS:
+            raise UsageError(f"--head must be {' or '.join(HEADS)} (got {self.head!r})")
         if self.blocksize not in BLOCKSIZES:
             raise UsageError(f"--blocksize must be one of {', '.join(map(str, BLOCKSIZES))} (got {self.blocksize})")
 
@@ -183,6 +192,16 @@ def is_quantized_config(raw: dict) -> bool:
     return isinstance(raw.get("quantization_config"), dict)
 
 
+def head_threshold(raw: dict) -> float | None:
+    """How a quantized checkpoint's output head runs on CPU: LLM.int8() with this outlier threshold (the
+    checkpoint's llm_int8_threshold), or None to keep it in float where config.json says HEAD_KEY: "float"
+    (`cohere quantize --head float`). Absent means int8: checkpoints quantized elsewhere run the same way."""
+    if raw.get(HEAD_KEY, "int8") == "float":
+        return None
+    q = raw.get("quantization_config") or {}
+    return float(q.get("llm_int8_threshold", 6.0) or 0.0)
+
+
 class QuantizedLoader:
     """Routes the tensors of bitsandbytes-quantized linears, as load_model streams them, into quantized modules.
 
@@ -202,6 +221,7 @@ class QuantizedLoader:
                                   f"(nf4, fp4, int8) checkpoints load, e.g. those written by `cohere quantize`")
         self.model, self.dtype, self.device = model, dtype, torch.device(device)
         self.threshold = float(q.get("llm_int8_threshold", 6.0) or 0.0)
+        self.head_threshold = head_threshold(raw)
         if names is None:
             from cohere_cli.sizes import read_safetensors_header
 

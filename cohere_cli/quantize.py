@@ -421,6 +421,7 @@ def _write_rest(parent: Path, out: Path, raw: dict, spec: quant.QuantSpec, plan:
             shutil.copyfile(p, out / p.name)
     cfg = dict(raw)
     cfg["quantization_config"] = spec.quantization_config(plan.kept)
+    cfg[quant.HEAD_KEY] = spec.head
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 

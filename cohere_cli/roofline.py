@@ -21,13 +21,17 @@ PROBE_BYTES = 1 << 30  # >> any CPU's last-level cache (32 MiB on the dev machin
 PROBE_REPEATS = 5
 
 # ---- 1. the limit: pure arithmetic ----------------------------------------------------------------------------------
-def weights_read_per_token(d: sizes.Dims, precision: str) -> int:
+def weights_read_per_token(d: sizes.Dims, precision: str, int8_head: bool = False) -> int:
     """Bytes of weights one decode step reads at `precision`: every linear (attention, MLP, lm_head) once. With tied
-    embeddings the table is read as lm_head; an untied input embedding contributes one row only."""
+    embeddings the table is read as lm_head; an untied input embedding contributes one row only. `int8_head`: the
+    head runs as LLM.int8() (quantized checkpoints on CPU, quant.HEAD_KEY): 1 byte per weight + a float32 scale
+    per row instead of the float table."""
     total = sizes.weights_bytes(d, precision)
+    elem = 4 if precision == "fp32" else 2  # embeddings stay 16-bit under bitsandbytes
     if not d.tied:
-        elem = 4 if precision == "fp32" else 2  # embeddings stay 16-bit under bitsandbytes
         total -= (d.vocab - 1) * d.hidden * elem
+    if int8_head:
+        total -= d.vocab * d.hidden * (elem - 1) - 4 * d.vocab
     return total
 
 

@@ -70,6 +70,7 @@ _cohere_complete() {
         "quantize:--quant-type") return ;;
         "quantize:--blocksize") return ;;
         "quantize:--keep") return ;;
+        "quantize:--head") COMPREPLY=($(compgen -W "int8 float" -- "$cur")); return ;;
         "quantize:--output"|"quantize:-o") return ;;
     esac
     case "$path" in
@@ -82,7 +83,7 @@ _cohere_complete() {
         "models info") COMPREPLY=($(compgen -W "--seq --json --help" -- "$cur")) ;;
         "models rm") COMPREPLY=($(compgen -W "--yes -y --help" -- "$cur")) ;;
         "models verify") COMPREPLY=($(compgen -W "--json --help" -- "$cur")) ;;
-        "quantize") COMPREPLY=($(compgen -W "--bits --quant-type --blocksize --double-quant --no-double-quant --keep --output -o --force --no-eval --help" -- "$cur")) ;;
+        "quantize") COMPREPLY=($(compgen -W "--bits --quant-type --blocksize --double-quant --no-double-quant --keep --head --output -o --force --no-eval --help" -- "$cur")) ;;
     esac
 }
 complete -o default -F _cohere_complete cohere

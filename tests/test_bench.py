@@ -34,6 +34,12 @@ def test_weights_read_per_token_by_hand():
     # untied: the input embedding contributes one row, the lm_head the whole table
     untied = sizes.Dims.from_config({**CFG_213M, "tie_word_embeddings": False})
     assert roofline.weights_read_per_token(untied, "bf16") == 2 * (LINEAR + OTHER) + 2 * 1024
+    # the int8 head of quantized checkpoints on CPU: the 32000 x 1024 table at 1 byte + a float32 scale per row
+    head = 32000 * 1024
+    assert roofline.weights_read_per_token(D, "nf4", int8_head=True) == (
+        int(LINEAR * (0.5 + 4 / 64)) + 2 * (OTHER - head) + head + 4 * 32000)
+    assert roofline.weights_read_per_token(untied, "int8", int8_head=True) == (
+        LINEAR + 4 * rows + 2 * (OTHER - head) + 2 * 1024 + head + 4 * 32000)
 
 
 def test_kv_read_and_roofline_by_hand():
@@ -194,8 +200,8 @@ def test_model_defaults_to_the_demo():
 
 STAT_KEYS = {"median", "min", "max", "spread", "samples"}
 RESULT_KEYS = {
-    "precision", "source", "compute_dtype", "threads", "load_s", "quantized_linears", "model_bytes", "kv_cache_bytes",
-    "weights_read_bytes_per_token", "kv_read_bytes_per_token", "decode_bytes_per_token", "prefill_512_tokens_per_s",
+    "precision", "source", "compute_dtype", "head", "threads", "load_s", "quantized_linears", "model_bytes",
+    "kv_cache_bytes", "weights_read_bytes_per_token", "kv_read_bytes_per_token", "decode_bytes_per_token", "prefill_512_tokens_per_s",
     "prefill_seq_tokens_per_s", "ttft_s", "decode_tokens_per_s", "decode_roofline_tokens_per_s",
     "decode_roofline_fraction", "decode_device_peak_fraction", "prefill_512_flops", "prefill_seq_flops",
     "prefill_512_flop_per_s", "prefill_seq_flop_per_s", "decode_flops_per_token", "peak_memory",
@@ -232,7 +238,9 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
             assert set(x[k]) == STAT_KEYS and len(x[k]["samples"]) == 2 and x[k]["median"] > 0, (p, k)
         assert x["threads"] == 1 and x["model_bytes"] > 0 and x["load_s"] > 0
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96)  # the session's cache holds --seq positions
-        assert x["decode_bytes_per_token"] == roofline.decode_bytes_per_token(d, p, 93)
+        assert x["head"] == ("int8" if p == "nf4" else "float")  # quantized on CPU: the int8 head
+        assert x["decode_bytes_per_token"] == (roofline.weights_read_per_token(d, p, int8_head=p == "nf4")
+                                               + roofline.kv_read_per_token(d, 93))
         assert x["decode_roofline_fraction"] == pytest.approx(
             x["decode_tokens_per_s"]["median"] * x["decode_bytes_per_token"] / m["memory_bandwidth_bytes_per_s"])
         assert x["prefill_seq_flop_per_s"] == pytest.approx(
@@ -274,11 +282,12 @@ def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
     for precision in ("int8", "nf4"):
         m = load_model(tiny, dtype="bfloat16", inference=False).model
         assert bench_child.quantize_in_memory(m, precision) == 4 * 7 == len(quantized_modules(m))
-        assert len(quantized_modules(m, fused=True)) == 4 * 8  # + in_proj (q, k, v, gate, up) per layer
+        # + in_proj (q, k, v, gate, up) per layer, + the int8 head a quantized checkpoint runs on CPU
+        assert len(quantized_modules(m, fused=True)) == 4 * 8 + 1
         kind = QuantLinear8bit if precision == "int8" else QuantLinear4bit
         for layer in m.model.layers:  # forward's fused modules are quantized too
             assert type(layer.in_proj) is kind and layer.in_proj.out_features == 2 * 160 + 4 * 16 * 2
-        assert m.lm_head.weight is m.model.embed_tokens.weight  # still tied
+        assert type(m.lm_head) is QuantLinear8bit and m.lm_head.out_features == m.config.vocab_size
         with torch.inference_mode():
             got = m(ids)
         err = ((got - want).norm() / want.norm()).item()

@@ -123,6 +123,40 @@ def test_forward_paths(spec):
         assert torch.equal(outs[None], outs[expect])
 
 
+@pytest.mark.skipif(not qlinear.cpu_has_int8_mm(), reason="torch._int_mm has no AVX-512 kernel on this CPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias):
+    """A decode row through QuantLinear8bit is bitsandbytes' LLM.int8() bit for bit (its registered ops:
+    int8_vectorwise_quant, then int8_scaled_mm); a row with an outlier (|x| >= threshold) leaves that path for the
+    weight-only one (no activation quantization at all)."""
+    n, k = 320, 768
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    mod = qlinear.QuantLinear8bit.from_stored(quant.quantize_weight(w, SPECS["int8"]), k, n, b, threshold=6.0)
+    assert mod.row_kernel
+    seen = set()
+    for i in range(40):
+        x = (torch.randn(1, 1, k, generator=g) * (0.2 + i / 20)).to(dtype)  # row maxima from ~0.6 to ~9
+        a = x.reshape(1, k)
+        with torch.no_grad():
+            y = mod(x)
+        assert y.shape == (1, 1, n) and y.dtype == dtype
+        outlier = a.abs().max().item() >= 6.0
+        seen.add(outlier)
+        if outlier:
+            assert mod._llm_int8_row(a) is None
+            qlinear.force_path(mod, "woq")
+            assert torch.equal(y, mod(x))
+            qlinear.force_path(mod, None)
+        else:
+            ca, sca, _ = torch.ops.bitsandbytes.int8_vectorwise_quant.default(a.clone(), 0.0)
+            ref = torch.ops.bitsandbytes.int8_scaled_mm.default(ca, mod.cb, sca, mod.scb, bias=b, dtype=dtype)
+            assert torch.equal(y.reshape(1, n), ref)
+    assert seen == {False, True}
+
+
 # ---- whole checkpoints ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
@@ -189,6 +223,7 @@ def test_config_carries_quantization_config(parent, quantized):
     cfg = json.loads((quantized["nf4"] / "config.json").read_text())
     pcfg = json.loads((parent / "config.json").read_text())
     q = cfg.pop("quantization_config")
+    assert cfg.pop(quant.HEAD_KEY) == "int8"  # how the head runs (quant.head_threshold); transformers ignores it
     assert cfg == pcfg
     assert q["quant_method"] == "bitsandbytes" and q["load_in_4bit"] and not q["load_in_8bit"]
     assert q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"] is True
@@ -253,6 +288,45 @@ def test_greedy_tokens_agree_with_transformers_teacher_forced(parent, quantized,
     assert (stepwise == ref).float().mean().item() >= 0.9
     # transformers' greedy tokens are its argmaxes: teacher-forced, we predict them too
     assert (stepwise[7:-1] == seq[0, 8:]).float().mean().item() >= 0.9
+
+
+def test_int8_head_built_at_load(parent, quantized, tmp_path):
+    """On CPU a quantized checkpoint runs its (stored float, tied) head as LLM.int8(): bitsandbytes' int8 of the
+    stored embedding, built at load, with the embedding lookups reading the file; config.json's quant.HEAD_KEY
+    "float" (`cohere quantize --head float`) keeps the head as stored. The logits of both stay close."""
+    import shutil
+
+    from cohere_cli.model import Linear
+
+    folder = quantized["nf4"]
+    as_float = tmp_path / "float-head"
+    shutil.copytree(folder, as_float)
+    cfg = json.loads((as_float / "config.json").read_text())
+    cfg[quant.HEAD_KEY] = "float"
+    (as_float / "config.json").write_text(json.dumps(cfg))
+
+    m8, mf = load_model(folder, dtype="bfloat16").model, load_model(as_float, dtype="bfloat16").model
+    assert type(m8.lm_head) is qlinear.QuantLinear8bit and type(mf.lm_head) is Linear
+    assert "lm_head" not in qlinear.quantized_modules(m8) and "lm_head" in qlinear.quantized_modules(m8, fused=True)
+    emb = stored(folder)["model.embed_tokens.weight"]
+    cb, scb, _ = bnbF.int8_vectorwise_quant(emb.half())
+    assert torch.equal(m8.lm_head.cb, cb) and torch.equal(m8.lm_head.scb, scb)
+    assert getattr(m8.model.embed_tokens.weight, "file_backed", False)
+    assert torch.equal(m8.model.embed_tokens.weight, emb)
+    assert type(load_model(parent, dtype="bfloat16").model.lm_head) is Linear  # float checkpoints: untouched
+
+    ids = torch.randint(0, VOCAB, (1, 48), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        full8, fullf = m8(ids)[0], mf(ids)[0]  # (T, V): many rows, bitsandbytes' int8 path
+        steps = []
+        for m in (m8, mf):  # cached decoding: one row per step, the LLM.int8() row path
+            cache = KVCache(m.config, 48, torch.bfloat16)
+            prefill(m, ids[0, :40], cache, 0)
+            steps.append(torch.cat([m(ids[:, t : t + 1], t, cache, last_only=True)[0] for t in range(40, 48)]))
+    for a, b in ((full8, fullf), tuple(steps)):
+        rel = ((a - b).norm() / b.norm()).item()
+        assert 0 < rel < 0.03, rel
+        assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.9
 
 
 def test_keep_leaves_linears_float_and_transformers_agrees(parent, tmp_path):

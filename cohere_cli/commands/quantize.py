@@ -55,14 +55,14 @@ def unquantized_summary(plan) -> list[str]:
 
 
 def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, double_quant: bool, keep: list[str],
-                 output: str | None, force: bool, no_eval: bool) -> None:
+                 output: str | None, force: bool, no_eval: bool, head: str = "int8") -> None:
     from cohere_cli import __version__, sizes
     from cohere_cli.quant import QuantSpec
     from cohere_cli.quantize import (check_disk, check_parent, default_name, folder_tmpdir, looks_like_path,
                                      make_plan, quantize_checkpoint, scan)
 
     spec = QuantSpec(bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
-                     keep=list(keep or []))
+                     keep=list(keep or []), head=head)
     spec.validate()
     parent = store.resolve_model(model)
     entry = _entry_of(parent)
