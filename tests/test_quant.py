@@ -124,13 +124,20 @@ def test_forward_paths(spec):
 
 
 @pytest.mark.skipif(not qlinear.cpu_has_int8_mm(), reason="torch._int_mm has no AVX-512 kernel on this CPU")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dtype,native", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, False),
+                                          (torch.bfloat16, True)])  # the native kernel takes bf16 rows
 @pytest.mark.parametrize("bias", [False, True])
-def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias):
+def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, monkeypatch):
     """A decode row through QuantLinear8bit is bitsandbytes' LLM.int8() bit for bit (its registered ops:
-    int8_vectorwise_quant, then int8_scaled_mm); a row with an outlier (|x| >= threshold) leaves that path for the
-    weight-only one (no activation quantization at all)."""
-    n, k = 320, 768
+    int8_vectorwise_quant, then int8_scaled_mm), in torch ops and in the native kernel (bf16 rows); a row with an
+    outlier (|x| >= threshold) leaves that path for the weight-only one (no activation quantization at all)."""
+    from cohere_cli import kernels
+
+    if native and kernels.int8_row() is None:
+        pytest.skip("the native kernel is built where a C compiler and AVX512-VNNI are: not here")
+    if not native:
+        monkeypatch.setattr(kernels, "int8_row", lambda: None)
+    n, k = 324, 700  # neither a multiple of the kernel's 4 rows nor of its 64 bytes
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
     b = torch.randn(n, generator=g).to(dtype) if bias else None

@@ -1,0 +1,107 @@
+/* LLM.int8() for one activation row on AVX512-VNNI: bitsandbytes' CPU arithmetic, fused into one pass.
+ *
+ *   out[n] = bf16( (float)dot(q, cb[n]) * (scb[n] * amax) * 6.200124e-05f  [+ bias[n]] )
+ *   q      = round_half_even(x * f32(f32(1 / amax) * 127))          (int8_vectorwise_quant)
+ *
+ * exactly as bitsandbytes computes it with torch ops (int8_vectorwise_quant, torch._int_mm, int8_mm_dequant),
+ * bit for bit (tests/test_quant.py), in one call: the row is quantized once into a small buffer, then every weight
+ * row is read once (64 int8 weights per vpdpbusd), 4 rows at a time, the output rows split across OpenMP threads
+ * (torch's OpenMP runtime: libgomp.so.1 is already loaded by torch when this library is).
+ *
+ * vpdpbusd multiplies unsigned by signed bytes, so the activations are offset by +128 and the product corrected
+ * by 128 * (sum of the weight row), which the caller computes once per weight (`rowsum`).
+ *
+ * Built on first use by cohere_cli/kernels/__init__.py (cc -O3 -fopenmp -ffp-contract=off); returns 0 on success,
+ * 1 when the row has an outlier (|x| >= threshold > 0) or is all zeros: the caller then takes another path. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as c10::BFloat16 */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (isnan(f)) return 0x7FC0;
+    u += 0x7FFF + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k) {
+    __m512i acc = _mm512_setzero_si512();
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(a + j), _mm512_loadu_si512(w + j));
+    if (j < k) {
+        __mmask64 m = (1ULL << (k - j)) - 1;  /* k - j < 64 */
+        acc = _mm512_dpbusd_epi32(acc, _mm512_maskz_loadu_epi8(m, a + j), _mm512_maskz_loadu_epi8(m, w + j));
+    }
+    return _mm512_reduce_add_epi32(acc);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void dot4_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int32_t *o) {
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+        __m512i x = _mm512_loadu_si512(a + j);
+        c0 = _mm512_dpbusd_epi32(c0, x, _mm512_loadu_si512(w + j));
+        c1 = _mm512_dpbusd_epi32(c1, x, _mm512_loadu_si512(w + k + j));
+        c2 = _mm512_dpbusd_epi32(c2, x, _mm512_loadu_si512(w + 2 * k + j));
+        c3 = _mm512_dpbusd_epi32(c3, x, _mm512_loadu_si512(w + 3 * k + j));
+    }
+    if (j < k) {
+        __mmask64 m = (1ULL << (k - j)) - 1;  /* k - j < 64 */
+        __m512i x = _mm512_maskz_loadu_epi8(m, a + j);
+        c0 = _mm512_dpbusd_epi32(c0, x, _mm512_maskz_loadu_epi8(m, w + j));
+        c1 = _mm512_dpbusd_epi32(c1, x, _mm512_maskz_loadu_epi8(m, w + k + j));
+        c2 = _mm512_dpbusd_epi32(c2, x, _mm512_maskz_loadu_epi8(m, w + 2 * k + j));
+        c3 = _mm512_dpbusd_epi32(c3, x, _mm512_maskz_loadu_epi8(m, w + 3 * k + j));
+    }
+    o[0] = _mm512_reduce_add_epi32(c0);
+    o[1] = _mm512_reduce_add_epi32(c1);
+    o[2] = _mm512_reduce_add_epi32(c2);
+    o[3] = _mm512_reduce_add_epi32(c3);
+}
+
+/* x: k bf16 activations; cb: n x k int8 weights (row-major, row stride k); scb: n float32 row absmax;
+ * rowsum: n int32 sums of each weight row; bias: n bf16 or NULL; out: n bf16. */
+int llm_int8_row_bf16(const uint16_t *x, int64_t k, const int8_t *cb, const float *scb, const int32_t *rowsum,
+                      const uint16_t *bias, uint16_t *out, int64_t n, float threshold) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        float v = fabsf(bf16_to_f32(x[j]));
+        if (v > amax || isnan(v)) amax = v;
+    }
+    if (!(amax > 0.0f) || (threshold > 0.0f && amax >= threshold)) return 1;
+    const float s = (1.0f / amax) * 127.0f;  /* torch: reciprocal(row_stats) * 127, both in float32 */
+    uint8_t qa[k + 64];
+    for (int64_t j = 0; j < k; j++)
+        qa[j] = (uint8_t)((int32_t)nearbyintf(bf16_to_f32(x[j]) * s) + 128);
+    const float c = 6.200124e-05f;
+    const int64_t blocks = n / 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        int32_t d[4];
+        dot4_u8s8(qa, cb + 4 * b * k, k, d);
+        for (int i = 0; i < 4; i++) {
+            const int64_t r = 4 * b + i;
+            float y = (float)(d[i] - 128 * rowsum[r]) * (scb[r] * amax) * c;
+            if (bias) y += bf16_to_f32(bias[r]);
+            out[r] = f32_to_bf16(y);
+        }
+    }
+    for (int64_t r = 4 * blocks; r < n; r++) {
+        float y = (float)(dot_u8s8(qa, cb + r * k, k) - 128 * rowsum[r]) * (scb[r] * amax) * c;
+        if (bias) y += bf16_to_f32(bias[r]);
+        out[r] = f32_to_bf16(y);
+    }
+    return 0;
+}
