@@ -59,7 +59,9 @@ WOQ_MAX_ROWS = 8
 #     4096 x 14336    1.16  (51)      1.72  (34)                  1.12  (53)
 # fbgemm is a little faster but needs its own copy of every weight, made at 0.1-0.3 GB/s (a 7B model: ~40 s at
 # load on 2 cores, and twice the memory): not taken. Without AVX-512, _int_mm falls back to scalar code, and one row
-# stays on the weight-only path.
+# stays on the weight-only path. Where the native kernel builds (cohere_cli/kernels/int8_row.c: the same arithmetic
+# in one call, AVX512-VNNI), bf16 rows take it instead of the 9 ops: decode step of the 213M model 1.37x -> 1.49x
+# our bf16 step.
 UNLIMITED = 1 << 62
 
 
