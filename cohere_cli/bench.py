@@ -218,6 +218,7 @@ def derive(raw_child: dict, d: sizes.Dims, settings: dict, bandwidth: float, pea
         "source": raw_child["source"],
         "compute_dtype": raw_child["compute_dtype"],
         "head": raw_child["head"],
+        "native_kernels": raw_child["native_kernels"],
         "threads": raw_child["threads"],
         "load_s": raw_child["load_s"],
         "quantized_linears": raw_child["quantized_linears"],

@@ -226,6 +226,7 @@ def measure(job: dict) -> dict:
         "precision": prec,
         "compute_dtype": str(loaded.dtype).removeprefix("torch."),
         "head": "int8" if type(model.lm_head).__name__ == "QuantLinear8bit" else "float",
+        "native_kernels": native_kernels(model),
         "kv_bytes_per_element": session.cache.layers[0][0].element_size(),
         "threads": torch.get_num_threads(),
         "load_s": load_s,
@@ -243,6 +244,15 @@ def measure(job: dict) -> dict:
         "cuda_reserved_bytes": torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else None,
     }
     return out
+
+
+def native_kernels(model) -> list[str]:
+    """The cohere_cli.kernels the model's forward runs here (int8 linears: int8_row where it built)."""
+    from cohere_cli import kernels
+    from cohere_cli.qlinear import QuantLinear8bit
+
+    uses = any(isinstance(m, QuantLinear8bit) and m.row_kernel for m in model.modules())
+    return ["int8_row"] if uses and kernels.int8_row() is not None else []
 
 
 def _worker_main(argv: list[str]) -> int:

@@ -200,7 +200,7 @@ def test_model_defaults_to_the_demo():
 
 STAT_KEYS = {"median", "min", "max", "spread", "samples"}
 RESULT_KEYS = {
-    "precision", "source", "compute_dtype", "head", "threads", "load_s", "quantized_linears", "model_bytes",
+    "precision", "source", "compute_dtype", "head", "native_kernels", "threads", "load_s", "quantized_linears", "model_bytes",
     "kv_cache_bytes", "weights_read_bytes_per_token", "kv_read_bytes_per_token", "decode_bytes_per_token", "prefill_512_tokens_per_s",
     "prefill_seq_tokens_per_s", "ttft_s", "decode_tokens_per_s", "decode_roofline_tokens_per_s",
     "decode_roofline_fraction", "decode_device_peak_fraction", "prefill_512_flops", "prefill_seq_flops",
@@ -239,6 +239,7 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         assert x["threads"] == 1 and x["model_bytes"] > 0 and x["load_s"] > 0
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96)  # the session's cache holds --seq positions
         assert x["head"] == ("int8" if p == "nf4" else "float")  # quantized on CPU: the int8 head
+        assert x["native_kernels"] in ([], ["int8_row"]) and (p == "nf4" or x["native_kernels"] == [])
         assert x["decode_bytes_per_token"] == (roofline.weights_read_per_token(d, p, int8_head=p == "nf4")
                                                + roofline.kv_read_per_token(d, 93))
         assert x["decode_roofline_fraction"] == pytest.approx(
