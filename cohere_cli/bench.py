@@ -108,7 +108,7 @@ def plan_precisions(folder: Path, raw: dict, wanted: list[str] | None) -> list[P
         elif p in derived:
             plans.append(Plan(p, str(derived[p].path), "load", "auto", f"store: {derived[p].name}"))
         else:
-            how = "int8 (LLM.int8, threshold 6; weight-only for decode)" if p == "int8" else f"{p} (blocksize 64, double quantization)"
+            how = "int8 (LLM.int8, threshold 6)" if p == "int8" else f"{p} (blocksize 64, double quantization)"
             plans.append(Plan(p, str(float_folder), "quantize", "auto",
                               f"quantized in memory from {float_own}: bitsandbytes {how}"))
     return plans
