@@ -98,9 +98,8 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
     from cohere_cli.checkpoint import inference_layout, weight_files
 
     # the layout load_model gives a quantized checkpoint (head included: int8 on CPU, spec.head's default)
-    cpu = model.model.embed_tokens.weight.device.type == "cpu"
     inference_layout(model, weight_files(Path(folder)) if folder is not None else None,
-                     int8_head=spec.threshold if cpu and spec.head == "int8" else None)
+                     int8_head=spec.threshold if spec.head == "int8" else None)
     return n
 
 
@@ -154,6 +153,7 @@ def measure(job: dict) -> dict:
 
     from cohere_cli.checkpoint import load_model
     from cohere_cli.generate import Session, prefill, stream_generate
+    from cohere_cli.qlinear import QuantLinear8bit
     from cohere_cli.sampling import SamplingParams
 
     if job.get("threads"):
@@ -225,7 +225,7 @@ def measure(job: dict) -> dict:
     out = {
         "precision": prec,
         "compute_dtype": str(loaded.dtype).removeprefix("torch."),
-        "head": "int8" if type(model.lm_head).__name__ == "QuantLinear8bit" else "float",
+        "head": "int8" if isinstance(model.lm_head, QuantLinear8bit) else "float",
         "native_kernels": native_kernels(model),
         "kv_bytes_per_element": session.cache.layers[0][0].element_size(),
         "threads": torch.get_num_threads(),

@@ -139,7 +139,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
     head = None
     if quant is not None:
         quant.finish()
-        head = quant.head_threshold if device.type == "cpu" else None
+        head = quant.head_threshold
     missing = sorted(expected - seen)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -156,15 +156,15 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
                      int8_head: float | None = None) -> None:
     """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
     the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
-    the head as LLM.int8() with this outlier threshold instead (quantized checkpoints on CPU, quant.head_threshold)."""
+    the head as LLM.int8() with this outlier threshold instead, on CPU (quantized checkpoints, quant.int8_head)."""
     w = model.model.embed_tokens.weight
     emb = head = None
     if files and w.device.type == "cpu" and model.lm_head.weight is w:
         emb = mapped_tensor(files, "model.embed_tokens.weight", w.dtype)
     if int8_head is not None and isinstance(model.lm_head, torch.nn.Linear):
-        from cohere_cli.qlinear import QuantLinear8bit
+        from cohere_cli.quant import int8_head as build
 
-        head = QuantLinear8bit.from_float(model.lm_head.weight.detach(), int8_head)
+        head = build(model.lm_head.weight, int8_head)
     model.fuse().pack(embedding=emb, head=head)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -97,13 +96,7 @@ def bnb():
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles for bf16 (Xeon 4th gen+): there bf16 GEMM is ~5x faster than AVX-512 alone."""
-    if not hasattr(cpu_has_amx, "_v"):
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-        cpu_has_amx._v = " amx_bf16" in flags
-    return cpu_has_amx._v
+    return "amx_bf16" in kernels.cpu_flags()
 
 
 def cpu_has_bnb_kernel() -> bool:
@@ -335,7 +328,7 @@ class QuantLinear8bit(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.kernel_max_rows = kernel_max_rows(8)
         self.woq_max_rows = WOQ_MAX_ROWS
-        self.row_kernel = cpu_has_int8_mm() and cb.device.type == "cpu"  # one row: _llm_int8_row
+        self.row_kernel = self.row_kernel_fits()  # one row: _llm_int8_row
         self.register_buffer("scale", None, persistent=False)  # bf16 SCB/127 for the weight-only path, made once
         self.register_buffer("rowsum", None, persistent=False)  # int32 row sums of cb for the native kernel, once
 
@@ -354,17 +347,6 @@ class QuantLinear8bit(nn.Module):
             raise ValueError(f"its weight_format is {int(fmt.item())}: only row-major (0) is supported")
         bnb()  # registers the torch.ops.bitsandbytes kernels
         return cls(in_features, out_features, cb.to(device), scb.to(device), threshold, bias)
-
-    @classmethod
-    def from_float(cls, w: torch.Tensor, threshold: float, rows: int = 8192) -> "QuantLinear8bit":
-        """LLM.int8() of a float (out, in) weight, as `cohere quantize` stores one (fp16, then int8_vectorwise_quant),
-        `rows` rows at a time so that the float temporaries stay small (a 256000 x 8192 head is 2 billion weights)."""
-        cbs, scbs = [], []
-        for r in range(0, w.shape[0], rows):
-            cb, scb, _ = bnb().functional.int8_vectorwise_quant(w[r : r + rows].to(torch.float16).contiguous())
-            cbs.append(cb)
-            scbs.append(scb)
-        return cls(w.shape[1], w.shape[0], torch.cat(cbs), torch.cat(scbs), threshold)
 
     @classmethod
     def cat(cls, parts: list["QuantLinear8bit"]) -> "QuantLinear8bit | None":
@@ -419,6 +401,10 @@ class QuantLinear8bit(nn.Module):
         cdtype = x.dtype if x.dtype in (torch.bfloat16, torch.float32) else torch.float32
         b = None if self.bias is None else self.bias.to(cdtype)
         return F.linear(x.to(cdtype), self.dequantize(cdtype), b).to(x.dtype)
+
+    def row_kernel_fits(self) -> bool:
+        """Whether one row should take _llm_int8_row here: _int_mm has its AVX-512 kernel and the weight is on CPU."""
+        return cpu_has_int8_mm() and self.cb.device.type == "cpu"
 
     def _llm_int8_row(self, a: torch.Tensor) -> torch.Tensor | None:
         """One row (1, in) through LLM.int8() exactly as bitsandbytes computes it on CPU (int8_vectorwise_quant,
@@ -481,4 +467,4 @@ def force_path(model: nn.Module, path: str | None) -> None:
         m.kernel_max_rows = limits[path]
         if m.bits == 8:
             m.woq_max_rows = {"woq": UNLIMITED, None: WOQ_MAX_ROWS}.get(path, 0)
-            m.row_kernel = path is None and cpu_has_int8_mm() and m.cb.device.type == "cpu"
+            m.row_kernel = path is None and m.row_kernel_fits()

@@ -167,10 +167,11 @@ class LayerStream:
     def head(self, embedding) -> Callable:
         """x (..., H) -> logits (..., V) in float32 with logit_scale, exactly like CohereForCausalLM's last step
         (for a quantized checkpoint on CPU, with the int8 head load_model builds)."""
-        from cohere_cli.quant import head_threshold
         import torch
         import torch.nn.functional as F
         from torch import nn
+
+        from cohere_cli.quant import head_threshold, int8_head
 
         scale = self.cfg.logit_scale
         if self.cfg.tie_word_embeddings or not any(k.startswith("lm_head.") for k in self.where):
@@ -181,11 +182,9 @@ class LayerStream:
                 lin = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size, bias=False)
             lm = self.load("lm_head", lin)
             w = lm.weight
-        threshold = head_threshold(self.raw) if self.quantized and torch.device(self.device).type == "cpu" else None
-        if threshold is not None:  # the int8 head load_model runs (checkpoint.inference_layout)
-            from cohere_cli.qlinear import QuantLinear8bit
-
-            lm = QuantLinear8bit.from_float(w.detach(), threshold)
+        q = int8_head(w, head_threshold(self.raw)) if self.quantized else None
+        if q is not None:  # the int8 head load_model runs on CPU (checkpoint.inference_layout)
+            lm = q
         return lambda x: lm(x).float() * scale
 
 

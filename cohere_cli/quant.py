@@ -192,6 +192,17 @@ def is_quantized_config(raw: dict) -> bool:
     return isinstance(raw.get("quantization_config"), dict)
 
 
+def int8_head(w: torch.Tensor, threshold: float | None) -> QuantLinear8bit | None:
+    """The LLM.int8() module a quantized checkpoint runs as its head on CPU, from the float (vocab, hidden) head
+    weight `w`: quantized as `cohere quantize` quantizes a linear (quantize_weight, by row chunks: a 256000 x 8192
+    head is 2 billion weights). None where `threshold` is None (head_threshold: "float") or `w` is not on CPU."""
+    if threshold is None or w.device.type != "cpu":
+        return None
+    spec = QuantSpec(bits=8, threshold=threshold)
+    return QuantLinear8bit.from_stored(quantize_weight(w.detach(), spec), w.shape[1], w.shape[0],
+                                       threshold=threshold)
+
+
 def head_threshold(raw: dict) -> float | None:
     """How a quantized checkpoint's output head runs on CPU: LLM.int8() with this outlier threshold (the
     checkpoint's llm_int8_threshold), or None to keep it in float where config.json says HEAD_KEY: "float"

@@ -11,6 +11,7 @@ or run (no compiler, no AVX512-VNNI, COHERE_CLI_NATIVE=0) the callers keep their
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import hashlib
 import os
 import shutil
@@ -21,30 +22,32 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("int8_row.c")
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]  # no FMA contraction: bitsandbytes' roundings
 ENV = "COHERE_CLI_NATIVE"  # 0: never build or load native kernels
-_cache: dict[str, object] = {}
 
 
-def cpu_has_vnni() -> bool:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return " avx512_vnni" in flags and " avx512bw" in flags
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
 
 
+@functools.cache
 def int8_row():
     """The C function llm_int8_row_bf16 (see int8_row.c), or None where it is not available here."""
-    if "int8_row" not in _cache:
-        fn = None
-        if os.environ.get(ENV, "1") != "0" and cpu_has_vnni():
-            lib = _load(SOURCE)
-            if lib is not None:
-                fn = lib.llm_int8_row_bf16
-                fn.restype = ct.c_int
-                fn.argtypes = [ct.c_void_p, ct.c_int64, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p,
-                               ct.c_void_p, ct.c_int64, ct.c_float]
-        _cache["int8_row"] = fn
-    return _cache["int8_row"]
+    if os.environ.get(ENV, "1") == "0" or not {"avx512_vnni", "avx512bw"} <= cpu_flags():
+        return None
+    lib = _load(SOURCE)
+    if lib is None:
+        return None
+    fn = lib.llm_int8_row_bf16
+    fn.restype = ct.c_int
+    fn.argtypes = [ct.c_void_p, ct.c_int64, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p,
+                   ct.c_int64, ct.c_float]
+    return fn
 
 
 def _load(src: Path):
