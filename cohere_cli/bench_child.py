@@ -247,12 +247,17 @@ def measure(job: dict) -> dict:
 
 
 def native_kernels(model) -> list[str]:
-    """The cohere_cli.kernels the model's forward runs here (int8 linears: int8_row where it built)."""
+    """The cohere_cli.kernels the model's decode step runs here: decode_attn (bf16 on CPU, where it built and
+    checkpoint.inference_layout installed it), int8_row (int8 linears, where it built)."""
     from cohere_cli import kernels
     from cohere_cli.qlinear import QuantLinear8bit
 
-    uses = any(isinstance(m, QuantLinear8bit) and m.row_kernel for m in model.modules())
-    return ["int8_row"] if uses and kernels.int8_row() is not None else []
+    names = []
+    if any(getattr(layer.self_attn, "decode_kernel", None) is not None for layer in model.model.layers):
+        names.append("decode_attn")
+    if any(isinstance(m, QuantLinear8bit) and m.row_kernel for m in model.modules()) and kernels.int8_row():
+        names.append("int8_row")
+    return names
 
 
 def _worker_main(argv: list[str]) -> int:

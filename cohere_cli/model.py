@@ -251,6 +251,7 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
         self.use_rope = cfg.model_type == "cohere" or self.window is not None
+        self.decode_kernel = None  # a native decode step, see CohereForCausalLM.use_decode_kernel
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None, masks: dict | None = None,
                 qkv: torch.Tensor | None = None) -> torch.Tensor:
@@ -259,6 +260,10 @@ class Attention(nn.Module):
         nh, nkv, hd = self.nh, self.nkv, self.hd
         if qkv is None and self.qkv_proj is not None:  # inference: one matmul reads q, k and v weights at once
             qkv = self.qkv_proj(x)
+        if self.decode_kernel is not None and qkv is not None and B * T == 1 and cache_layer is not None:
+            out = self._decode_native(qkv, rope, cache_layer, int(pos[0]))
+            if out is not None:
+                return self.o_proj(out.view(B, T, nh * hd))
         if qkv is not None:
             qkv = qkv.unflatten(-1, (nh + 2 * nkv, hd))  # (B, T, nh+2nkv, hd)
             q, k, v = qkv.split((nh, nkv, nkv), dim=2)  # (B, T, nh|nkv|nkv, hd)
@@ -290,6 +295,15 @@ class Attention(nn.Module):
 
     def pack(self) -> None:
         pack_linears(self.qkv_proj, [self.q_proj, self.k_proj, self.v_proj], [self.o_proj])
+
+    def _decode_native(self, qkv, rope, cache_layer, start: int):
+        """One token through decode_kernel: what the rest of forward does from rotary to attention, written to the
+        cache the same way (_update_cache), in one call. None where the kernel declines (its dtype, its shapes)."""
+        kc, vc, slot_pos = cache_layer
+        R = kc.shape[2]
+        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
+        return self.decode_kernel(qkv, rope if self.use_rope else None, kc, vc, slot, S, slot_pos, start,
+                                  self.window or 0, self.nh, self.nkv, self.hd, 1.0 / math.sqrt(self.hd))
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
@@ -484,6 +498,18 @@ class CohereForCausalLM(nn.Module):
             assert embedding.shape == emb.weight.shape and embedding.dtype == emb.weight.dtype
             emb.weight = nn.Parameter(embedding, requires_grad=False)
             emb.weight.file_backed = True  # not memory of the model's own (bench_child.module_bytes)
+        return self
+
+    def use_decode_kernel(self, kernel) -> "CohereForCausalLM":
+        """Run each layer's decode step (one token, batch 1, with a cache) from its q/k/v projection to its attention
+        output through `kernel(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale)`: rotary
+        on q and k (rope: the complex rotations, or None), k and v written at cache slot `slot` (and
+        slot_pos[slot] = qpos for a ring), then attention over slots [0, S) masked by position like _sdpa; returns
+        the (nh*hd,) output or None to decline (forward then takes the torch path). cohere_cli.kernels has one for
+        bf16 on CPU. Not for R+'s q/k norms, which sit between projection and rotary."""
+        for layer in self.model.layers:
+            a = layer.self_attn
+            a.decode_kernel = None if hasattr(a, "q_norm") else kernel
         return self
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,

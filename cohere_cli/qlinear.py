@@ -14,6 +14,7 @@ bitsandbytes is imported lazily (it costs ~1.5 s and logs noise on import)."""
 from __future__ import annotations
 
 import logging
+import operator
 import struct
 
 import torch
@@ -154,30 +155,48 @@ def gemv_4bit_cpu(a: torch.Tensor, packed: torch.Tensor, absmax_t: torch.Tensor,
     fn = _native_gemv_4bit(quant_type)
     if fn is None:
         return torch.ops.bitsandbytes.gemv_4bit.default(a, packed, [n, a.shape[1]], absmax_t, code, blocksize)
-    import ctypes as ct
-
     out = torch.empty(a.shape[0], n, dtype=torch.bfloat16)
-    fn(ct.c_int64(a.shape[0]), ct.c_int64(n), ct.c_int64(a.shape[1]), ct.c_void_p(a.data_ptr()),
-       ct.c_void_p(packed.data_ptr()), ct.c_void_p(absmax_t.data_ptr()), ct.c_void_p(out.data_ptr()),
-       ct.c_int64(blocksize), ct.c_int64(a.stride(0)), ct.c_int64(n))
+    fn(a.shape[0], n, a.shape[1], a.data_ptr(), packed.data_ptr(), absmax_t.data_ptr(), out.data_ptr(), blocksize,
+       a.stride(0), n)
     return out
 
 
 def _native_gemv_4bit(quant_type: str):
-    """The C function bitsandbytes' CPU gemv_4bit op calls, or None where the op would do something else."""
+    """The C function bitsandbytes' CPU gemv_4bit op calls, or None where the op would do something else; as our
+    own ctypes prototype of its address (typed arguments: no ctypes objects to build per call, and bitsandbytes'
+    own function object is left as it is): (M, N, K, A, B, absmax, out, blocksize, lda, ldc)."""
     cache = _native_gemv_4bit.__dict__
     if quant_type not in cache:
         fn = None
         try:
+            import ctypes as ct
+
             import bitsandbytes.backends.cpu.ops as cpu_ops
             from bitsandbytes.cextension import lib
 
             if getattr(cpu_ops, "gemm_4bit_forward_kernel", None) is None:
-                fn = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16", None)
+                raw = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16", None)
+                if raw is not None:
+                    i, p = ct.c_int64, ct.c_void_p
+                    fn = ct.CFUNCTYPE(None, i, i, i, p, p, p, p, i, i, i)(ct.cast(raw, ct.c_void_p).value)
         except Exception:  # another bitsandbytes layout: keep the registered op
             fn = None
         cache[quant_type] = fn
     return cache[quant_type]
+
+
+def _bound(module: nn.Module, names: tuple[str, ...], build):
+    """A module's one-row native call with its constant arguments (weight pointers) bound once: the ctypes call is
+    ~2 us, the general forward around it ~6-9 us, and a decode step makes 3 such calls per layer. Rebuilt by
+    build() whenever a tensor it binds was replaced (cat, .to()), so a pointer never outlives its tensor; build
+    returns None where the module's tensors do not fit the native call."""
+    ts = tuple(module._buffers.get(n, module._parameters.get(n)) for n in names)
+    plan = module.__dict__.get("_plan")
+    if plan is not None and all(map(operator.is_, plan[0], ts)):
+        return plan[1]
+    call = build(*ts)
+    module.__dict__["_plan"] = (ts, call)
+    return call
 
 
 class QuantLinear4bit(nn.Module):
@@ -279,7 +298,32 @@ class QuantLinear4bit(nn.Module):
         return torch.ops.bitsandbytes.dequantize_4bit.default(std, self.absmax, self.blocksize, self.quant_type,
                                                                shape, dtype)
 
+    def _row_call(self):
+        """One bf16 row (a decode step) through bitsandbytes' C kernel with the weight's pointers bound (_bound)."""
+
+        def build(packed, absmax_t, bias):
+            fn = _native_gemv_4bit(self.quant_type)
+            if fn is None or not self.cpu_kernel or bias is not None:
+                return None
+            absmax_t = absmax_t.contiguous()  # a copy only for the parts of a fused module, never called in decode
+            n, k, bs, pp, ap = self.out_features, self.in_features, self.blocksize, packed.data_ptr(), absmax_t.data_ptr()
+
+            def call(x):
+                out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
+                fn(1, n, k, x.data_ptr(), pp, ap, out.data_ptr(), bs, k, n)
+                return out
+
+            call.keep = absmax_t
+            return call
+
+        return _bound(self, ("packed", "absmax_t", "bias"), build)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features and x.dtype == torch.bfloat16 and x.is_cpu and self.kernel_max_rows > 0 \
+                and x.is_contiguous():
+            call = self._row_call()
+            if call is not None:
+                return call(x)
         rows = x.numel() // x.shape[-1]
         if self.cpu_kernel and rows <= self.kernel_max_rows and x.device.type == "cpu":
             a = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (rows, k)
@@ -330,7 +374,6 @@ class QuantLinear8bit(nn.Module):
         self.woq_max_rows = WOQ_MAX_ROWS
         self.row_kernel = self.row_kernel_fits()  # one row: _llm_int8_row
         self.register_buffer("scale", None, persistent=False)  # bf16 SCB/127 for the weight-only path, made once
-        self.register_buffer("rowsum", None, persistent=False)  # int32 row sums of cb for the native kernel, once
 
     @classmethod
     def from_stored(cls, tensors: dict[str, torch.Tensor], in_features: int, out_features: int,
@@ -363,7 +406,7 @@ class QuantLinear8bit(nn.Module):
         o = 0
         for p in parts:
             n = p.out_features
-            p.cb, p.scb, p.scale, p.rowsum = fused.cb[o : o + n], fused.scb[o : o + n], None, None
+            p.cb, p.scb, p.scale = fused.cb[o : o + n], fused.scb[o : o + n], None
             if bias is not None:
                 p.bias = nn.Parameter(fused.bias[o : o + n], requires_grad=False)
             o += n
@@ -375,10 +418,10 @@ class QuantLinear8bit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows == 1 and self.row_kernel and x.device.type == "cpu":
-            out = self._llm_int8_row(x.reshape(1, -1))
+        if rows == 1 and self.row_kernel and x.is_cpu:
+            out = self._llm_int8_row(x)
             if out is not None:
-                return out.reshape(*x.shape[:-1], self.out_features)
+                return out
         if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu":
             if self.scale is None:  # the dequantization scale of each row, SCB/127, as the kernel wants it
                 self.scale = (self.scb / 127.0).to(torch.bfloat16)
@@ -406,21 +449,16 @@ class QuantLinear8bit(nn.Module):
         """Whether one row should take _llm_int8_row here: _int_mm has its AVX-512 kernel and the weight is on CPU."""
         return cpu_has_int8_mm() and self.cb.device.type == "cpu"
 
-    def _llm_int8_row(self, a: torch.Tensor) -> torch.Tensor | None:
-        """One row (1, in) through LLM.int8() exactly as bitsandbytes computes it on CPU (int8_vectorwise_quant,
-        then int8_scaled_mm: _int_mm and int8_mm_dequant), or None where the row has an outlier (|a| >= threshold:
-        bitsandbytes' path then keeps those columns in floating point) or is all zeros. In bf16 on AVX512-VNNI:
-        one call of the native kernel (cohere_cli/kernels), the same bits without ~30 us of torch ops per call."""
-        fn = kernels.int8_row() if a.dtype == torch.bfloat16 else None
-        if fn is not None and (self.bias is None or self.bias.dtype == torch.bfloat16):
-            if self.rowsum is None:  # the kernel's correction for its unsigned activations, once per weight
-                self.rowsum = self.cb.sum(1, dtype=torch.int32)
-            a = a.contiguous()
-            out = torch.empty(1, self.out_features, dtype=torch.bfloat16)
-            bias = None if self.bias is None else self.bias.data_ptr()
-            err = fn(a.data_ptr(), a.shape[1], self.cb.data_ptr(), self.scb.data_ptr(), self.rowsum.data_ptr(), bias,
-                     out.data_ptr(), self.out_features, self.threshold)
-            return None if err else out
+    def _llm_int8_row(self, x: torch.Tensor) -> torch.Tensor | None:
+        """One row (..., in) through LLM.int8() exactly as bitsandbytes computes it on CPU (int8_vectorwise_quant,
+        then int8_scaled_mm: _int_mm and int8_mm_dequant) -> (..., out), or None where the row has an outlier
+        (|x| >= threshold: bitsandbytes' path then keeps those columns in floating point) or is all zeros. In bf16
+        on AVX512-VNNI: one call of the native kernel (cohere_cli/kernels), the same bits without ~30 us of torch
+        ops per call."""
+        call = self._row_call() if x.dtype == torch.bfloat16 else None
+        if call is not None:
+            return call(x.contiguous())
+        a = x.reshape(1, -1)
         lo, hi = torch.aminmax(a)
         amax = max(-lo.item(), hi.item())  # a bf16/fp32 value, exact as a Python float
         if amax == 0.0 or (self.threshold > 0.0 and amax >= self.threshold):
@@ -434,7 +472,29 @@ class QuantLinear8bit(nn.Module):
         out = torch.mul(acc, self.scb * amax).mul_(6.200124e-05)
         if self.bias is not None:
             out += self.bias.to(a.dtype)
-        return out.to(a.dtype)
+        return out.to(a.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _row_call(self):
+        """The native kernel for one bf16 row with the weight's pointers bound (_bound): x -> out, or None where
+        the row has an outlier."""
+
+        def build(cb, scb, bias):
+            fn = kernels.int8_row()
+            if fn is None or not (cb.is_cpu and cb.is_contiguous() and scb.dtype == torch.float32
+                                  and scb.is_contiguous() and (bias is None or bias.dtype == torch.bfloat16)):
+                return None
+            rowsum = cb.sum(1, dtype=torch.int32)  # the kernel's correction for its unsigned activations, once
+            n, k, thr = self.out_features, self.in_features, self.threshold
+            args = (k, cb.data_ptr(), scb.data_ptr(), rowsum.data_ptr(), None if bias is None else bias.data_ptr())
+
+            def call(x):
+                out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
+                return None if fn(x.data_ptr(), *args, out.data_ptr(), n, thr) else out
+
+            call.keep = rowsum
+            return call
+
+        return _bound(self, ("cb", "scb", "bias"), build)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "

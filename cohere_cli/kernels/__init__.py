@@ -1,11 +1,17 @@
 """Native CPU kernels that torch and bitsandbytes do not have, compiled on first use.
 
-`int8_row()` is LLM.int8() for one activation row (a decode step) on AVX512-VNNI, int8_row.c: the same arithmetic
-as bitsandbytes' CPU path bit for bit, but one C call instead of ~9 torch ops (~30 us of overhead per call on the
-benchmark model's shapes, 3 calls per layer plus the head). Built once per machine with the system C compiler into
-the store's `kernels/` folder (~1 s: one small C file, no torch headers) and loaded with ctypes; its OpenMP is
-torch's (libgomp.so.1 is already loaded when it is), so torch.set_num_threads applies. Where it cannot be built
-or run (no compiler, no AVX512-VNNI, COHERE_CLI_NATIVE=0) the callers keep their torch path: same results, slower.
+- `int8_row()` is LLM.int8() for one activation row (a decode step) on AVX512-VNNI, int8_row.c: the same
+  arithmetic as bitsandbytes' CPU path bit for bit, but one C call instead of ~9 torch ops (~30 us of overhead per
+  call on the benchmark model's shapes, 3 calls per layer plus the head).
+- `decode_attention()` is one bf16 decode step of an attention layer after its q/k/v projection (rotary, cache
+  write, grouped-query attention over the cache) on AVX512-BF16, decode_attn.c: one call instead of
+  F.scaled_dot_product_attention and ~15 small ops around it (model.Attention.decode_kernel).
+
+Each is built once per machine with the system C compiler into the store's `kernels/` folder (~1 s: one small C
+file, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already loaded when they
+are). Where one cannot be built or run (no compiler, no AVX-512 extension it needs, COHERE_CLI_NATIVE=0) the
+callers keep their torch path: int8_row gives the same results, decode_attention the same up to float32
+summation order.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("int8_row.c")
+HERE = Path(__file__).parent
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]  # no FMA contraction: bitsandbytes' roundings
 ENV = "COHERE_CLI_NATIVE"  # 0: never build or load native kernels
 
@@ -40,7 +46,7 @@ def int8_row():
     """The C function llm_int8_row_bf16 (see int8_row.c), or None where it is not available here."""
     if os.environ.get(ENV, "1") == "0" or not {"avx512_vnni", "avx512bw"} <= cpu_flags():
         return None
-    lib = _load(SOURCE)
+    lib = _load(HERE / "int8_row.c")
     if lib is None:
         return None
     fn = lib.llm_int8_row_bf16
@@ -48,6 +54,44 @@ def int8_row():
     fn.argtypes = [ct.c_void_p, ct.c_int64, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p,
                    ct.c_int64, ct.c_float]
     return fn
+
+
+@functools.cache
+def _decode_attn():
+    """The C function decode_attn_bf16 (see decode_attn.c), or None where it is not available here."""
+    if os.environ.get(ENV, "1") == "0" or not {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags():
+        return None
+    lib = _load(HERE / "decode_attn.c")
+    if lib is None:
+        return None
+    fn = lib.decode_attn_bf16
+    fn.restype = ct.c_int
+    i, p = ct.c_int64, ct.c_void_p
+    fn.argtypes = [p, p, p, p, i, i, i, p, i, i, i, i, i, ct.c_float, i, p]
+    return fn
+
+
+def decode_attention():
+    """attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale) -> (nh*hd,) bf16 or None:
+    the decode step model.Attention.decode_kernel describes, in one native call; None where this machine cannot
+    run it (then the model keeps its torch path)."""
+    fn = _decode_attn()
+    if fn is None:
+        return None
+    import torch
+
+    def attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale):
+        if qkv.dtype != torch.bfloat16 or kc.dtype != torch.bfloat16 or kc.device.type != "cpu" \
+                or not (qkv.is_contiguous() and kc.is_contiguous() and vc.is_contiguous()):
+            return None
+        out = torch.empty(nh * hd, dtype=torch.bfloat16)
+        cs = None if rope is None else torch.view_as_real(rope).data_ptr()  # hd/2 (cos, sin) float32 pairs
+        err = fn(qkv.data_ptr(), cs, kc.data_ptr(), vc.data_ptr(), kc.shape[2], slot, S,
+                 None if slot_pos is None else slot_pos.data_ptr(), qpos, window, nh, nkv, hd, scale,
+                 torch.get_num_threads(), out.data_ptr())
+        return None if err else out
+
+    return attend
 
 
 def _load(src: Path):

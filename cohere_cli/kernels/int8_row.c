@@ -73,18 +73,50 @@ static void dot4_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int32_t *o) 
 
 /* x: k bf16 activations; cb: n x k int8 weights (row-major, row stride k); scb: n float32 row absmax;
  * rowsum: n int32 sums of each weight row; bias: n bf16 or NULL; out: n bf16. */
-int llm_int8_row_bf16(const uint16_t *x, int64_t k, const int8_t *cb, const float *scb, const int32_t *rowsum,
-                      const uint16_t *bias, uint16_t *out, int64_t n, float threshold) {
-    float amax = 0.0f;
-    for (int64_t j = 0; j < k; j++) {
+/* the row's absmax (NaN if it holds a NaN), 16 values at a time */
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static float absmax_bf16(const uint16_t *x, int64_t k) {
+    __m512 m = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        __m512 v = _mm512_abs_ps(_mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + j))), 16)));
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m = _mm512_max_ps(m, v);
+    }
+    float amax = _mm512_reduce_max_ps(m);
+    for (; j < k; j++) {
         float v = fabsf(bf16_to_f32(x[j]));
         if (v > amax || isnan(v)) amax = v;
     }
+    return nan ? NAN : amax;
+}
+
+/* qa[j] = round_half_even(x[j] * s) + 128: _mm512_cvtps_epi32 rounds by MXCSR, to nearest even as nearbyintf */
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void quantize_row(const uint16_t *x, int64_t k, float s, uint8_t *qa) {
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512i off = _mm512_set1_epi32(128);
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        __m512 v = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + j))), 16));
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vs)), off);
+        _mm_storeu_si128((__m128i *)(qa + j), _mm512_cvtepi32_epi8(q));
+    }
+    for (; j < k; j++) qa[j] = (uint8_t)((int32_t)nearbyintf(bf16_to_f32(x[j]) * s) + 128);
+}
+
+/* x: k bf16 activations; cb: n x k int8 weights (row-major, row stride k); scb: n float32 row absmax;
+ * rowsum: n int32 sums of each weight row; bias: n bf16 or NULL; out: n bf16. */
+int llm_int8_row_bf16(const uint16_t *x, int64_t k, const int8_t *cb, const float *scb, const int32_t *rowsum,
+                      const uint16_t *bias, uint16_t *out, int64_t n, float threshold) {
+    const float amax = absmax_bf16(x, k);
     if (!(amax > 0.0f) || (threshold > 0.0f && amax >= threshold)) return 1;
     const float s = (1.0f / amax) * 127.0f;  /* torch: reciprocal(row_stats) * 127, both in float32 */
     uint8_t qa[k + 64];
-    for (int64_t j = 0; j < k; j++)
-        qa[j] = (uint8_t)((int32_t)nearbyintf(bf16_to_f32(x[j]) * s) + 128);
+    quantize_row(x, k, s, qa);
     const float c = 6.200124e-05f;
     const int64_t blocks = n / 4;
 #pragma omp parallel for schedule(static)

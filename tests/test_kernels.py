@@ -1,0 +1,103 @@
+"""The native decode-attention kernel (cohere_cli/kernels/decode_attn.c) against the model's own torch path:
+rotary, cache write and attention of one new token, for every shape the family ships and the masks it needs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cohere_cli import kernels
+from cohere_cli.checkpoint import load_model
+from cohere_cli.generate import prefill
+from cohere_cli.model import Attention, KVCache, ModelConfig, rope_cos_sin
+from factory_checkpoint import make_checkpoint
+
+attend = kernels.decode_attention()
+needs_kernel = pytest.mark.skipif(attend is None, reason="the kernel needs a C compiler and AVX512-BF16: not here")
+
+
+def _config(nh, nkv, hd, model_type="cohere2", window=None):
+    return ModelConfig(model_type=model_type, vocab_size=8, hidden_size=nh * hd, intermediate_size=8, n_layers=1,
+                       n_heads=nh, n_kv_heads=nkv, head_dim=hd, sliding_window=window,
+                       layer_types=["sliding_attention" if window else "full_attention"])
+
+
+@needs_kernel
+@pytest.mark.parametrize("nh,nkv,hd,keys,window,ring,rope", [
+    (16, 4, 64, 550, None, False, True),  # the benchmark model's layer, cohere (rotary everywhere)
+    (32, 8, 128, 700, None, False, False),  # R7B / Command A global layer: no rotary
+    (96, 8, 128, 290, None, False, True),  # R+: 12 query heads per kv head
+    (4, 4, 16, 33, None, False, True),  # no grouping, a head dim under the kernel's 32-wide dot
+    (12, 1, 48, 300, 100, False, True),  # a sliding layer without a ring: window mask by slot index
+    (32, 8, 128, 700, 600, True, True),  # a sliding ring that has wrapped, one slot never written
+    (16, 4, 64, 1, None, False, True),  # the first token
+    (16, 4, 64, 4000, None, False, True),  # long enough for many key chunks per thread
+])
+def test_decode_attention_kernel_matches_torch(nh, nkv, hd, keys, window, ring, rope):
+    g = torch.Generator().manual_seed(keys)
+    cfg = _config(nh, nkv, hd, "cohere" if rope and not window else "cohere2", window)
+    n = keys if ring else keys + 7  # cache slots
+    qpos = 5000 if ring else keys - 1
+    slot = qpos % n if ring else qpos
+    qkv = torch.randn(1, 1, (nh + 2 * nkv) * hd, generator=g).bfloat16()
+    kc0 = torch.randn(1, nkv, n, hd, generator=g).bfloat16()
+    vc0 = torch.randn(1, nkv, n, hd, generator=g).bfloat16()
+    slot_pos0 = None
+    if ring:  # slot j holds the latest position p <= qpos with p % n == j; slot 3 never written
+        slot_pos0 = torch.tensor([qpos - ((qpos - j) % n) for j in range(n)])
+        slot_pos0[3] = KVCache.EMPTY
+    a = Attention(cfg, 0)
+    a.use_rope = rope
+    pos = torch.tensor([qpos])
+    cis = rope_cos_sin(pos, hd, 10000.0, torch.bfloat16)
+    x = torch.zeros(1, 1, nh * hd, dtype=torch.bfloat16)
+    a.o_proj = torch.nn.Identity()  # forward's output is then the attention itself, (1, 1, nh*hd)
+    caches = [(kc0.clone(), vc0.clone(), None if slot_pos0 is None else slot_pos0.clone()) for _ in range(2)]
+    with torch.inference_mode():
+        want = a(x, pos, cis, caches[0], None, qkv)
+        got = attend(qkv, cis if rope else None, caches[1][0], caches[1][1], slot, n if ring else qpos + 1,
+                     caches[1][2], qpos, window or 0, nh, nkv, hd, 1.0 / math.sqrt(hd))
+    assert got is not None
+    torch.testing.assert_close(got.view(1, 1, -1).float(), want.float(), atol=4e-3, rtol=1e-2)
+    # the cache is written exactly as the torch path writes it (rotary rounded the same way)
+    assert torch.equal(caches[1][0], caches[0][0]) and torch.equal(caches[1][1], caches[0][1])
+    if ring:
+        assert torch.equal(caches[1][2], caches[0][2])
+
+
+@needs_kernel
+def test_decode_attention_kernel_declines_what_it_cannot_run():
+    qkv = torch.randn(1, 1, 3 * 24).bfloat16()
+    kc = torch.zeros(1, 1, 8, 24, dtype=torch.bfloat16)
+    assert attend(qkv, None, kc, kc.clone(), 0, 1, None, 0, 0, 1, 1, 24, 0.2) is None  # head dim not 16k
+    assert attend(qkv.float(), None, kc.float(), kc.float(), 0, 1, None, 0, 0, 1, 1, 24, 0.2) is None  # dtype
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", [dict(model_type="cohere"), dict(model_type="cohere2", sliding_window=12, layers=4)])
+def test_model_decodes_the_same_through_the_kernel(tmp_path, case):
+    """load_model installs the kernel for bf16 on CPU; decoding through it (ring buffers wrapping, slack 2) gives
+    the torch path's logits and leaves the same cache behind."""
+    make_checkpoint(tmp_path, tokenizer=False, vocab=384, dtype="bfloat16", hidden=128, heads=4, kv_heads=2, **case)
+    model = load_model(tmp_path, dtype="bfloat16").model
+    assert all(layer.self_attn.decode_kernel is not None for layer in model.model.layers)
+    ids = torch.randint(0, 384, (40,), generator=torch.Generator().manual_seed(4))
+    caches = [KVCache(model.config, 40, torch.bfloat16, slack=2) for _ in range(2)]
+    with torch.inference_mode():
+        for c in caches:
+            prefill(model, ids[:17], c, 0, chunk=5)
+        kernel = model.model.layers[0].self_attn.decode_kernel
+        for t in range(17, 40):
+            got = model(ids[t : t + 1][None], t, caches[0], last_only=True)
+            model.use_decode_kernel(None)
+            want = model(ids[t : t + 1][None], t, caches[1], last_only=True)
+            model.use_decode_kernel(kernel)
+            torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+            assert want.flatten()[got.argmax()] >= want.max() - 0.05, t  # greedy picks a token as likely
+
+    for (k1, v1, s1), (k2, v2, s2) in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(s1, s2) if s1 is not None else s2 is None
+        torch.testing.assert_close(k1, k2, atol=3e-2, rtol=3e-2)  # the keys of steps after the first differ
+        torch.testing.assert_close(v1, v2, atol=3e-2, rtol=3e-2)  # by the attention outputs' last bits
