@@ -5,7 +5,7 @@
  *
  * exactly as bitsandbytes computes it with torch ops (int8_vectorwise_quant, torch._int_mm, int8_mm_dequant),
  * bit for bit (tests/test_quant.py), in one call: the row is quantized once into a small buffer, then every weight
- * row is read once (64 int8 weights per vpdpbusd), 4 rows at a time, the output rows split across OpenMP threads
+ * row is read once, front to back (64 int8 weights per vpdpbusd), the output rows split across OpenMP threads
  * (torch's OpenMP runtime: libgomp.so.1 is already loaded by torch when this library is).
  *
  * vpdpbusd multiplies unsigned by signed bytes, so the activations are offset by +128 and the product corrected
@@ -33,46 +33,28 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as c10::
     return (uint16_t)(u >> 16);
 }
 
+/* dot(a, w) over k bytes, read front to back with four independent accumulators: one weight row at a time keeps
+ * the reads sequential, which measured 25-35% faster than interleaving 4 rows (1024 bytes apart) per pass, at
+ * the same arithmetic (integer sums: exact in any order) */
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k) {
-    __m512i acc = _mm512_setzero_si512();
-    int64_t j = 0;
-    for (; j + 64 <= k; j += 64)
-        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(a + j), _mm512_loadu_si512(w + j));
-    if (j < k) {
-        __mmask64 m = (1ULL << (k - j)) - 1;  /* k - j < 64 */
-        acc = _mm512_dpbusd_epi32(acc, _mm512_maskz_loadu_epi8(m, a + j), _mm512_maskz_loadu_epi8(m, w + j));
-    }
-    return _mm512_reduce_add_epi32(acc);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vnni")))
-static void dot4_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int32_t *o) {
     __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
     int64_t j = 0;
-    for (; j + 64 <= k; j += 64) {
-        __m512i x = _mm512_loadu_si512(a + j);
-        c0 = _mm512_dpbusd_epi32(c0, x, _mm512_loadu_si512(w + j));
-        c1 = _mm512_dpbusd_epi32(c1, x, _mm512_loadu_si512(w + k + j));
-        c2 = _mm512_dpbusd_epi32(c2, x, _mm512_loadu_si512(w + 2 * k + j));
-        c3 = _mm512_dpbusd_epi32(c3, x, _mm512_loadu_si512(w + 3 * k + j));
+    for (; j + 256 <= k; j += 256) {
+        c0 = _mm512_dpbusd_epi32(c0, _mm512_loadu_si512(a + j), _mm512_loadu_si512(w + j));
+        c1 = _mm512_dpbusd_epi32(c1, _mm512_loadu_si512(a + j + 64), _mm512_loadu_si512(w + j + 64));
+        c2 = _mm512_dpbusd_epi32(c2, _mm512_loadu_si512(a + j + 128), _mm512_loadu_si512(w + j + 128));
+        c3 = _mm512_dpbusd_epi32(c3, _mm512_loadu_si512(a + j + 192), _mm512_loadu_si512(w + j + 192));
     }
+    for (; j + 64 <= k; j += 64)
+        c0 = _mm512_dpbusd_epi32(c0, _mm512_loadu_si512(a + j), _mm512_loadu_si512(w + j));
     if (j < k) {
         __mmask64 m = (1ULL << (k - j)) - 1;  /* k - j < 64 */
-        __m512i x = _mm512_maskz_loadu_epi8(m, a + j);
-        c0 = _mm512_dpbusd_epi32(c0, x, _mm512_maskz_loadu_epi8(m, w + j));
-        c1 = _mm512_dpbusd_epi32(c1, x, _mm512_maskz_loadu_epi8(m, w + k + j));
-        c2 = _mm512_dpbusd_epi32(c2, x, _mm512_maskz_loadu_epi8(m, w + 2 * k + j));
-        c3 = _mm512_dpbusd_epi32(c3, x, _mm512_maskz_loadu_epi8(m, w + 3 * k + j));
+        c1 = _mm512_dpbusd_epi32(c1, _mm512_maskz_loadu_epi8(m, a + j), _mm512_maskz_loadu_epi8(m, w + j));
     }
-    o[0] = _mm512_reduce_add_epi32(c0);
-    o[1] = _mm512_reduce_add_epi32(c1);
-    o[2] = _mm512_reduce_add_epi32(c2);
-    o[3] = _mm512_reduce_add_epi32(c3);
+    return _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)));
 }
 
-/* x: k bf16 activations; cb: n x k int8 weights (row-major, row stride k); scb: n float32 row absmax;
- * rowsum: n int32 sums of each weight row; bias: n bf16 or NULL; out: n bf16. */
 /* the row's absmax (NaN if it holds a NaN), 16 values at a time */
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 static float absmax_bf16(const uint16_t *x, int64_t k) {
@@ -118,19 +100,8 @@ int llm_int8_row_bf16(const uint16_t *x, int64_t k, const int8_t *cb, const floa
     uint8_t qa[k + 64];
     quantize_row(x, k, s, qa);
     const float c = 6.200124e-05f;
-    const int64_t blocks = n / 4;
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        int32_t d[4];
-        dot4_u8s8(qa, cb + 4 * b * k, k, d);
-        for (int i = 0; i < 4; i++) {
-            const int64_t r = 4 * b + i;
-            float y = (float)(d[i] - 128 * rowsum[r]) * (scb[r] * amax) * c;
-            if (bias) y += bf16_to_f32(bias[r]);
-            out[r] = f32_to_bf16(y);
-        }
-    }
-    for (int64_t r = 4 * blocks; r < n; r++) {
+    for (int64_t r = 0; r < n; r++) {
         float y = (float)(dot_u8s8(qa, cb + r * k, k) - 128 * rowsum[r]) * (scb[r] * amax) * c;
         if (bias) y += bf16_to_f32(bias[r]);
         out[r] = f32_to_bf16(y);
