@@ -299,21 +299,31 @@ class QuantLinear4bit(nn.Module):
                                                                shape, dtype)
 
     def _row_call(self):
-        """One bf16 row (a decode step) through bitsandbytes' C kernel with the weight's pointers bound (_bound)."""
+        """One bf16 row (a decode step) with the weight's pointers bound (_bound): through our kernel
+        (kernels.gemv_4bit_row, same layout) where it builds, else bitsandbytes' C function."""
 
         def build(packed, absmax_t, bias):
-            fn = _native_gemv_4bit(self.quant_type)
-            if fn is None or not self.cpu_kernel or bias is not None:
+            ours, theirs = kernels.gemv_4bit_row(), _native_gemv_4bit(self.quant_type)
+            if not self.cpu_kernel or bias is not None or (ours is None and theirs is None):
                 return None
             absmax_t = absmax_t.contiguous()  # a copy only for the parts of a fused module, never called in decode
             n, k, bs, pp, ap = self.out_features, self.in_features, self.blocksize, packed.data_ptr(), absmax_t.data_ptr()
+            cp = self.code.data_ptr()
+            if ours is not None and bs % 4 == 0:
 
-            def call(x):
-                out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
-                fn(1, n, k, x.data_ptr(), pp, ap, out.data_ptr(), bs, k, n)
-                return out
+                def call(x):
+                    out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
+                    ours(x.data_ptr(), pp, ap, cp, n, k, bs, out.data_ptr())
+                    return out
+            elif theirs is not None:
 
-            call.keep = absmax_t
+                def call(x):
+                    out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
+                    theirs(1, n, k, x.data_ptr(), pp, ap, out.data_ptr(), bs, k, n)
+                    return out
+            else:
+                return None
+            call.keep = (absmax_t, self.code)
             return call
 
         return _bound(self, ("packed", "absmax_t", "bias"), build)

@@ -473,3 +473,36 @@ def test_direct_4bit_kernel_call_equals_the_registered_op():
         ours = qlinear.gemv_4bit_cpu(a, mod.packed, mod.absmax_t, mod.code, "nf4", mod.blocksize, n)
         ref = torch.ops.bitsandbytes.gemv_4bit.default(a, mod.packed, [n, k], mod.absmax_t, mod.code, mod.blocksize)
         assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("spec", ["nf4", "fp4-b128"])
+def test_4bit_row_kernel_is_as_close_as_bitsandbytes_own(spec):
+    """One bf16 row through kernels.gemv_4bit_row (our decode kernel, bitsandbytes' weight layout) lands as close
+    to the exact product with bitsandbytes' dequantized weight as bitsandbytes' own fused kernel does, row for
+    row, for shapes of several 32-row groups and scale blocks."""
+    from cohere_cli import kernels
+
+    fn = kernels.gemv_4bit_row()
+    if fn is None or not qlinear.cpu_has_bnb_kernel():
+        pytest.skip("the kernel needs a C compiler and AVX512-BF16: not here")
+    spec = SPECS[spec]
+    for n, k in ((96, 512), (1024, 1280)):
+        g = torch.Generator().manual_seed(n)
+        w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+        mod = qlinear.QuantLinear4bit.from_stored(quant.quantize_weight(w, spec), k, n)
+        exact_w = mod.dequantize(torch.float32)
+        for _ in range(3):
+            x = torch.randn(1, 1, k, generator=g).bfloat16()
+            with torch.no_grad():
+                ours = mod(x).view(n).float()  # the module's one-row path: this kernel
+            out = torch.empty(n, dtype=torch.bfloat16)
+            assert fn(x.data_ptr(), mod.packed.data_ptr(), mod.absmax_t.data_ptr(), mod.code.data_ptr(), n, k,
+                      mod.blocksize, out.data_ptr()) == 0
+            assert torch.equal(out.float(), ours)
+            theirs = qlinear.gemv_4bit_cpu(x.view(1, k), mod.packed, mod.absmax_t, mod.code, spec.quant_type,
+                                           mod.blocksize, n).view(n).float()
+            exact = exact_w @ x.view(k).float()
+            scale = exact.abs().max()
+            err_ours, err_theirs = (ours - exact).abs() / scale, (theirs - exact).abs() / scale
+            assert err_ours.max() <= 2 * err_theirs.max() + 1e-4, (err_ours.max(), err_theirs.max())
+            assert err_ours.mean() <= 1.5 * err_theirs.mean() + 1e-5, (err_ours.mean(), err_theirs.mean())
