@@ -247,14 +247,16 @@ def measure(job: dict) -> dict:
 
 
 def native_kernels(model) -> list[str]:
-    """The cohere_cli.kernels the model's decode step runs here: decode_attn (bf16 on CPU, where it built and
-    checkpoint.inference_layout installed it), int8_row (int8 linears, where it built)."""
+    """The cohere_cli.kernels the model's decode step runs here: decode (bf16 on CPU, where it built and
+    checkpoint.inference_layout installed it), gemv_4bit_row (4-bit linears), int8_row (int8 linears)."""
     from cohere_cli import kernels
-    from cohere_cli.qlinear import QuantLinear8bit
+    from cohere_cli.qlinear import QuantLinear4bit, QuantLinear8bit
 
     names = []
-    if any(getattr(layer.self_attn, "decode_kernel", None) is not None for layer in model.model.layers):
-        names.append("decode_attn")
+    if any(getattr(layer, "native", None) is not None for layer in model.model.layers):
+        names.append("decode")
+    if any(isinstance(m, QuantLinear4bit) and m.cpu_kernel for m in model.modules()) and kernels.gemv_4bit_row():
+        names.append("gemv_4bit_row")
     if any(isinstance(m, QuantLinear8bit) and m.row_kernel for m in model.modules()) and kernels.int8_row():
         names.append("int8_row")
     return names

@@ -157,7 +157,7 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
     """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
     the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
     the head as LLM.int8() with this outlier threshold instead, on CPU (quantized checkpoints, quant.int8_head).
-    bf16 on CPU: decode attention through the native kernel where it builds (kernels.decode_attention)."""
+    bf16 on CPU: each block's decode step through the native kernels where they build (kernels.decode_ops)."""
     w = model.model.embed_tokens.weight
     emb = head = None
     if files and w.device.type == "cpu" and model.lm_head.weight is w:
@@ -170,9 +170,9 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
     if w.device.type == "cpu" and w.dtype == torch.bfloat16:
         from cohere_cli import kernels
 
-        kernel = kernels.decode_attention()
-        if kernel is not None:
-            model.use_decode_kernel(kernel)
+        ops = kernels.decode_ops()
+        if ops is not None:
+            model.use_decode_kernels(ops)
 
 
 def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tensor | None:

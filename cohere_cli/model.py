@@ -251,7 +251,6 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
         self.use_rope = cfg.model_type == "cohere" or self.window is not None
-        self.decode_kernel = None  # a native decode step, see CohereForCausalLM.use_decode_kernel
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None, masks: dict | None = None,
                 qkv: torch.Tensor | None = None) -> torch.Tensor:
@@ -260,10 +259,6 @@ class Attention(nn.Module):
         nh, nkv, hd = self.nh, self.nkv, self.hd
         if qkv is None and self.qkv_proj is not None:  # inference: one matmul reads q, k and v weights at once
             qkv = self.qkv_proj(x)
-        if self.decode_kernel is not None and qkv is not None and B * T == 1 and cache_layer is not None:
-            out = self._decode_native(qkv, rope, cache_layer, int(pos[0]))
-            if out is not None:
-                return self.o_proj(out.view(B, T, nh * hd))
         if qkv is not None:
             qkv = qkv.unflatten(-1, (nh + 2 * nkv, hd))  # (B, T, nh+2nkv, hd)
             q, k, v = qkv.split((nh, nkv, nkv), dim=2)  # (B, T, nh|nkv|nkv, hd)
@@ -295,15 +290,6 @@ class Attention(nn.Module):
 
     def pack(self) -> None:
         pack_linears(self.qkv_proj, [self.q_proj, self.k_proj, self.v_proj], [self.o_proj])
-
-    def _decode_native(self, qkv, rope, cache_layer, start: int):
-        """One token through decode_kernel: what the rest of forward does from rotary to attention, written to the
-        cache the same way (_update_cache), in one call. None where the kernel declines (its dtype, its shapes)."""
-        kc, vc, slot_pos = cache_layer
-        R = kc.shape[2]
-        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
-        return self.decode_kernel(qkv, rope if self.use_rope else None, kc, vc, slot, S, slot_pos, start,
-                                  self.window or 0, self.nh, self.nkv, self.hd, 1.0 / math.sqrt(self.hd))
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
@@ -415,14 +401,40 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.register_module("in_proj", None)  # q, k, v, gate and up in one module, set by fuse() for inference
         self.split = ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, 2 * cfg.intermediate_size)
+        self.native = None  # native decode ops, see CohereForCausalLM.use_decode_kernels
 
     def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
+        if self.native is not None and x.numel() == x.shape[-1] and cache_layer is not None \
+                and self.in_proj is not None:  # one token: the decode step
+            out = self._decode_native(x, int(pos[0]), rope, cache_layer)
+            if out is not None:
+                return out
         # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
         h = self.input_layernorm(x)
         if self.in_proj is not None:  # so one matmul can compute all five input projections of both branches
             qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (B, T, (nh+2nkv)*hd), (B, T, 2I)
             return x + self.self_attn(h, pos, rope, cache_layer, masks, qkv) + self.mlp(h, gate_up)
         return x + self.self_attn(h, pos, rope, cache_layer, masks) + self.mlp(h)
+
+    def _decode_native(self, x, start: int, rope, cache_layer) -> torch.Tensor | None:
+        """forward() for one token through `native`: norm, the fused input projection, then rotary + cache write +
+        attention in one call and the SwiGLU activation in another, the two output projections and the residual.
+        The same computation as forward's torch path, written to the cache the same way (_update_cache); None
+        where an op declines before anything is written (its dtype, its shapes)."""
+        ops, a, norm = self.native, self.self_attn, self.input_layernorm
+        h = ops.norm(x, norm.weight, norm.eps)
+        if h is None:
+            return None
+        qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (1, 1, (nh+2nkv)*hd), (1, 1, 2I)
+        kc, vc, slot_pos = cache_layer
+        R = kc.shape[2]
+        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
+        o = ops.attend(qkv, rope if a.use_rope else None, kc, vc, slot, S, slot_pos, start, a.window or 0, a.nh,
+                       a.nkv, a.hd, 1.0 / math.sqrt(a.hd))  # (nh*hd,)
+        if o is None:
+            return None
+        act = ops.silu_mul(gate_up)  # (1, 1, I); bf16 like qkv, so it never declines where attend did not
+        return x + a.o_proj(o.view(x.shape[:-1] + (-1,))) + self.mlp.down_proj(act)
 
     def parts(self) -> list[nn.Module]:
         a, m = self.self_attn, self.mlp
@@ -500,17 +512,26 @@ class CohereForCausalLM(nn.Module):
             emb.weight.file_backed = True  # not memory of the model's own (bench_child.module_bytes)
         return self
 
-    def use_decode_kernel(self, kernel) -> "CohereForCausalLM":
-        """Run each layer's decode step (one token, batch 1, with a cache) from its q/k/v projection to its attention
-        output through `kernel(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale)`: rotary
-        on q and k (rope: the complex rotations, or None), k and v written at cache slot `slot` (and
-        slot_pos[slot] = qpos for a ring), then attention over slots [0, S) masked by position like _sdpa; returns
-        the (nh*hd,) output or None to decline (forward then takes the torch path). cohere_cli.kernels has one for
-        bf16 on CPU. Not for R+'s q/k norms, which sit between projection and rotary."""
+    def use_decode_kernels(self, ops) -> "CohereForCausalLM":
+        """Run each block's decode step (one token, batch 1, with a cache, fused input projections) through `ops`
+        (Block._decode_native; cohere_cli.kernels.decode_ops has them for bf16 on CPU), or None to stop. Not for
+        R+'s q/k norms, which sit between projection and rotary."""
         for layer in self.model.layers:
-            a = layer.self_attn
-            a.decode_kernel = None if hasattr(a, "q_norm") else kernel
+            layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
         return self
+
+    def _rope(self, start: int, T: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """rope_cos_sin for positions start..start+T-1, sliced from a table of the first 2^k positions built once
+        per dtype and device (the same values: elementwise): 11 small ops per decode step, ~20-25 us, become one
+        slice. Grows with the positions used: 4 MB per 8K positions at head dim 128, next to 1 GB of R7B's cache."""
+        tab = self.__dict__.get("_rope_table")
+        if tab is None or tab.shape[0] < start + T or tab.device != device or self._rope_dtype != dtype:
+            n = max(1024, 1 << (start + T - 1).bit_length())
+            pos = torch.arange(n, device=device)
+            self._rope_table, self._rope_dtype = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta,
+                                                              dtype), dtype  # (n, 1, hd/2) complex64
+            tab = self._rope_table
+        return tab[start : start + T]  # (T, 1, hd/2)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -519,7 +540,7 @@ class CohereForCausalLM(nn.Module):
         T, cfg = tokens.shape[1], self.config
         pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
         x = self.model.embed_tokens(tokens)  # (B, T, H)
-        rope = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, x.dtype)  # once for all layers
+        rope = self._rope(start_pos, T, x.dtype, x.device)  # once for all layers
         masks: dict = {}  # attention masks shared by layers of one kind, built by the first that needs one
         for i, layer in enumerate(self.model.layers):
             x = layer(x, pos, rope, cache.layers[i] if cache is not None else None, masks)

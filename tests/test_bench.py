@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cohere_cli import bench, bench_child, kernels, roofline, sizes
+from cohere_cli import bench, bench_child, kernels, qlinear, roofline, sizes
 from cohere_cli.commands.bench import compare_records, figure, load_record
 from cohere_cli.errors import UsageError
 
@@ -239,9 +239,11 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         assert x["threads"] == 1 and x["model_bytes"] > 0 and x["load_s"] > 0
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96)  # the session's cache holds --seq positions
         assert x["head"] == ("int8" if p == "nf4" else "float")  # quantized on CPU: the int8 head
-        attn = ["decode_attn"] if kernels.decode_attention() is not None else []  # bf16 on CPU, both precisions
-        int8 = ["int8_row"] if kernels.int8_row() is not None and p == "nf4" else []  # the int8 head
-        assert x["native_kernels"] == attn + int8, p
+        want = ["decode"] if kernels.decode_ops() is not None else []  # bf16 on CPU, both precisions
+        if p == "nf4":  # its 4-bit linears and its int8 head
+            want += ["gemv_4bit_row"] if kernels.gemv_4bit_row() and qlinear.cpu_has_bnb_kernel() else []
+            want += ["int8_row"] if kernels.int8_row() is not None and qlinear.cpu_has_int8_mm() else []
+        assert x["native_kernels"] == want, p
         assert x["decode_bytes_per_token"] == (roofline.weights_read_per_token(d, p, int8_head=p == "nf4")
                                                + roofline.kv_read_per_token(d, 93))
         assert x["decode_roofline_fraction"] == pytest.approx(

@@ -1,5 +1,6 @@
-"""The native decode-attention kernel (cohere_cli/kernels/decode_attn.c) against the model's own torch path:
-rotary, cache write and attention of one new token, for every shape the family ships and the masks it needs."""
+"""The native decode ops (cohere_cli/kernels/decode.c) against the model's own torch path: rotary, cache write and
+attention of one new token for every shape the family ships and the masks it needs, the LayerNorm, the SwiGLU
+activation, and whole models decoding through them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 from cohere_cli import kernels
 from cohere_cli.checkpoint import load_model
 from cohere_cli.generate import prefill
-from cohere_cli.model import Attention, KVCache, ModelConfig, rope_cos_sin
+from cohere_cli.model import Attention, KVCache, ModelConfig, layer_norm, rope_cos_sin
 from factory_checkpoint import make_checkpoint
 
-attend = kernels.decode_attention()
-needs_kernel = pytest.mark.skipif(attend is None, reason="the kernel needs a C compiler and AVX512-BF16: not here")
+ops = kernels.decode_ops()
+needs_kernel = pytest.mark.skipif(ops is None, reason="the kernels need a C compiler and AVX512-BF16: not here")
+attend = ops.attend if ops is not None else None
 
 
 def _config(nh, nkv, hd, model_type="cohere2", window=None):
@@ -76,27 +78,53 @@ def test_decode_attention_kernel_declines_what_it_cannot_run():
 
 
 @needs_kernel
+@pytest.mark.parametrize("h", [64, 1024, 8192, 100])
+def test_layer_norm_kernel_matches_torch(h):
+    g = torch.Generator().manual_seed(h)
+    for wdtype in (torch.bfloat16, torch.float32):
+        x = (torch.randn(1, 1, h, generator=g) * 3 + 0.5).bfloat16()
+        w = (torch.rand(h, generator=g) + 0.5).to(wdtype)
+        got, want = ops.norm(x, w, 1e-5), layer_norm(x, w, 1e-5)
+        assert got.shape == want.shape and got.dtype == torch.bfloat16
+        # within one bf16 ulp, and equal nearly everywhere (float32 summation order only)
+        torch.testing.assert_close(got.float(), want.float(), atol=0, rtol=2**-7)
+        assert (got != want).float().mean() < 0.02
+    assert ops.norm(x.float(), w, 1e-5) is None  # not bf16: the torch path
+
+
+@needs_kernel
+@pytest.mark.parametrize("i", [2816, 8, 37])
+def test_silu_mul_kernel_matches_torch(i):
+    g = torch.Generator().manual_seed(i)
+    gu = (torch.randn(1, 1, 2 * i, generator=g) * 4).bfloat16()
+    gu[0, 0, :4] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # exp overflow and underflow, zeros
+    gate, up = gu.chunk(2, dim=-1)
+    got, want = ops.silu_mul(gu), torch.nn.functional.silu(gate) * up
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.float(), want.float(), atol=0, rtol=2**-7)
+    assert (got != want).float().mean() < 0.02
+
+
+@needs_kernel
 @pytest.mark.parametrize("case", [dict(model_type="cohere"), dict(model_type="cohere2", sliding_window=12, layers=4)])
-def test_model_decodes_the_same_through_the_kernel(tmp_path, case):
-    """load_model installs the kernel for bf16 on CPU; decoding through it (ring buffers wrapping, slack 2) gives
-    the torch path's logits and leaves the same cache behind."""
+def test_model_decodes_the_same_through_the_kernels(tmp_path, case):
+    """load_model installs the kernels for bf16 on CPU; decoding through them (ring buffers wrapping, slack 2)
+    gives the torch path's logits and leaves the same cache behind."""
     make_checkpoint(tmp_path, tokenizer=False, vocab=384, dtype="bfloat16", hidden=128, heads=4, kv_heads=2, **case)
     model = load_model(tmp_path, dtype="bfloat16").model
-    assert all(layer.self_attn.decode_kernel is not None for layer in model.model.layers)
+    assert all(layer.native is ops for layer in model.model.layers)
     ids = torch.randint(0, 384, (40,), generator=torch.Generator().manual_seed(4))
     caches = [KVCache(model.config, 40, torch.bfloat16, slack=2) for _ in range(2)]
     with torch.inference_mode():
         for c in caches:
             prefill(model, ids[:17], c, 0, chunk=5)
-        kernel = model.model.layers[0].self_attn.decode_kernel
         for t in range(17, 40):
             got = model(ids[t : t + 1][None], t, caches[0], last_only=True)
-            model.use_decode_kernel(None)
+            model.use_decode_kernels(None)
             want = model(ids[t : t + 1][None], t, caches[1], last_only=True)
-            model.use_decode_kernel(kernel)
+            model.use_decode_kernels(ops)
             torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
             assert want.flatten()[got.argmax()] >= want.max() - 0.05, t  # greedy picks a token as likely
-
     for (k1, v1, s1), (k2, v2, s2) in zip(caches[0].layers, caches[1].layers):
         assert torch.equal(s1, s2) if s1 is not None else s2 is None
         torch.testing.assert_close(k1, k2, atol=3e-2, rtol=3e-2)  # the keys of steps after the first differ

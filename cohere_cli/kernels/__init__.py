@@ -6,15 +6,16 @@
 - `gemv_4bit_row()` is one bf16 row times a bitsandbytes 4-bit (nf4/fp4) weight in bitsandbytes' CPU layout on
   AVX512-BF16, nf4_row.c: 10-20% faster than bitsandbytes' own kernel at one row, which its instruction count
   bounds (decode of 4-bit models).
-- `decode_attention()` is one bf16 decode step of an attention layer after its q/k/v projection (rotary, cache
-  write, grouped-query attention over the cache) on AVX512-BF16, decode_attn.c: one call instead of
-  F.scaled_dot_product_attention and ~15 small ops around it (model.Attention.decode_kernel).
+- `decode_ops()` is the rest of a bf16 decode step of a block besides its matmuls, decode.c: the LayerNorm, the
+  attention after the q/k/v projection (rotary, cache write, grouped-query attention over the cache) and the
+  SwiGLU activation, one call each instead of F.scaled_dot_product_attention and ~25 small ops
+  (model.Block.native).
 
 Each is built once per machine with the system C compiler into the store's `kernels/` folder (~1 s: one small C
 file, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already loaded when they
 are). Where one cannot be built or run (no compiler, no AVX-512 extension it needs, COHERE_CLI_NATIVE=0) the
-callers keep their torch path: int8_row gives the same results, decode_attention the same up to float32
-summation order.
+callers keep their torch path: int8_row gives the same results, gemv_4bit_row and decode_ops the same up to
+float32 rounding.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).parent
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]  # no FMA contraction: bitsandbytes' roundings
@@ -75,42 +78,67 @@ def gemv_4bit_row():
     return fn
 
 
+@dataclass(frozen=True)
+class DecodeOps:
+    """decode.c's functions for model.Block's native decode step, each taking and returning torch tensors, or
+    returning None to decline (the block then takes its torch path; nothing is written before declining).
+
+    attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale) -> (nh*hd,): rotary on the new
+        token's q and k (rope: its complex rotations, or None), k and v written at cache slot `slot` (and
+        slot_pos[slot] = qpos for a ring), attention over slots [0, S) masked by position like Attention._sdpa.
+    norm(x, weight, eps) -> x's shape: Cohere's LayerNorm of one row.
+    silu_mul(gate_up) -> (..., I): silu(gate) * up, gate and up side by side in gate_up (..., 2I)."""
+
+    attend: Callable
+    norm: Callable
+    silu_mul: Callable
+
+
 @functools.cache
-def _decode_attn():
-    """The C function decode_attn_bf16 (see decode_attn.c), or None where it is not available here."""
+def decode_ops() -> DecodeOps | None:
+    """decode.c loaded (DecodeOps), or None where it is not available here."""
     if os.environ.get(ENV, "1") == "0" or not {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags():
         return None
-    lib = _load(HERE / "decode_attn.c")
+    lib = _load(HERE / "decode.c")
     if lib is None:
-        return None
-    fn = lib.decode_attn_bf16
-    fn.restype = ct.c_int
-    i, p = ct.c_int64, ct.c_void_p
-    fn.argtypes = [p, p, p, p, i, i, i, p, i, i, i, i, i, ct.c_float, i, p]
-    return fn
-
-
-def decode_attention():
-    """attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale) -> (nh*hd,) bf16 or None:
-    the decode step model.Attention.decode_kernel describes, in one native call; None where this machine cannot
-    run it (then the model keeps its torch path)."""
-    fn = _decode_attn()
-    if fn is None:
         return None
     import torch
 
+    i, p, f = ct.c_int64, ct.c_void_p, ct.c_float
+    attn, ln, act = lib.decode_attn_bf16, lib.layer_norm_bf16, lib.silu_mul_bf16
+    for fn, args in ((attn, [p, p, p, p, i, i, i, p, i, i, i, i, i, f, i, p]), (ln, [p, p, i, i, f, p]),
+                     (act, [p, i, p])):
+        fn.restype, fn.argtypes = ct.c_int, args
+    bf16 = torch.bfloat16
+
     def attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale):
-        if qkv.dtype != torch.bfloat16 or kc.dtype != torch.bfloat16 or kc.device.type != "cpu" \
+        if qkv.dtype != bf16 or kc.dtype != bf16 or vc.dtype != bf16 or not kc.is_cpu \
                 or not (qkv.is_contiguous() and kc.is_contiguous() and vc.is_contiguous()):
             return None
-        out = torch.empty(nh * hd, dtype=torch.bfloat16)
+        out = torch.empty(nh * hd, dtype=bf16)
         cs = None if rope is None else torch.view_as_real(rope).data_ptr()  # hd/2 (cos, sin) float32 pairs
-        err = fn(qkv.data_ptr(), cs, kc.data_ptr(), vc.data_ptr(), kc.shape[2], slot, S,
-                 None if slot_pos is None else slot_pos.data_ptr(), qpos, window, nh, nkv, hd, scale,
-                 torch.get_num_threads(), out.data_ptr())
+        err = attn(qkv.data_ptr(), cs, kc.data_ptr(), vc.data_ptr(), kc.shape[2], slot, S,
+                   None if slot_pos is None else slot_pos.data_ptr(), qpos, window, nh, nkv, hd, scale,
+                   torch.get_num_threads(), out.data_ptr())
         return None if err else out
 
-    return attend
+    def norm(x, weight, eps):
+        if x.dtype != bf16 or weight.dtype not in (bf16, torch.float32) or not (x.is_contiguous() and x.is_cpu) \
+                or weight.dim() != 1 or not weight.is_contiguous():
+            return None
+        out = torch.empty_like(x)
+        ln(x.data_ptr(), weight.data_ptr(), weight.dtype == bf16, x.shape[-1], eps, out.data_ptr())
+        return out
+
+    def silu_mul(gate_up):
+        if gate_up.dtype != bf16 or not (gate_up.is_contiguous() and gate_up.is_cpu):
+            return None
+        n = gate_up.shape[-1] // 2
+        out = torch.empty(*gate_up.shape[:-1], n, dtype=bf16)
+        act(gate_up.data_ptr(), n, out.data_ptr())
+        return out
+
+    return DecodeOps(attend, norm, silu_mul)
 
 
 def _load(src: Path):

@@ -1,20 +1,27 @@
-/* One decode step of a Cohere attention layer after its q/k/v projection, bf16, on AVX-512 (BF16):
+/* The non-matmul work of one decode step (one token, batch 1, bf16) of a Cohere block, on AVX-512 (BF16):
  *
- *   rotary (interleaved pairs) on the new token's q and k heads, in float32, rounded to bf16 (as model.apply_rope)
- *   k and v written into the cache at `slot` (and slot_pos[slot] = qpos for a ring)
- *   grouped-query attention of the nh query heads over the cache's first S slots (g = nh / nkv query heads per
- *   kv head, so every key and value row is read once), keys masked by position where a window or ring asks
+ *   layer_norm_bf16   Cohere's LayerNorm (mean-centred, weight only) in float32, rounded to bf16
+ *   decode_attn_bf16  rotary (interleaved pairs) on the new token's q and k heads, in float32, rounded to bf16
+ *                     (as model.apply_rope); k and v written into the cache at `slot` (and slot_pos[slot] = qpos
+ *                     for a ring); grouped-query attention of the nh query heads over the cache's first S slots
+ *                     (g = nh / nkv query heads per kv head, so every key and value row is read once), keys
+ *                     masked by position where a window or ring asks
+ *   silu_mul_bf16     the SwiGLU activation bf16(bf16(silu(g)) * u), as torch computes F.silu(g) * u in bf16
  *
- * Why not torch: F.scaled_dot_product_attention takes ~65-80 us for one query token over 550 keys of the 213M
- * benchmark model (4 kv heads of 64: 0.56 MB of K/V, i.e. ~8 GB/s), plus ~15 small ops around it for rotary,
- * transposes and the cache write; this is one call. Arithmetic: q.k in float32 from exact bf16 products
- * (vdpbf16ps), softmax in float32 with a polynomial exp (rel. error ~1e-7), p.v accumulated in float32; keys
- * are split into chunks across OpenMP threads and the chunks merged by their log-sum-exps (flash decoding).
+ * Why not torch: a decode step of the 213M benchmark model spent ~60 us per layer outside its matmuls, in ~25
+ * small ops (each ~1-3 us of dispatch for a few thousand values) and F.scaled_dot_product_attention (~35-80 us
+ * for one query over 550 keys of 4 kv heads of 64: 0.56 MB of K/V, i.e. 7-16 GB/s). Here attention takes ~16 us
+ * and each of the others ~1-2 us (mostly the ctypes call).
  *
- * Returns 0, or 1 for shapes it does not take (hd not a multiple of 16 or over 256, g over 16): the caller then
- * keeps its torch path. Layouts: qkv (nh + 2 nkv) * hd bf16 (q heads, then k, then v); cs hd/2 (cos, sin) float
- * pairs or NULL (no rotary); kc, vc (nkv, n, hd) bf16; slot_pos n int64 or NULL (slot j holds position j);
- * out nh * hd bf16. window 0: no window. */
+ * Arithmetic: q.k in float32 from exact bf16 products (vdpbf16ps), softmax in float32 with a polynomial exp (rel.
+ * error ~1e-7), p.v accumulated in float32; keys are split into chunks across OpenMP threads and the chunks merged
+ * by their log-sum-exps (flash decoding). The norm's mean and variance are summed in double. Results match the
+ * torch path to float32 summation order (bf16 outputs within an ulp; tests/test_kernels.py).
+ *
+ * Each returns 0, or 1 for shapes it does not take (attention: hd not a multiple of 16 or over 256, g over 16):
+ * the caller then keeps its torch path. Attention layouts: qkv (nh + 2 nkv) * hd bf16 (q heads, then k, then v);
+ * cs hd/2 (cos, sin) float pairs or NULL (no rotary); kc, vc (nkv, n, hd) bf16; slot_pos n int64 or NULL (slot j
+ * holds position j); out nh * hd bf16. window 0: no window. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -46,9 +53,9 @@ AVX512 static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 float32
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* e^x for x <= 0 (scores minus their maximum): Cephes' expf polynomial on x - n ln2, scaled by 2^n */
+/* e^x for x <= 88.7 (scores minus their maximum are <= 0): Cephes' expf polynomial on x - n ln2, scaled by 2^n */
 AVX512 static inline __m512 exp_neg(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  /* below: e^x < 1.7e-38, counted as 0 by the caller anyway */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  /* below: e^x < 1.7e-38, taken as e^-87 (callers: ~0) */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -225,5 +232,46 @@ int decode_attn_bf16(const uint16_t *qkv, const float *cs, uint16_t *kc, uint16_
     }
     free(part);
     free(q);
+    return 0;
+}
+
+/* out = bf16(LayerNorm(x) * w): mean and variance over the h values (two passes, double sums), then per value
+ * (x - mean) * rstd * w in float32. w: h weights, bf16 (w_bf16) or float32. */
+int layer_norm_bf16(const uint16_t *x, const void *w, int64_t w_bf16, int64_t h, float eps, uint16_t *out) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t j = 0; j < h; j++) sum += bf16_to_f32(x[j]);
+    const float mean = (float)(sum / h);
+    for (int64_t j = 0; j < h; j++) {
+        const double d = (double)bf16_to_f32(x[j]) - (double)mean;
+        sq += d * d;
+    }
+    const float rstd = 1.0f / sqrtf((float)(sq / h) + eps);
+    for (int64_t j = 0; j < h; j++) {
+        const float wj = w_bf16 ? bf16_to_f32(((const uint16_t *)w)[j]) : ((const float *)w)[j];
+        out[j] = f32_to_bf16((bf16_to_f32(x[j]) - mean) * rstd * wj);
+    }
+    return 0;
+}
+
+/* e^x for any float32 x (silu's exp(-g)): Cephes' expf, overflow to inf, underflow to 0 */
+AVX512 static inline __m512 exp_any(__m512 x) {
+    const __mmask16 big = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72f), _CMP_GT_OQ);
+    const __m512 e = exp_neg(_mm512_min_ps(x, _mm512_set1_ps(88.72f)));
+    return _mm512_mask_mov_ps(e, big, _mm512_set1_ps(INFINITY));
+}
+
+/* out[j] = bf16(bf16(g / (1 + e^-g)) * u) for g = gu[j], u = gu[i + j], j < i (gate and up side by side) */
+AVX512 int silu_mul_bf16(const uint16_t *gu, int64_t i, uint16_t *out) {
+    int64_t j = 0;
+    for (; j + 16 <= i; j += 16) {
+        const __m512 g = load16(gu + j), u = load16(gu + i + j);
+        const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_any(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        const __m512 sr = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(s)), 16));
+        _mm256_storeu_si256((__m256i *)(out + j), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sr, u)));
+    }
+    for (; j < i; j++) {
+        const float g = bf16_to_f32(gu[j]), s = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
+        out[j] = f32_to_bf16(s * bf16_to_f32(gu[i + j]));
+    }
     return 0;
 }
