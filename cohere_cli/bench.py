@@ -202,7 +202,7 @@ def run_child(job: dict) -> dict:
 
 def derive(raw_child: dict, d: sizes.Dims, settings: dict, bandwidth: float, peak_bw: float | None) -> dict:
     """The record's figures for one precision, from the child's raw samples and the arithmetic above."""
-    prec, seq, gen, short = raw_child["precision"], settings["seq"], settings["gen"], settings["prefill_short"]
+    prec, seq, short = raw_child["precision"], settings["seq"], settings["prefill_short"]
     kv_elem = raw_child["kv_bytes_per_element"]
     ctx = settings["decode_mean_context"]
     w_read = weights_read_per_token(d, prec, int8_head=raw_child["head"] == "int8")

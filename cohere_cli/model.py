@@ -537,7 +537,7 @@ class CohereForCausalLM(nn.Module):
                 last_only: bool = False) -> torch.Tensor:
         """tokens (B, T) at positions start_pos.. -> logits (B, T, V), or (B, 1, V) with last_only (prefill and
         decode never need seq x vocab logits). Logits come back in float32, multiplied by logit_scale."""
-        T, cfg = tokens.shape[1], self.config
+        T = tokens.shape[1]
         pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
         x = self.model.embed_tokens(tokens)  # (B, T, H)
         rope = self._rope(start_pos, T, x.dtype, x.device)  # once for all layers

@@ -161,7 +161,7 @@ def test_edit_reopens_last_message(endless, tmp_path):
     chat.p.expect(">>>")
     chat.p.expect("helo wrld")  # the prompt opens with the last message
     chat.p.send("\x15")  # Ctrl-U: clear the line
-    out = chat.say("hello world")
+    chat.say("hello world")
     save = tmp_path / "e.json"
     chat.say(f"/save {save}")
     msgs = json.loads(save.read_text())["messages"]
