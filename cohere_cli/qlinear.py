@@ -2,9 +2,11 @@
 
 `QuantLinear4bit` (nf4/fp4) and `QuantLinear8bit` (LLM.int8) hold a weight as `cohere quantize` and transformers
 store it (cohere_cli/quant.py builds them from those tensors) and pick a path per call shape (`forward`,
-`kernel_max_rows`, `woq_max_rows`). Few rows (decode) read 4 or 8 bits per weight instead of 16: bitsandbytes'
-fused 4-bit kernel (its C function called directly, `gemv_4bit_cpu`), torch's weight-only int8 kernel on
-bitsandbytes' int8 rows and scales. Many rows (prefill) either run bitsandbytes' kernels or dequantize the weight
+`kernel_max_rows`, `woq_max_rows`). Few rows (decode) read 4 or 8 bits per weight instead of 16: one row runs
+a native kernel on the stored bytes (cohere_cli/kernels: nf4_row.c on bitsandbytes' CPU layout, int8_row.c for
+LLM.int8()) with its pointers bound once (`_bound`), or bitsandbytes' fused 4-bit kernel (its C function called
+directly, `gemv_4bit_cpu`) and torch's int8 kernels where those do not build; a few rows take bitsandbytes' 4-bit
+kernel or torch's weight-only int8 kernel. Many rows (prefill) either run bitsandbytes' kernels or dequantize the weight
 once per call and run one bf16 GEMM, whichever is faster on this CPU (benchmarks/quant_paths.py, gemv_paths.py;
 numbers below). `cat` fuses modules that read the same input (model.fuse_rows); `force_path` pins one path (tests,
 benchmarks).
@@ -432,7 +434,10 @@ class QuantLinear8bit(nn.Module):
             out = self._llm_int8_row(x)
             if out is not None:
                 return out
-        if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        # torch's weight-only kernel reads past the row when in_features is not a multiple of 16 (garbage, NaN or a
+        # crash: checked on torch 2.13 with poisoned memory after the tensors); Cohere's are multiples of 256
+        if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu" \
+                and self.in_features % 16 == 0:
             if self.scale is None:  # the dequantization scale of each row, SCB/127, as the kernel wants it
                 self.scale = (self.scb / 127.0).to(torch.bfloat16)
             out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.cb, self.scale)

@@ -127,17 +127,19 @@ def test_forward_paths(spec):
 @pytest.mark.parametrize("dtype,native", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, False),
                                           (torch.bfloat16, True)])  # the native kernel takes bf16 rows
 @pytest.mark.parametrize("bias", [False, True])
-def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, monkeypatch):
+@pytest.mark.parametrize("k", [700, 704])  # neither a multiple of the kernel's 64 bytes; only 704 of 16 (woq)
+def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, k, monkeypatch):
     """A decode row through QuantLinear8bit is bitsandbytes' LLM.int8() bit for bit (its registered ops:
     int8_vectorwise_quant, then int8_scaled_mm), in torch ops and in the native kernel (bf16 rows); a row with an
-    outlier (|x| >= threshold) leaves that path for the weight-only one (no activation quantization at all)."""
+    outlier (|x| >= threshold) leaves that path for the weight-only one (no activation quantization at all) where
+    torch's weight-only kernel is right (in_features a multiple of 16), else for bitsandbytes' int8 kernel."""
     from cohere_cli import kernels
 
     if native and kernels.int8_row() is None:
         pytest.skip("the native kernel is built where a C compiler and AVX512-VNNI are: not here")
     if not native:
         monkeypatch.setattr(kernels, "int8_row", lambda: None)
-    n, k = 324, 700  # neither a multiple of the kernel's 4 rows nor of its 64 bytes
+    n = 324
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
     b = torch.randn(n, generator=g).to(dtype) if bias else None
@@ -154,8 +156,9 @@ def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, monkeypatch)
         seen.add(outlier)
         if outlier:
             assert mod._llm_int8_row(a) is None
-            qlinear.force_path(mod, "woq")
-            assert torch.equal(y, mod(x))
+            qlinear.force_path(mod, "woq" if k % 16 == 0 else "kernel")
+            with torch.no_grad():
+                assert torch.equal(y, mod(x)) and not y.isnan().any()
             qlinear.force_path(mod, None)
         else:
             ca, sca, _ = torch.ops.bitsandbytes.int8_vectorwise_quant.default(a.clone(), 0.0)
