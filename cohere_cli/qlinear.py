@@ -449,16 +449,29 @@ class QuantLinear8bit(nn.Module):
                 a = a.clone()  # int8_vectorwise_quant zeroes outliers in place (and restores them) while quantizing
             ca, sca, outliers = torch.ops.bitsandbytes.int8_vectorwise_quant.default(a, self.threshold)
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            if self.threshold > 0.0:
-                out, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm.default(a, ca, self.cb, sca, self.scb,
-                                                                              outliers, bias)
-            else:
-                out = torch.ops.bitsandbytes.int8_scaled_mm.default(ca, self.cb, sca, self.scb, bias=bias,
-                                                                     dtype=x.dtype)
+            out = torch.ops.bitsandbytes.int8_scaled_mm.default(ca, self.cb, sca, self.scb, bias=bias, dtype=x.dtype)
+            if self.threshold > 0.0 and outliers is not None and outliers.numel():
+                out = out.addmm(*self._outlier_parts(a, outliers))
             return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         cdtype = x.dtype if x.dtype in (torch.bfloat16, torch.float32) else torch.float32
         b = None if self.bias is None else self.bias.to(cdtype)
         return F.linear(x.to(cdtype), self.dequantize(cdtype), b).to(x.dtype)
+
+    def _outlier_parts(self, a: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """bitsandbytes' outlier decomposition (int8_mixed_scaled_mm): the activations' outlier columns in floating
+        point times the same columns of the dequantized weight, (rows, m) and (m, out), to add to the int8
+        product. Unlike bitsandbytes, the column count m is padded to a power of two with zero columns (the same
+        sum): every new inner size of a float matmul leaves ~0.7 MB resident in torch/oneDNN on CPU (measured,
+        whatever ONEDNN_PRIMITIVE_CACHE_CAPACITY says), and the outlier count changes from chunk to chunk, so an
+        8K-token int8 prefill of the demo model grew by ~70 MB."""
+        n = cols.numel()
+        m = 1 << (n - 1).bit_length()  # (rows, n) -> (rows, m)
+        sub_a = a.new_zeros(a.shape[0], m)
+        sub_a[:, :n] = a[:, cols]
+        w = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(self.cb[:, cols].contiguous(), self.scb)
+        sub_b = w.new_zeros(m, self.out_features, dtype=a.dtype)
+        sub_b[:n] = w.to(a.dtype).t()  # bitsandbytes rounds the dequantized columns to the activations' dtype
+        return sub_a, sub_b
 
     def row_kernel_fits(self) -> bool:
         """Whether one row should take _llm_int8_row here: _int_mm has its AVX-512 kernel and the weight is on CPU."""

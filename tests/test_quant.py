@@ -509,3 +509,26 @@ def test_4bit_row_kernel_is_as_close_as_bitsandbytes_own(spec):
             err_ours, err_theirs = (ours - exact).abs() / scale, (theirs - exact).abs() / scale
             assert err_ours.max() <= 2 * err_theirs.max() + 1e-4, (err_ours.max(), err_theirs.max())
             assert err_ours.mean() <= 1.5 * err_theirs.mean() + 1e-5, (err_ours.mean(), err_theirs.mean())
+
+
+def test_int8_rows_with_outliers_are_bitsandbytes_mixed_decomposition():
+    """Several rows with outlier columns (|x| >= threshold) through QuantLinear8bit's int8 path: bitsandbytes'
+    int8_mixed_scaled_mm, up to the float summation order of the padded outlier matmul (5 outlier columns run as
+    8), and the matmul's inner size is a power of two."""
+    n, k = 256, 512
+    g = torch.Generator().manual_seed(9)
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+    mod = qlinear.QuantLinear8bit.from_stored(quant.quantize_weight(w, SPECS["int8"]), k, n, threshold=6.0)
+    qlinear.force_path(mod, "kernel")
+    for rows in (3, 64):
+        x = torch.randn(rows, k, generator=g).bfloat16()
+        x[0, [3, 50, 51, 200, 511]] = torch.tensor([7.0, -9.0, 6.5, -12.0, 8.0]).bfloat16()  # five outlier columns
+        ca, sca, cols = torch.ops.bitsandbytes.int8_vectorwise_quant.default(x.clone(), 6.0)
+        assert cols.numel() == 5
+        want, _ = torch.ops.bitsandbytes.int8_mixed_scaled_mm.default(x.clone(), ca, mod.cb, sca, mod.scb, cols, None)
+        sub_a, sub_b = mod._outlier_parts(x, cols)
+        assert sub_a.shape == (rows, 8) and sub_b.shape == (8, n) and not sub_a[:, 5:].any()
+        with torch.no_grad():
+            got = mod(x[None])[0]
+        torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=2**-7)
+        assert (got != want).float().mean() < 0.02
