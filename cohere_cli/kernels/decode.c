@@ -179,21 +179,27 @@ int decode_attn_bf16(const uint16_t *qkv, const float *cs, uint16_t *kc, uint16_
                      int64_t hd, float scale, int64_t threads, uint16_t *out) {
     const int64_t g = nh / nkv;
     if (hd % 16 || hd > MAX_HD || g > MAX_G || g * nkv != nh || S > n || slot >= n) return 1;
-    /* rotary on q; k rotated and v copied straight into the cache */
+    /* chunks of keys per kv head: enough tasks to keep the threads busy, no chunk under 2 blocks */
+    threads = threads > 0 ? threads : 1;
+    int64_t per = (threads * 4 + nkv - 1) / nkv;
+    const int64_t most = (S + 2 * BLOCK - 1) / (2 * BLOCK);
+    per = per < most ? per : most;
+    per = per > 0 ? per : 1;
+    const int64_t chunk = (S + per - 1) / per, tasks = nkv * per, stride = g * (hd + 2);
     uint16_t *q = malloc(nh * hd * 2);
+    float *part = malloc(tasks * stride * 4); /* per task and query: m, l, acc[hd] */
+    if (!q || !part) { /* before anything is written: the caller's torch path starts from the same cache */
+        free(q);
+        free(part);
+        return 1;
+    }
+    /* rotary on q; k rotated and v copied straight into the cache */
     for (int64_t h = 0; h < nh; h++) rotate(qkv + h * hd, cs, hd, q + h * hd);
     for (int64_t h = 0; h < nkv; h++) {
         rotate(qkv + (nh + h) * hd, cs, hd, kc + (h * n + slot) * hd);
         memcpy(vc + (h * n + slot) * hd, qkv + (nh + nkv + h) * hd, hd * 2);
     }
     if (slot_pos) slot_pos[slot] = qpos;
-    /* chunks of keys per kv head: enough tasks to keep the threads busy, no chunk under 2 blocks */
-    int64_t per = (threads * 4 + nkv - 1) / nkv;
-    const int64_t most = (S + 2 * BLOCK - 1) / (2 * BLOCK);
-    per = per < most ? per : most;
-    per = per > 0 ? per : 1;
-    const int64_t chunk = (S + per - 1) / per, tasks = nkv * per, stride = g * (hd + 2);
-    float *part = malloc(tasks * stride * 4); /* per task and query: m, l, acc[hd] */
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
