@@ -527,10 +527,11 @@ class CohereForCausalLM(nn.Module):
         tab = self.__dict__.get("_rope_table")
         if tab is None or tab.shape[0] < start + T or tab.device != device or self._rope_dtype != dtype:
             n = max(1024, 1 << (start + T - 1).bit_length())
-            pos = torch.arange(n, device=device)
-            self._rope_table, self._rope_dtype = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta,
-                                                              dtype), dtype  # (n, 1, hd/2) complex64
-            tab = self._rope_table
+            # an ordinary tensor even when built during generation (inference mode): autograd may use it later
+            with torch.inference_mode(False), torch.no_grad():
+                pos = torch.arange(n, device=device)
+                tab = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, dtype)  # (n, 1, hd/2) complex64
+            self._rope_table, self._rope_dtype = tab, dtype
         return tab[start : start + T]  # (T, 1, hd/2)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,

@@ -15,8 +15,8 @@ bitsandbytes' CPU plumbing (its import, the 4-bit kernel's layout and C function
 
 from __future__ import annotations
 
-import operator
 import struct
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -86,21 +86,38 @@ def cpu_has_amx() -> bool:
 
 
 # ---- quantized linear modules ---------------------------------------------------------------------------------------
-def _bound(module: nn.Module, names: tuple[str, ...], build):
+def _bound(module: nn.Module, names: tuple[str, ...], build, *settings):
     """A module's one-row native call with its constant arguments (weight pointers) bound once: the ctypes call is
     ~2 us, the general forward around it ~6-9 us, and a decode step makes 3 such calls per layer. Rebuilt by
-    build() whenever a tensor it binds was replaced (cat, .to()), so a pointer never outlives its tensor; build
-    returns None where the module's tensors do not fit the native call."""
+    build() whenever a tensor it binds is another tensor, or the same one with other storage, dtype or contents
+    (cat, .to(), .data swapped, an in-place edit: data_ptr, dtype, _version), or a captured setting changed, so a
+    bound pointer never outlives its tensor. The tensors are held weakly (a replaced weight is freed as before),
+    and _PlanFree drops the plan from copies and pickles. build returns None where the tensors do not fit."""
     ts = tuple(module._buffers.get(n, module._parameters.get(n)) for n in names)
+    key = tuple(None if t is None else (t.data_ptr(), t.dtype, t._version) for t in ts) + settings
     plan = module.__dict__.get("_plan")
-    if plan is not None and all(map(operator.is_, plan[0], ts)):
-        return plan[1]
+    if plan is not None and plan[1] == key and all(map(_refers_to, plan[0], ts)):
+        return plan[2]
     call = build(*ts)
-    module.__dict__["_plan"] = (ts, call)
+    module.__dict__["_plan"] = (tuple(None if t is None else weakref.ref(t) for t in ts), key, call)
     return call
 
 
-class QuantLinear4bit(nn.Module):
+def _refers_to(ref, t) -> bool:
+    return t is None if ref is None else ref() is t
+
+
+class _PlanFree:
+    """Copies (copy.deepcopy) and pickles of a module leave out its bound native call (_bound): it holds raw
+    pointers to the original's tensors."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_plan", None)
+        return state
+
+
+class QuantLinear4bit(_PlanFree, nn.Module):
     """A bitsandbytes 4-bit linear layer for the model core (drop-in for nn.Linear in forward).
 
     On a CPU with AVX512-BF16 the weight lives in the fused kernel's layout ([n, k/2] bytes) with absmax in bf16 for
@@ -108,8 +125,9 @@ class QuantLinear4bit(nn.Module):
     (decode: reads half a byte per weight, 5x faster than bf16); more rows dequantize the whole weight once
     (bitsandbytes' kernel, after a byte shuffle back to the standard layout) and run one GEMM in the activations'
     dtype. kernel_max_rows is 16 on CPUs with AMX (there bf16 GEMM is ~10x faster than the kernel at 512 rows) and
-    unlimited elsewhere (there the kernel is within 1.4x of bf16 GEMM at 512 rows and beats dequantize+GEMM). Without AVX512-BF16 (or on CUDA) the standard layout
-    is kept and every call dequantizes (CPU) or goes through bitsandbytes' matmul_4bit (CUDA)."""
+    unlimited elsewhere (there the kernel is within 1.4x of bf16 GEMM at 512 rows and beats dequantize+GEMM).
+    Without AVX512-BF16 (or on CUDA) the standard layout is kept and every call dequantizes (CPU) or goes through
+    bitsandbytes' matmul_4bit (CUDA)."""
 
     bits = 4
 
@@ -203,19 +221,20 @@ class QuantLinear4bit(nn.Module):
         """One bf16 row (a decode step) with the weight's pointers bound (_bound): through our kernel
         (kernels.gemv_4bit_row, same layout) where it builds, else bitsandbytes' C function."""
 
-        def build(packed, absmax_t, bias):
+        def build(packed, absmax_t, bias, code):
             ours, theirs = kernels.gemv_4bit_row(), native_gemv_4bit(self.quant_type)
-            if not self.cpu_kernel or bias is not None or (ours is None and theirs is None):
+            if not self.cpu_kernel or bias is not None or (ours is None and theirs is None) \
+                    or not (packed.is_cpu and packed.dtype == torch.uint8 and packed.is_contiguous()) \
+                    or absmax_t.dtype != torch.bfloat16 or not (code.is_cpu and code.dtype == torch.float32):
                 return None
             absmax_t = absmax_t.contiguous()  # a copy only for the parts of a fused module, never called in decode
-            n, k, bs, pp, ap = self.out_features, self.in_features, self.blocksize, packed.data_ptr(), absmax_t.data_ptr()
-            cp = self.code.data_ptr()
+            n, k, bs = self.out_features, self.in_features, self.blocksize
+            pp, ap, cp = packed.data_ptr(), absmax_t.data_ptr(), code.data_ptr()
             if ours is not None and bs % 4 == 0:
 
                 def call(x):
                     out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
-                    ours(x.data_ptr(), pp, ap, cp, n, k, bs, out.data_ptr())
-                    return out
+                    return None if ours(x.data_ptr(), pp, ap, cp, n, k, bs, out.data_ptr()) else out
             elif theirs is not None:
 
                 def call(x):
@@ -224,17 +243,18 @@ class QuantLinear4bit(nn.Module):
                     return out
             else:
                 return None
-            call.keep = (absmax_t, self.code)
+            call.keep = (absmax_t, code)
             return call
 
-        return _bound(self, ("packed", "absmax_t", "bias"), build)
+        return _bound(self, ("packed", "absmax_t", "bias", "code"), build, self.quant_type, self.blocksize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features and x.dtype == torch.bfloat16 and x.is_cpu and self.kernel_max_rows > 0 \
                 and x.is_contiguous():
             call = self._row_call()
-            if call is not None:
-                return call(x)
+            out = None if call is None else call(x)
+            if out is not None:
+                return out
         rows = x.numel() // x.shape[-1]
         if self.cpu_kernel and rows <= self.kernel_max_rows and x.device.type == "cpu":
             a = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (rows, k)
@@ -261,7 +281,7 @@ class QuantLinear4bit(nn.Module):
                 f"blocksize={self.blocksize}, {path}")
 
 
-class QuantLinear8bit(nn.Module):
+class QuantLinear8bit(_PlanFree, nn.Module):
     """A bitsandbytes LLM.int8() linear layer: int8 weight (out, in) + one fp32 scale per output row (SCB).
 
     Up to `woq_max_rows` rows (decode) of bf16 activations on CPU: weight-only int8, torch's _weight_int8pack_mm
@@ -407,8 +427,9 @@ class QuantLinear8bit(nn.Module):
 
         def build(cb, scb, bias):
             fn = kernels.int8_row()
-            if fn is None or not (cb.is_cpu and cb.is_contiguous() and scb.dtype == torch.float32
-                                  and scb.is_contiguous() and (bias is None or bias.dtype == torch.bfloat16)):
+            if fn is None or not (cb.is_cpu and cb.dtype == torch.int8 and cb.is_contiguous()
+                                  and scb.is_cpu and scb.dtype == torch.float32 and scb.is_contiguous()
+                                  and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_cpu))):
                 return None
             rowsum = cb.sum(1, dtype=torch.int32)  # the kernel's correction for its unsigned activations, once
             n, k, thr = self.out_features, self.in_features, self.threshold
@@ -421,7 +442,7 @@ class QuantLinear8bit(nn.Module):
             call.keep = rowsum
             return call
 
-        return _bound(self, ("cb", "scb", "bias"), build)
+        return _bound(self, ("cb", "scb", "bias"), build, self.threshold)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "

@@ -129,3 +129,32 @@ def test_model_decodes_the_same_through_the_kernels(tmp_path, case):
         assert torch.equal(s1, s2) if s1 is not None else s2 is None
         torch.testing.assert_close(k1, k2, atol=3e-2, rtol=3e-2)  # the keys of steps after the first differ
         torch.testing.assert_close(v1, v2, atol=3e-2, rtol=3e-2)  # by the attention outputs' last bits
+
+
+@needs_kernel
+def test_decode_attention_kernel_propagates_nan_like_torch():
+    """A NaN key makes the heads that see it NaN, wherever it falls (vector body or scalar tail of a block)."""
+    nh, nkv, hd = 8, 2, 64
+    for bad in (5, 130):
+        g = torch.Generator().manual_seed(bad)
+        n = 140
+        qkv = torch.randn(1, 1, (nh + 2 * nkv) * hd, generator=g).bfloat16()
+        kc = torch.randn(1, nkv, n, hd, generator=g).bfloat16()
+        kc[0, 1, bad, 3] = float("nan")  # kv head 1 only
+        vc = torch.randn(1, nkv, n, hd, generator=g).bfloat16()
+        out = attend(qkv, None, kc, vc, n - 1, n, None, n - 1, 0, nh, nkv, hd, 0.125).view(nh, hd)
+        assert out[:4].isfinite().all() and out[4:].isnan().all(), bad
+
+
+def test_rope_table_built_in_inference_mode_serves_training(tmp_path):
+    """The model caches its rotary table; one built during generation (inference mode) must not be an inference
+    tensor, or a later forward with autograd fails."""
+    make_checkpoint(tmp_path, tokenizer=False, vocab=384)
+    model = load_model(tmp_path, dtype="float32", inference=False).model
+    q = model.model.layers[0].self_attn.q_proj.weight
+    q.requires_grad_(True)  # rotary then saves the table for backward
+    ids = torch.randint(0, 384, (1, 8))
+    with torch.inference_mode():
+        model(ids)
+    model(ids).sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0

@@ -532,3 +532,31 @@ def test_int8_rows_with_outliers_are_bitsandbytes_mixed_decomposition():
             got = mod(x[None])[0]
         torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=2**-7)
         assert (got != want).float().mean() < 0.02
+
+
+@pytest.mark.parametrize("spec", ["nf4", "int8"])
+def test_bound_native_call_follows_its_tensors(spec):
+    """The one-row native call binds raw pointers once (qlinear._bound); it must be rebuilt whenever what it bound
+    changes: an in-place edit, a dtype change that swaps .data under the same Parameter, a copy of the module."""
+    import copy
+
+    n, k = 64, 128
+    g = torch.Generator().manual_seed(11)
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if spec == "int8" else None
+    cls = qlinear.QuantLinear4bit if spec == "nf4" else qlinear.QuantLinear8bit
+    mod = cls.from_stored(quant.quantize_weight(w, SPECS[spec]), k, n, b)
+    x = (torch.randn(1, 1, k, generator=g) * 0.5).bfloat16()
+    with torch.no_grad():
+        y = mod(x)
+        twin = copy.deepcopy(mod)
+        assert "_plan" not in twin.__dict__
+        (twin.cb if spec == "int8" else twin.packed).zero_()  # the copy's own weight, zeroed
+        assert torch.equal(mod(x), y)  # the original is untouched
+        zero_w = twin(x).float() - (0 if b is None else b.float())
+        assert zero_w.abs().max() < 1e-2 if spec == "int8" else zero_w.abs().max() > 0  # nf4 code 0 is -1.0
+        (mod.cb if spec == "int8" else mod.packed).copy_(twin.cb if spec == "int8" else twin.packed)  # in place
+        assert torch.equal(mod(x), twin(x))
+        if spec == "int8":
+            mod.to(torch.float32)  # bias: same Parameter, new float32 .data; the native call must not reuse it
+            torch.testing.assert_close(mod(x).float(), twin.to(torch.float32)(x).float())

@@ -109,9 +109,11 @@ AVX512 static void attend(const uint16_t *q, int64_t g, int64_t hd, const uint16
                 for (int64_t c = 0; c < nq; c++)
                     s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(kr + 32 * c),
                                          (__m512bh)_mm512_loadu_si512(qi + 32 * c));
-                if (tail)
-                    s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(kr + 32 * nq))),
-                                         (__m512bh)_mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qi + 32 * nq))));
+                if (tail) {
+                    const __m256i kt = _mm256_loadu_si256((const __m256i *)(kr + 32 * nq));
+                    const __m256i qt = _mm256_loadu_si256((const __m256i *)(qi + 32 * nq));
+                    s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_zextsi256_si512(kt), (__m512bh)_mm512_zextsi256_si512(qt));
+                }
                 sc[i * BLOCK + jj] = _mm512_reduce_add_ps(s) * scale;
             }
         }
@@ -119,8 +121,16 @@ AVX512 static void attend(const uint16_t *q, int64_t g, int64_t hd, const uint16
         for (int64_t i = 0; i < g; i++) {
             float *si = sc + i * BLOCK;
             float mx = m[i];
-            for (int64_t jj = 0; jj < nb; jj++) mx = si[jj] > mx ? si[jj] : mx;
-            if (mx == -INFINITY) { /* every key so far masked */
+            int nan = 0;
+            for (int64_t jj = 0; jj < nb; jj++) {
+                nan |= isnan(si[jj]);
+                mx = si[jj] > mx ? si[jj] : mx;
+            }
+            if (nan) { /* a NaN score makes this head's output NaN, as in torch: a NaN sum, merged as such */
+                l[i] = NAN;
+                m[i] = m[i] == -INFINITY ? 0.0f : m[i];
+            }
+            if (mx == -INFINITY || nan) { /* every key so far masked, or the result is NaN anyway */
                 for (int64_t jj = 0; jj < nb; jj++) si[jj] = 0.0f;
                 continue;
             }
@@ -227,13 +237,14 @@ int decode_attn_bf16(const uint16_t *qkv, const float *cs, uint16_t *kc, uint16_
             float o[MAX_HD] = {0}, L = 0.0f;
             for (int64_t c = 0; c < per; c++) {
                 const float *pt = part + (h * per + c) * stride;
-                if (pt[i] == -INFINITY) continue;
+                if (pt[i] == -INFINITY) continue; /* every key of the chunk masked (a NaN chunk has m finite) */
                 const float w = expf(pt[i] - M);
                 L += pt[g + i] * w;
                 const float *acc = pt + 2 * g + i * hd;
                 for (int64_t d = 0; d < hd; d++) o[d] += acc[d] * w;
             }
-            for (int64_t d = 0; d < hd; d++) out[hq * hd + d] = f32_to_bf16(L > 0.0f ? o[d] / L : 0.0f);
+            for (int64_t d = 0; d < hd; d++)
+                out[hq * hd + d] = f32_to_bf16(isnan(L) ? NAN : L > 0.0f ? o[d] / L : 0.0f);
         }
     }
     free(part);
@@ -271,8 +282,10 @@ AVX512 int silu_mul_bf16(const uint16_t *gu, int64_t i, uint16_t *out) {
     int64_t j = 0;
     for (; j + 16 <= i; j += 16) {
         const __m512 g = load16(gu + j), u = load16(gu + i + j);
-        const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_any(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-        const __m512 sr = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(s)), 16));
+        const __m512 e = exp_any(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        const __m256i sb = (__m256i)_mm512_cvtneps_pbh(s); /* silu rounded to bf16, as torch stores it */
+        const __m512 sr = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(sb), 16));
         _mm256_storeu_si256((__m256i *)(out + j), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sr, u)));
     }
     for (; j < i; j++) {

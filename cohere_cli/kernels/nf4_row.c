@@ -61,7 +61,8 @@ AVX512 int gemv_4bit_row_bf16(const uint16_t *x, const uint8_t *packed, const ui
         const uint8_t *w = packed + g * kh * 32;
         __m512 tA = _mm512_setzero_ps(), tB = tA, tC = tA, tD = tA;
         if (g + 1 < n / 32)  /* the next group's scales: one line per block, n*2 bytes apart (no stream to detect) */
-            for (int64_t b = 0; b < blocks; b++) _mm_prefetch((const char *)(absmax_t + b * n + (g + 1) * 32), _MM_HINT_T0);
+            for (int64_t b = 0; b < blocks; b++)
+                _mm_prefetch((const char *)(absmax_t + b * n + (g + 1) * 32), _MM_HINT_T0);
         for (int64_t b = 0; b < blocks; b++) {
             __m512 A = _mm512_setzero_ps(), B = A, C = A, D = A;
             const int64_t c0 = b * pairs;
