@@ -12,10 +12,10 @@
   (model.Block.native).
 
 Each is built once per machine with the system C compiler into the store's `kernels/` folder (~1 s: one small C
-file, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already loaded when they
-are). Where one cannot be built or run (no compiler, no AVX-512 extension it needs, COHERE_CLI_NATIVE=0) the
-callers keep their torch path: int8_row gives the same results, gemv_4bit_row and decode_ops the same up to
-float32 rounding.
+file and bf16.h, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already
+loaded when they are). Where one cannot be built or run (no compiler, no AVX-512 extension it needs,
+COHERE_CLI_NATIVE=0) the callers keep their torch path: int8_row gives the same results, gemv_4bit_row and
+decode_ops the same up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Callable
 HERE = Path(__file__).parent
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]  # no FMA contraction: bitsandbytes' roundings
 ENV = "COHERE_CLI_NATIVE"  # 0: never build or load native kernels
+AVX512_BF16 = {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"}  # what nf4_row.c and decode.c are compiled for
 
 
 @functools.cache
@@ -50,32 +51,18 @@ def cpu_flags() -> frozenset[str]:
 @functools.cache
 def int8_row():
     """The C function llm_int8_row_bf16 (see int8_row.c), or None where it is not available here."""
-    if os.environ.get(ENV, "1") == "0" or not {"avx512_vnni", "avx512bw"} <= cpu_flags():
-        return None
-    lib = _load(HERE / "int8_row.c")
-    if lib is None:
-        return None
-    fn = lib.llm_int8_row_bf16
-    fn.restype = ct.c_int
-    fn.argtypes = [ct.c_void_p, ct.c_int64, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p,
-                   ct.c_int64, ct.c_float]
-    return fn
+    lib = _library("int8_row.c", {"avx512_vnni", "avx512bw"})
+    p, i = ct.c_void_p, ct.c_int64
+    return None if lib is None else _function(lib.llm_int8_row_bf16, [p, i, p, p, p, p, p, i, ct.c_float])
 
 
 @functools.cache
 def gemv_4bit_row():
     """The C function gemv_4bit_row_bf16 (see nf4_row.c): (x, packed, absmax_t, code, n, k, blocksize, out) -> 0,
     or 1 for a shape it does not take; None where it is not available here."""
-    if os.environ.get(ENV, "1") == "0" or not {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags():
-        return None
-    lib = _load(HERE / "nf4_row.c")
-    if lib is None:
-        return None
-    fn = lib.gemv_4bit_row_bf16
-    fn.restype = ct.c_int
-    i, p = ct.c_int64, ct.c_void_p
-    fn.argtypes = [p, p, p, p, i, i, i, p]
-    return fn
+    lib = _library("nf4_row.c", AVX512_BF16)
+    p, i = ct.c_void_p, ct.c_int64
+    return None if lib is None else _function(lib.gemv_4bit_row_bf16, [p, p, p, p, i, i, i, p])
 
 
 @dataclass(frozen=True)
@@ -97,18 +84,15 @@ class DecodeOps:
 @functools.cache
 def decode_ops() -> DecodeOps | None:
     """decode.c loaded (DecodeOps), or None where it is not available here."""
-    if os.environ.get(ENV, "1") == "0" or not {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags():
-        return None
-    lib = _load(HERE / "decode.c")
+    lib = _library("decode.c", AVX512_BF16)
     if lib is None:
         return None
     import torch
 
     i, p, f = ct.c_int64, ct.c_void_p, ct.c_float
-    attn, ln, act = lib.decode_attn_bf16, lib.layer_norm_bf16, lib.silu_mul_bf16
-    for fn, args in ((attn, [p, p, p, p, i, i, i, p, i, i, i, i, i, f, i, p]), (ln, [p, p, i, i, f, p]),
-                     (act, [p, i, p])):
-        fn.restype, fn.argtypes = ct.c_int, args
+    attn = _function(lib.decode_attn_bf16, [p, p, p, p, i, i, i, p, i, i, i, i, i, f, i, p])
+    ln = _function(lib.layer_norm_bf16, [p, p, i, i, f, p])
+    act = _function(lib.silu_mul_bf16, [p, i, p])
     bf16 = torch.bfloat16
 
     def attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale):
@@ -152,12 +136,27 @@ def _cpu(t, dtype) -> bool:
     return t.dtype == dtype and t.is_cpu and t.is_contiguous()
 
 
+def _library(source: str, needs: set[str]):
+    """kernels/`source` compiled and loaded (ctypes.CDLL), or None with COHERE_CLI_NATIVE=0, on a CPU without the
+    extensions `needs` (/proc/cpuinfo names), or where it cannot be built."""
+    if os.environ.get(ENV, "1") == "0" or not needs <= cpu_flags():
+        return None
+    return _load(HERE / source)
+
+
+def _function(fn, argtypes: list):
+    """A kernel's C function typed for ctypes: `argtypes` in, an int status out (0: done)."""
+    fn.restype, fn.argtypes = ct.c_int, argtypes
+    return fn
+
+
 def _load(src: Path):
-    """ctypes.CDLL of `src` compiled, building it first if this machine has no copy yet; None on any failure."""
+    """ctypes.CDLL of `src` compiled, building it first if this machine has no copy yet; None on any failure. The
+    build key covers the source, the shared headers next to it (bf16.h), the compiler and its flags."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    text = src.read_bytes()
+    text = src.read_bytes() + b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))
     key = hashlib.sha256(text + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     try:
         from cohere_cli.store import store_root

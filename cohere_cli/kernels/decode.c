@@ -22,36 +22,14 @@
  * the caller then keeps its torch path. Attention layouts: qkv (nh + 2 nkv) * hd bf16 (q heads, then k, then v);
  * cs hd/2 (cos, sin) float pairs or NULL (no rotary); kc, vc (nkv, n, hd) bf16; slot_pos n int64 or NULL (slot j
  * holds position j); out nh * hd bf16. window 0: no window. */
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "bf16.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 #define BLOCK 128   /* keys per score block: g * BLOCK floats of scores on the stack */
 #define MAX_G 16
 #define MAX_HD 256
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as c10::BFloat16 */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (isnan(f)) return 0x7FC0;
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
-AVX512 static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 float32 */
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 
 /* e^x for x <= 88.7 (scores minus their maximum are <= 0): Cephes' expf polynomial on x - n ln2, scaled by 2^n */
 AVX512 static inline __m512 exp_neg(__m512 x) {
@@ -170,7 +148,7 @@ AVX512 static void attend(const uint16_t *q, int64_t g, int64_t hd, const uint16
                 for (int64_t jj = 0; jj < nb; jj++) {
                     const uint16_t *vr = v + (b0 + jj) * hd + d0;
                     __m512 vv[4];
-                    for (int64_t d = 0; d < 4; d++) vv[d] = d < nd ? load16(vr + 16 * d) : _mm512_setzero_ps();
+                    for (int64_t d = 0; d < 4; d++) vv[d] = d < nd ? bf16x16_to_f32(vr + 16 * d) : _mm512_setzero_ps();
                     for (int64_t i = 0; i < 4; i++) {
                         if (i >= ni) break;
                         const __m512 p = _mm512_set1_ps(sc[(i0 + i) * BLOCK + jj]);
@@ -281,7 +259,7 @@ AVX512 static inline __m512 exp_any(__m512 x) {
 AVX512 int silu_mul_bf16(const uint16_t *gu, int64_t i, uint16_t *out) {
     int64_t j = 0;
     for (; j + 16 <= i; j += 16) {
-        const __m512 g = load16(gu + j), u = load16(gu + i + j);
+        const __m512 g = bf16x16_to_f32(gu + j), u = bf16x16_to_f32(gu + i + j);
         const __m512 e = exp_any(_mm512_sub_ps(_mm512_setzero_ps(), g));
         const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
         const __m256i sb = (__m256i)_mm512_cvtneps_pbh(s); /* silu rounded to bf16, as torch stores it */

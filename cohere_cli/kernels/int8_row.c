@@ -13,25 +13,7 @@
  *
  * Built on first use by cohere_cli/kernels/__init__.py (cc -O3 -fopenmp -ffp-contract=off); returns 0 on success,
  * 1 when the row has an outlier (|x| >= threshold > 0) or is all zeros: the caller then takes another path. */
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as c10::BFloat16 */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (isnan(f)) return 0x7FC0;
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 /* dot(a, w) over k bytes, read front to back with four independent accumulators: one weight row at a time keeps
  * the reads sequential, which measured 25-35% faster than interleaving 4 rows (1024 bytes apart) per pass, at
@@ -62,8 +44,7 @@ static float absmax_bf16(const uint16_t *x, int64_t k) {
     __mmask16 nan = 0;
     int64_t j = 0;
     for (; j + 16 <= k; j += 16) {
-        __m512 v = _mm512_abs_ps(_mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + j))), 16)));
+        __m512 v = _mm512_abs_ps(bf16x16_to_f32(x + j));
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         m = _mm512_max_ps(m, v);
     }
@@ -82,8 +63,7 @@ static void quantize_row(const uint16_t *x, int64_t k, float s, uint8_t *qa) {
     const __m512i off = _mm512_set1_epi32(128);
     int64_t j = 0;
     for (; j + 16 <= k; j += 16) {
-        __m512 v = _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + j))), 16));
+        __m512 v = bf16x16_to_f32(x + j);
         __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vs)), off);
         _mm_storeu_si128((__m128i *)(qa + j), _mm512_cvtepi32_epi8(q));
     }

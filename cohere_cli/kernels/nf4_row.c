@@ -21,20 +21,10 @@
  *
  * Returns 0, or 1 for shapes it does not take (n % 32, k % blocksize, blocksize odd): the caller then keeps
  * bitsandbytes' kernel. */
-#include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even (the codes are finite) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
-AVX512 static inline __m512 bf16x16(const uint16_t *p) { /* 16 bf16 -> 16 float32 */
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+
 AVX512 int gemv_4bit_row_bf16(const uint16_t *x, const uint8_t *packed, const uint16_t *absmax_t, const float *code,
                               int64_t n, int64_t k, int64_t blocksize, uint16_t *out) {
     if (n % 32 || k % blocksize || blocksize % 4) return 1;
@@ -79,7 +69,7 @@ AVX512 int gemv_4bit_row_bf16(const uint16_t *x, const uint8_t *packed, const ui
                 D = _mm512_dpbf16_ps(D, (__m512bh)_mm512_unpackhi_epi8(hl, hh), xv);
             }
             const uint16_t *s = absmax_t + b * n + g * 32;
-            __m512 slo = bf16x16(s), shi = bf16x16(s + 16);
+            __m512 slo = bf16x16_to_f32(s), shi = bf16x16_to_f32(s + 16);
             tA = _mm512_fmadd_ps(A, _mm512_permutexvar_ps(iA, slo), tA);
             tB = _mm512_fmadd_ps(B, _mm512_permutexvar_ps(iB, slo), tB);
             tC = _mm512_fmadd_ps(C, _mm512_permutexvar_ps(iA, shi), tC);
