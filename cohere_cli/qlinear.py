@@ -223,26 +223,24 @@ class QuantLinear4bit(_PlanFree, nn.Module):
 
         def build(packed, absmax_t, bias, code):
             ours, theirs = kernels.gemv_4bit_row(), native_gemv_4bit(self.quant_type)
-            if not self.cpu_kernel or bias is not None or (ours is None and theirs is None) \
-                    or not (packed.is_cpu and packed.dtype == torch.uint8 and packed.is_contiguous()) \
-                    or absmax_t.dtype != torch.bfloat16 or not (code.is_cpu and code.dtype == torch.float32):
+            if not self.cpu_kernel or bias is not None or not kernels.cpu_contiguous(packed, torch.uint8) \
+                    or not (absmax_t.is_cpu and absmax_t.dtype == torch.bfloat16) \
+                    or not kernels.cpu_contiguous(code, torch.float32):
                 return None
             absmax_t = absmax_t.contiguous()  # a copy only for the parts of a fused module, never called in decode
             n, k, bs = self.out_features, self.in_features, self.blocksize
             pp, ap, cp = packed.data_ptr(), absmax_t.data_ptr(), code.data_ptr()
-            if ours is not None and bs % 4 == 0:
-
-                def call(x):
-                    out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
-                    return None if ours(x.data_ptr(), pp, ap, cp, n, k, bs, out.data_ptr()) else out
-            elif theirs is not None:
-
-                def call(x):
-                    out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
-                    theirs(1, n, k, x.data_ptr(), pp, ap, out.data_ptr(), bs, k, n)
-                    return out
+            if ours is not None and bs % 4 == 0:  # x, out -> 0, or 1 where it declines
+                run = lambda xp, op: ours(xp, pp, ap, cp, n, k, bs, op)
+            elif theirs is not None:  # returns nothing: never declines
+                run = lambda xp, op: theirs(1, n, k, xp, pp, ap, op, bs, k, n)
             else:
                 return None
+
+            def call(x):
+                out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
+                return None if run(x.data_ptr(), out.data_ptr()) else out
+
             call.keep = (absmax_t, code)
             return call
 
@@ -287,10 +285,10 @@ class QuantLinear8bit(_PlanFree, nn.Module):
     Up to `woq_max_rows` rows (decode) of bf16 activations on CPU: weight-only int8, torch's _weight_int8pack_mm
     (x @ (cb * SCB/127)^T with the activations left in bf16: no activation quantization, so it is closer to the
     float result than LLM.int8(); 1.2-1.8x faster than bitsandbytes' path at one row, slower past 8 rows).
-    Then, at most `kernel_max_rows` rows (unlimited by default: it won at every shape measured): bitsandbytes' int8 path
-    (activations quantized per row to int8, int8 GEMM via torch._int_mm, outlier columns above `threshold` kept in
-    floating point: int8_mixed_scaled_mm); more rows: dequantize the weight and run one GEMM in the activations'
-    dtype."""
+    Then, at most `kernel_max_rows` rows (unlimited by default: it won at every shape measured): bitsandbytes' int8
+    path (activations quantized per row to int8, int8 GEMM via torch._int_mm, outlier columns above `threshold` kept
+    in floating point as int8_mixed_scaled_mm does: _outlier_parts); more rows: dequantize the weight and run one
+    GEMM in the activations' dtype. One bf16 row on CPU runs LLM.int8() itself first (_llm_int8_row)."""
 
     bits = 8
 
@@ -427,9 +425,8 @@ class QuantLinear8bit(_PlanFree, nn.Module):
 
         def build(cb, scb, bias):
             fn = kernels.int8_row()
-            if fn is None or not (cb.is_cpu and cb.dtype == torch.int8 and cb.is_contiguous()
-                                  and scb.is_cpu and scb.dtype == torch.float32 and scb.is_contiguous()
-                                  and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_cpu))):
+            if fn is None or not (kernels.cpu_contiguous(cb, torch.int8) and kernels.cpu_contiguous(scb, torch.float32)
+                                  and (bias is None or kernels.cpu_contiguous(bias, torch.bfloat16))):
                 return None
             rowsum = cb.sum(1, dtype=torch.int32)  # the kernel's correction for its unsigned activations, once
             n, k, thr = self.out_features, self.in_features, self.threshold

@@ -98,12 +98,12 @@ def decode_ops() -> DecodeOps | None:
     def attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale):
         # everything the C function assumes, checked here: a mismatch would read or write out of bounds
         n = kc.shape[2] if kc.dim() == 4 else 0
-        if not (_cpu(qkv, bf16) and _cpu(kc, bf16) and _cpu(vc, bf16) and qkv.numel() == (nh + 2 * nkv) * hd
+        if not (all(cpu_contiguous(t, bf16) for t in (qkv, kc, vc)) and qkv.numel() == (nh + 2 * nkv) * hd
                 and kc.shape == (1, nkv, n, hd) and vc.shape == kc.shape and 0 <= slot < n and 0 < S <= n):
             return None
-        if rope is not None and not (_cpu(rope, torch.complex64) and rope.numel() == hd // 2):
+        if rope is not None and not (cpu_contiguous(rope, torch.complex64) and rope.numel() == hd // 2):
             return None
-        if slot_pos is not None and not (_cpu(slot_pos, torch.int64) and slot_pos.numel() == n):
+        if slot_pos is not None and not (cpu_contiguous(slot_pos, torch.int64) and slot_pos.numel() == n):
             return None
         out = torch.empty(nh * hd, dtype=bf16)
         cs = None if rope is None else torch.view_as_real(rope).data_ptr()  # hd/2 (cos, sin) float32 pairs
@@ -113,15 +113,15 @@ def decode_ops() -> DecodeOps | None:
         return None if err else out
 
     def norm(x, weight, eps):  # one row
-        if not (_cpu(x, bf16) and x.numel() == x.shape[-1] and (_cpu(weight, bf16) or _cpu(weight, torch.float32))
-                and weight.shape == x.shape[-1:]):
+        if not (cpu_contiguous(x, bf16) and x.numel() == x.shape[-1] and weight.shape == x.shape[-1:]
+                and (cpu_contiguous(weight, bf16) or cpu_contiguous(weight, torch.float32))):
             return None
         out = torch.empty_like(x)
         ln(x.data_ptr(), weight.data_ptr(), weight.dtype == bf16, x.shape[-1], eps, out.data_ptr())
         return out
 
     def silu_mul(gate_up):  # one row
-        if not (_cpu(gate_up, bf16) and gate_up.numel() == gate_up.shape[-1] and gate_up.shape[-1] % 2 == 0):
+        if not (cpu_contiguous(gate_up, bf16) and gate_up.numel() == gate_up.shape[-1] and gate_up.shape[-1] % 2 == 0):
             return None
         n = gate_up.shape[-1] // 2
         out = torch.empty(*gate_up.shape[:-1], n, dtype=bf16)
@@ -131,7 +131,7 @@ def decode_ops() -> DecodeOps | None:
     return DecodeOps(attend, norm, silu_mul)
 
 
-def _cpu(t, dtype) -> bool:
+def cpu_contiguous(t, dtype) -> bool:
     """A contiguous CPU tensor of `dtype`: what every native kernel reads through a raw pointer."""
     return t.dtype == dtype and t.is_cpu and t.is_contiguous()
 
