@@ -95,7 +95,12 @@ def _probe_context(client: Client) -> int | None:
 
 def local_folder(model: str | None, served: str | None) -> Path | None:
     """The local copy whose tokenizer, templates and generation_config.json stand for the served model: MODEL when
-    given, else a folder or store entry named exactly like the served model (or its last path part)."""
+    the user gave one (a store name or a path), else the store entry named exactly like the served model (or, when
+    unambiguous, like its last path part).
+
+    A served id is the server's word, not the user's: it is only ever looked up by name in the store, never opened
+    as a path. (`transformers serve` lists a model loaded from a folder by that folder's path; a hostile server
+    could list `/home/you/.ssh` or a folder holding a malicious template.)"""
     from cohere_cli.store import get_entry, list_entries, resolve_model
 
     if model:
@@ -103,8 +108,6 @@ def local_folder(model: str | None, served: str | None) -> Path | None:
     if not served:
         return None
     name = served.split("@")[0]
-    if Path(name).expanduser().is_dir() and (Path(name).expanduser() / "tokenizer.json").is_file():
-        return Path(name).expanduser()
     entry = get_entry(name)
     if entry is None:
         tail = name.rstrip("/").rsplit("/", 1)[-1].lower()

@@ -1,10 +1,11 @@
 """Servers for the `--endpoint` tests, on 127.0.0.1 and a free port, with bounded waits everywhere.
 
 * `TransformersServe`: a real OpenAI-compatible server, `transformers serve` (pip install "transformers[serving]"),
-  pinned to a checkpoint the tests build, on CPU. Its /v1/models scans an (empty, private) Hugging Face cache, so it
-  lists no model: requests leave "model" out, as for any server pinned to one model.
+  pinned to a checkpoint the tests build, on CPU. Its /v1/models lists that model by its folder's path (transformers
+  >= 5.25; earlier ones list none), which the client must never take for a local copy.
 * `StubServer`: a few lines of http.server for what a healthy server never does: 401 without the key, answer JSON to
-  a streaming request, stay silent, send HTML, cut a stream in the middle of a chunk.
+  a streaming request, stay silent, send HTML, cut a stream in the middle of a chunk; and "hold": stream a little,
+  then hold the connection until the test calls `release()` (an answer that cannot end before the test's Ctrl-C).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+HOLD_LIMIT = 600  # seconds a held or silent stub response waits for release() (the test failed long before)
 START_TIMEOUT = 240  # the machine may be busy: loading torch + transformers + the model takes 5-60 s
 
 
@@ -116,8 +118,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
         if behaviour == "auth" and self.headers.get("Authorization") != "Bearer sesame":
             return self._send(401, b'{"error": {"message": "Invalid API key", "type": "invalid_request_error"}}')
-        if behaviour == "silent":
-            time.sleep(30)  # longer than the client's --timeout; the test ends first
+        if behaviour == "silent":  # until the test is over: longer than the client's --timeout
+            self.server.released.wait(HOLD_LIMIT)
             return
         if behaviour == "html":
             return self._send(200, b"<html><body>It works!</body></html>", "text/html")
@@ -138,13 +140,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
+            if behaviour == "hold" and i == 2:  # "Once upon" is out: hold the stream until the test says
+                self.server.holding.set()
+                self.server.released.wait(HOLD_LIMIT)
+                if self.server.killed:  # no goodbye: the connection just breaks
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
             data = _chunk(part)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-            time.sleep(0.02)
+            try:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            except OSError:  # the client hung up (its Ctrl-C)
+                self.close_connection = True
+                return
+            time.sleep(0.02)  # paced like a real stream: the chunks arrive apart
         data = _chunk("", "length") + b"data: [DONE]\n\n"
-        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
-        self.wfile.flush()
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
 
 class StubServer:
@@ -153,6 +169,9 @@ class StubServer:
         self.httpd.daemon_threads = True
         self.httpd.behaviour = behaviour
         self.httpd.requests = []
+        self.httpd.killed = False
+        self.httpd.holding = threading.Event()  # "hold": the first words are sent and the stream waits
+        self.httpd.released = threading.Event()  # set by release() and on exit: held and silent responses end
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
@@ -164,6 +183,21 @@ class StubServer:
         self.thread.start()
         return self
 
+    @property
+    def holding(self) -> threading.Event:
+        return self.httpd.holding
+
+    def release(self) -> None:
+        self.httpd.released.set()
+
+    def kill(self) -> None:
+        """As if the server died: held streams break off mid-answer and nothing listens on the port any more."""
+        self.httpd.killed = True
+        self.release()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
     def __exit__(self, *exc) -> None:
+        self.release()
         self.httpd.shutdown()
         self.httpd.server_close()

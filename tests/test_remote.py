@@ -22,14 +22,7 @@ from openai_server import StubServer, TransformersServe, free_port  # noqa: E402
 from test_repl import STATUS, Chat  # noqa: E402
 
 CLI_TIMEOUT = 180  # seconds for one CLI run on a busy machine
-CONTEXT = 32768  # room for answers that outlast a Ctrl-C even at the server's ~1000 tokens/s
-
-
-def start_answer(chat: Chat, text: str) -> None:
-    """Send a message and return once its answer is streaming."""
-    chat.p.sendline(text)
-    chat.p.expect_exact("\x1b[?2004l")  # the line is accepted (see test_repl.Chat.say)
-    chat.p.expect(r"[\s\S]{12}")  # and the answer is coming
+CONTEXT = 32768  # the endless checkpoint's context (the REPL reads it from the local config)
 
 
 def cohere(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
@@ -64,7 +57,8 @@ def server(ckpt, tmp_path_factory):
 
 # ---- generate ------------------------------------------------------------------------------------------------------
 def test_generate_streams_from_the_server(server, ckpt):
-    # no MODEL: the server lists none (pinned), so nothing local is known; counts come from its usage
+    # no MODEL: `transformers serve` lists the model by its folder's path, and that path is the server's word, not the
+    # user's: nothing local is read (see test_a_served_id_is_never_a_local_path), so counts come from its usage
     rec = cohere_json("generate", "--endpoint", server.url, "The quick brown fox", "-n", "8")
     assert rec["endpoint"] == server.url and rec["prompt_tokens"] is None
     assert rec["generation_tokens"] == 8 and rec["finish_reason"] == "length"
@@ -76,6 +70,17 @@ def test_generate_streams_from_the_server(server, ckpt):
     local = cohere_json("generate", str(ckpt), "The quick brown fox", "-n", "1")
     rec = cohere_json("generate", str(ckpt), "The quick brown fox", "--endpoint", server.url, "-n", "8")
     assert rec["prompt_tokens"] == local["prompt_tokens"]
+
+
+def test_a_served_id_is_never_a_local_path(ckpt):
+    """The id a server reports names a store entry at most: a folder at that path (a checkpoint, ~/.ssh, a planted
+    template) is never opened as the served model's local copy. Only MODEL, which the user gave, is a path."""
+    from cohere_cli.remote import local_folder
+
+    assert (ckpt / "tokenizer.json").is_file()
+    assert local_folder(None, str(ckpt)) is None
+    assert local_folder(None, f"{ckpt}@main") is None
+    assert local_folder(str(ckpt), str(ckpt)) == ckpt  # the user's MODEL counts
 
 
 # ---- chat ----------------------------------------------------------------------------------------------------------
@@ -113,21 +118,42 @@ def test_grounded_chat_renders_rag_here_and_sends_a_raw_completion(server, ckpt,
     assert "no local tokenizer" in r.stderr and "MODEL" in r.stderr
 
 
-def test_repl_over_the_server_streams_ctrl_c_save_and_context_meter(server, ckpt, tmp_path):
-    chat = Chat(["--endpoint", server.url, str(ckpt), "--plain", "--max-tokens", "30000"], tmp_path,
+def held_answer(chat: Chat, stub: StubServer, text: str) -> None:
+    """Send a message and return once its first words are on the screen and the stub holds the rest of the stream
+    until told: whatever the test does next happens mid-answer, however busy the machine."""
+    chat.p.sendline(text)
+    chat.p.expect_exact("\x1b[?2004l")  # the line is accepted (see test_repl.Chat.say)
+    chat.p.expect_exact("Once upon")  # the stub's first words
+    assert stub.holding.wait(CLI_TIMEOUT)
+
+
+def test_repl_ctrl_c_mid_answer_closes_the_stream_and_keeps_the_session(tmp_path):
+    with StubServer("hold") as stub:
+        chat = Chat(["--endpoint", stub.url, "--plain"], tmp_path, timeout=CLI_TIMEOUT)
+        held_answer(chat, stub, "tell me everything")
+        chat.p.sendintr()  # Ctrl-C mid-answer: closes the connection, keeps the session
+        chat.p.expect("interrupted")
+        chat.prompt()
+        save = tmp_path / "conv.json"
+        chat.say(f"/save {save}")
+        msgs = json.loads(save.read_text())["messages"]
+        assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"] == "Once upon"
+        stub.release()
+        out = chat.say("and now?")  # the session goes on: the next answer is whole
+        assert "Once upon a time" in out and not error_lines(out)
+        chat.close()
+
+
+def test_repl_over_the_server_save_context_meter_show_and_stats(server, ckpt, tmp_path):
+    chat = Chat(["--endpoint", server.url, str(ckpt), "--plain", "--max-tokens", "5"], tmp_path,
                 timeout=CLI_TIMEOUT)
-    start_answer(chat, "tell me everything")
-    chat.p.sendintr()  # Ctrl-C mid-answer: closes the connection, keeps the session
-    chat.p.expect("interrupted")
-    chat.prompt()
+    out = chat.say("tell me everything")
+    used, ctx, prefilled = map(int, STATUS.findall(out)[-1])
+    assert ctx == CONTEXT and used > 5 and prefilled > 0  # context from the local config, counts from usage
     save = tmp_path / "conv.json"
     chat.say(f"/save {save}")
     msgs = json.loads(save.read_text())["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"]
-    chat.say("/set max_tokens 5")
-    out = chat.say("and now?")
-    used, ctx, prefilled = map(int, STATUS.findall(out)[-1])
-    assert ctx == CONTEXT and used > 5 and prefilled > 0  # context from the local config, counts from usage
     out = chat.say("/show")
     assert server.url in out and f"{CONTEXT} tokens" in out
     out = chat.say("/stats")
@@ -135,28 +161,25 @@ def test_repl_over_the_server_streams_ctrl_c_save_and_context_meter(server, ckpt
     chat.close()
 
 
-def test_server_killed_mid_stream_leaves_the_repl_alive(ckpt, tmp_path):
-    own = TransformersServe(ckpt, tmp_path).start()
-    try:
-        chat = Chat(["--endpoint", own.url, "--plain", "--max-tokens", "30000"], tmp_path, timeout=CLI_TIMEOUT)
-        start_answer(chat, "tell me a long story")
-        own.kill()
+def test_server_gone_mid_stream_leaves_the_repl_alive(tmp_path):
+    with StubServer("hold") as stub:
+        chat = Chat(["--endpoint", stub.url, "--plain"], tmp_path, timeout=CLI_TIMEOUT)
+        held_answer(chat, stub, "tell me a long story")
+        stub.kill()  # the stream breaks off mid-answer, and nothing listens any more
         chat.p.expect(r"error:[^\n]*mid-answer")
         chat.prompt()
         save = tmp_path / "cut.json"
         chat.say(f"/save {save}")
         msgs = json.loads(save.read_text())["messages"]
-        assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"]  # what arrived is kept
+        assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"] == "Once upon"  # kept
         out = chat.say("are you there?")  # the server is gone: one line, and the session goes on
         assert "connection refused" in out
         out = chat.say("/show")
-        assert "2 turns" in out and own.url in out
+        assert "2 turns" in out and stub.url in out
         chat.p.sendline("/exit")
         chat.p.expect(pexpect.EOF)
         chat.p.close()
         assert chat.p.exitstatus == 0
-    finally:
-        own.stop()
 
 
 # ---- failures: one line each ----------------------------------------------------------------------------------------
