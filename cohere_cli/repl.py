@@ -135,6 +135,10 @@ class Repl:
                 else:
                     self.conv.add_user(text)
                     self.answer()
+            except KeyboardInterrupt:  # Ctrl-C before the answer streams (fitting, connecting) or in a command
+                if self.conv.turns and self.conv.turns[-1]["role"] == "user":
+                    self.conv.pop_exchange()  # the message was not answered: as if it was never sent
+                info("[interrupted]")
             except CohereError as ex:  # one line, and the session goes on
                 error(str(ex))
             except (MemoryError, RuntimeError) as ex:

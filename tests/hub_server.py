@@ -17,8 +17,11 @@ file_download.py):
   as on the Hub; private repos only to allowed tokens.
 
 Faults (`server.faults`, consumed per response, thread-safe): `drop(path, at, times)` cuts the connection after
-sending the bytes before absolute offset `at` (times=None: every time); `stall(path, at, seconds)`; `corrupt(path,
-at)` flips that byte in every response; `fail(path, status, times)`; `rate` (bytes/s per response).
+sending the bytes before absolute offset `at` (times=None: every time); `stall(path, at, seconds)` (cut short by clear()); `corrupt(path,
+at)` flips that byte in every response; `fail(path, status, times)`; `rate` (bytes/s per response);
+`hold_after(n)`: send n more bytes in all (every file and connection together), then hold every body mid-way
+until `release()` (they go on) or `end_holds()` (they end, sending nothing more): a transfer that a test interrupts
+can never finish before the interrupt arrives.
 `bytes_sent[path]` counts the body bytes actually written to sockets for each file; `requests` logs every request.
 """
 
@@ -102,9 +105,13 @@ class Repo:
         return None
 
 
+HOLD_LIMIT = 300  # seconds a held body waits for release() before the server gives up on it (the test failed)
+
+
 class Faults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.released = threading.Condition(self.lock)
         self.clear()
 
     def clear(self) -> None:
@@ -114,6 +121,66 @@ class Faults:
             self.corruptions: dict[str, set[int]] = {}
             self.failures: dict[str, list[list]] = {}
             self.rate: float | None = None
+            self.budget: int | None = None  # bytes left to send before holding (None: no hold)
+            self.hold_path: str | None = None  # the file whose bodies the budget holds (None: all)
+            self.epoch = getattr(self, "epoch", 0) + 1  # held bodies end (see end_holds)
+            self.released.notify_all()
+
+    def hold_after(self, n: int, path: str | None = None) -> None:
+        """After n more bytes (of `path` only, or of every file), hold the bodies being sent."""
+        with self.lock:
+            self.budget = n
+            self.hold_path = path
+            self.released.notify_all()
+
+    def release(self) -> None:
+        """Held bodies go on sending."""
+        with self.lock:
+            self.budget = None
+            self.released.notify_all()
+
+    def end_holds(self) -> None:
+        """Held bodies end without sending another byte (their client is gone): nothing counts after this."""
+        with self.lock:
+            self.budget = None
+            self.epoch += 1
+            self.released.notify_all()
+
+    def wait_stall(self, seconds: float) -> bool:
+        """Sleep `seconds` unless clear() or end_holds() comes first: False when cut short (the body ends)."""
+        with self.lock:
+            epoch = self.epoch
+            deadline = time.monotonic() + seconds
+            while self.epoch == epoch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                self.released.wait(left)
+            return False
+
+    def holding(self) -> bool:
+        """True once the budget is spent: every body being sent now waits."""
+        with self.lock:
+            return self.budget == 0
+
+    def take_budget(self, want: int) -> int:
+        """How many of `want` bytes may go now; waits while the budget is spent. 0: the hold was ended, or lasted
+        past HOLD_LIMIT (the test failed)."""
+        with self.lock:
+            epoch = self.epoch
+            deadline = time.monotonic() + HOLD_LIMIT
+            while self.budget == 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                self.released.wait(left)
+            if self.epoch != epoch:
+                return 0
+            if self.budget is None:
+                return want
+            n = min(want, self.budget)
+            self.budget -= n
+            return n
 
     def drop(self, path: str, at: int, times: int | None = 1) -> None:
         with self.lock:
@@ -196,6 +263,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.faults.end_holds()
         for s in self._servers:
             s.shutdown()
             s.server_close()
@@ -518,9 +586,10 @@ class _Handler(BaseHTTPRequestHandler):
         with faults.lock:
             corrupt = sorted(faults.corruptions.get(f.path, ()))
             rate = faults.rate
+            held = faults.budget is not None and faults.hold_path in (None, f.path)
         sock = self.connection
         with open(f.source, "rb") as fh:
-            if cut is None and stall is None and not corrupt and not rate:
+            if cut is None and stall is None and not corrupt and not rate and not held:
                 sent = sock.sendfile(fh, start, end - start + 1)
                 self.hub._count(f.path, sent)
                 return
@@ -533,7 +602,9 @@ class _Handler(BaseHTTPRequestHandler):
                     limit = min(limit, cut)
                 if stall is not None:
                     if pos >= stall[0]:
-                        time.sleep(stall[1])
+                        if not faults.wait_stall(stall[1]):  # the test is over: end this body
+                            self.close_connection = True
+                            return
                         stall = None
                         continue
                     limit = min(limit, stall[0])
@@ -544,7 +615,11 @@ class _Handler(BaseHTTPRequestHandler):
                     except OSError:
                         pass
                     return
-                data = bytearray(fh.read(min(block, limit - pos)))
+                want = faults.take_budget(min(block, limit - pos)) if held else min(block, limit - pos)
+                if want == 0:  # held and never released: give up on this body
+                    self.close_connection = True
+                    return
+                data = bytearray(fh.read(want))
                 for at in corrupt:
                     if pos <= at < pos + len(data):
                         data[at - pos] ^= 0xFF

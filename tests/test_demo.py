@@ -210,6 +210,7 @@ def test_named_slash_command_exists(slash):
 
 
 # ---- the data behind it ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_questions_are_in_training_and_paraphrases_are_not():
     demo_data.check_heldout()
     train_qs, heldout_qs = demo_data.eval_questions()

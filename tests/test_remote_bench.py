@@ -67,6 +67,7 @@ def server(tmp_path_factory):
     s.stop()
 
 
+@pytest.mark.slow
 def test_bench_against_a_real_server(server):
     r = cohere("bench", "--endpoint", server.url, "--concurrency", "1,2", "--seq", "32", "--gen", "8", "--json")
     assert r.returncode == 0, r.stderr + server.log_tail()

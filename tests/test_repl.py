@@ -6,6 +6,8 @@ import json
 import os
 import re
 import sys
+import time
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -14,6 +16,7 @@ from factory_checkpoint import make_checkpoint, make_endless_checkpoint
 from factory_tokenizer import load_reference
 
 ANSI = re.compile(r"\x1b\][^\x07]*\x07|\x1b\[[0-9;?]*[ -/]*[@-~]|\r")
+HELD_CLI = Path(__file__).with_name("held_cli.py")
 STATUS = re.compile(r"(\d+)/(\d+) tokens · (\d+) prefilled")
 
 
@@ -23,9 +26,12 @@ def endless(tmp_path_factory):
 
 
 class Chat:
-    def __init__(self, args: list[str], home, timeout=60):
+    def __init__(self, args: list[str], home, timeout=60, held: tuple[str, Path] | None = None):
+        """`cohere chat ARGS` in a terminal; `held=(STEP, MARKER)` runs it through tests/held_cli.py, which makes
+        that step wait for the test (see there)."""
         env = dict(os.environ, COHERE_CLI_HOME=str(home), TERM="xterm-256color", COLUMNS="120")
-        self.p = pexpect.spawn(sys.executable, ["-m", "cohere_cli", "chat", *args], env=env, encoding="utf-8",
+        pre = [str(HELD_CLI), held[0], str(held[1])] if held else ["-m", "cohere_cli"]
+        self.p = pexpect.spawn(sys.executable, [*pre, "chat", *args], env=env, encoding="utf-8",
                                timeout=timeout, dimensions=(50, 120))
         self.prompt()
 
@@ -57,11 +63,26 @@ def status(out: str) -> tuple[int, int, int]:
     return tuple(map(int, m[-1]))
 
 
-def test_answer_streams_and_ctrl_c_stops_it_but_keeps_the_session(endless, tmp_path):
-    chat = Chat([str(endless), "--plain", "--max-tokens", "6000"], tmp_path)
+def wait_for(marker: Path, chat: "Chat", timeout: float = 120) -> None:
+    """Until the held step is reached (tests/held_cli.py), reading the terminal meanwhile so it never blocks."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert chat.p.isalive(), chat.p.before
+        assert time.monotonic() < deadline, "the answer never reached the held step"
+        try:
+            chat.p.expect(r"[\s\S]+", timeout=0.05)
+        except pexpect.TIMEOUT:
+            pass
+
+
+@pytest.mark.slow
+def test_answer_streams_and_ctrl_c_stops_it_but_keeps_the_session(endless, tmp_path, tmp_path_factory):
+    marker = tmp_path_factory.mktemp("held") / "marker"
+    # the answer waits after its 20th piece until the Ctrl-C comes: it cannot end first, however busy the machine
+    chat = Chat([str(endless), "--plain", "--max-tokens", "6000"], tmp_path, held=("answer:20", marker))
     chat.p.sendline("tell me everything")
-    chat.p.expect("tell me everything")
-    chat.p.expect(r"\n[^>]{40}")  # the answer is streaming
+    chat.p.expect_exact("\x1b[?2004l")  # the line is accepted (see Chat.say)
+    wait_for(marker, chat)  # and 20 pieces of the answer have streamed
     chat.p.sendintr()  # Ctrl-C mid-answer
     chat.p.expect("interrupted")
     chat.prompt()
@@ -86,6 +107,7 @@ def test_ctrl_c_on_empty_prompt_asks_once_more(endless, tmp_path):
     chat.p.expect(pexpect.EOF)
 
 
+@pytest.mark.slow
 def test_save_load_undo_regen_and_prefix_reuse(endless, tmp_path):
     chat = Chat([str(endless), "--plain", "--max-tokens", "8", "--system", "Be brief."], tmp_path)
     out1 = chat.say("first question")
@@ -121,6 +143,7 @@ def test_save_load_undo_regen_and_prefix_reuse(endless, tmp_path):
     chat.close()
 
 
+@pytest.mark.slow
 def test_overflow_drops_oldest_turns_or_refuses(endless, tmp_path):
     chat = Chat([str(endless), "--plain", "--max-tokens", "8", "--ctx", "96"], tmp_path)
     seen_drop = False
@@ -154,6 +177,7 @@ def test_markdown_rendering_in_a_terminal(endless, tmp_path):
     chat.close()
 
 
+@pytest.mark.slow
 def test_edit_reopens_last_message(endless, tmp_path):
     chat = Chat([str(endless), "--plain", "--max-tokens", "4"], tmp_path)
     chat.say("helo wrld")
