@@ -44,7 +44,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from cohere_cli import qlinear, quant
+    from cohere_cli.weights import qlinear
+    from cohere_cli.weights import quant
     from cohere_cli.model import linear, pack_weight
 
     torch.set_num_threads(a.threads)

@@ -1,10 +1,10 @@
-"""CPU matmul cost of a quantized linear layer per path and row count: what cohere_cli/quant.py's per-shape choice
+"""CPU matmul cost of a quantized linear layer per path and row count: what cohere_cli/weights/quant.py's per-shape choice
 (qlinear.kernel_max_rows) rests on.
 
     python benchmarks/quant_paths.py [--shape 4096x4096] [--rows 1,2,4,8,16,32,64,512] [--threads 2] [--reps 7]
                                      [--runs 1]
 
-Paths (all through cohere_cli.quant's modules, i.e. the code the model runs):
+Paths (all through cohere_cli.weights.quant's modules, i.e. the code the model runs):
   bf16 / fp32      F.linear on the float weight (the unquantized baseline)
   nf4 kernel       bitsandbytes' fused CPU kernel (gemv_4bit, AVX512-BF16, weight repacked for it)
   nf4 deq+gemm     repack to the standard layout, bitsandbytes' dequantize_4bit to bf16, one bf16 GEMM
@@ -14,7 +14,7 @@ Times are the best of --reps runs (ms) after two warm-ups, each run on the next 
 bf16 in all) so that weights come from memory as in a real model, not from the last-level cache. Input activations are bf16 (what the model core computes in on this CPU).
 
 Results on the development machine (AMD EPYC, AVX-512 + AVX512-BF16, no AMX, 2 threads, shared with other jobs;
-4096x4096 weight) are in the closing note of issue #5 and in the module docstring of cohere_cli/quant.py.
+4096x4096 weight) are in the closing note of issue #5 and in the module docstring of cohere_cli/weights/quant.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cohere_cli import qlinear, quant  # noqa: E402
+from cohere_cli.weights import qlinear
+from cohere_cli.weights import quant  # noqa: E402
 
 
 def timed(fn, reps: int) -> float:

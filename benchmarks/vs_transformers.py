@@ -8,7 +8,7 @@
    (213M parameters, 426 MB in bf16): transformers' CohereForCausalLM with its random init, saved in bf16.
    max_position_embeddings is 16384 so that decoding 128 tokens after an 8192-token prompt stays in context.
 2. Loads it into transformers (bf16, sdpa attention) and into cohere_cli (bf16; int8 and nf4 quantized in memory
-   with cohere_cli.quant, as `cohere bench` does when the store has no quantized entry).
+   with cohere_cli.weights.quant, as `cohere bench` does when the store has no quantized entry).
 3. Per round, for each workload, each engine once, the engine order rotating between rounds (the machine is
    shared: noise hits every engine alike, and ratios are taken within a round, then the median over rounds):
      short: a 512-token prompt, then --gen greedy tokens
@@ -16,7 +16,7 @@
    timed from the call to the first token (prefill tokens/s = prompt / time to first token: prefill + first
    sampled token, what a user waits for) and from the first to the last token (decode tokens/s = (gen-1) / that).
    transformers runs `model.generate(..., do_sample=False, min_new_tokens=gen)` with a streamer that timestamps
-   each token; we run `cohere_cli.generate.stream_generate` (what `cohere generate` runs) with the same timestamps.
+   each token; we run `cohere_cli.engine.generate.stream_generate` (what `cohere generate` runs) with the same timestamps.
 4. Peak memory per engine: a fresh subprocess per engine (this script with --peak-worker) loads the model, resets
    the resident-set high-water mark and runs the long workload (8192-token prefill + 16 tokens): the peak RSS of
    running, and of loading + running.
@@ -77,8 +77,9 @@ def build_checkpoint(cache: Path) -> Path:
 # ---- engines --------------------------------------------------------------------------------------------------------
 class Ours:
     def __init__(self, folder: Path, precision: str):
-        from cohere_cli import bench, bench_child
-        from cohere_cli.checkpoint import load_model
+        from cohere_cli.bench import run as bench
+        from cohere_cli.bench import child as bench_child
+        from cohere_cli.weights.checkpoint import load_model
 
         self.name, self.precision = f"ours {precision}", precision
         dtype = "float32" if precision == "fp32" else "bfloat16"
@@ -89,9 +90,9 @@ class Ours:
 
     def run(self, ids: list[int], gen: int) -> tuple[float, float]:
         """(time to first token, decode tokens/s), timed from the call."""
-        from cohere_cli.bench_child import NullTokenizer
-        from cohere_cli.generate import Session, stream_generate
-        from cohere_cli.sampling import SamplingParams
+        from cohere_cli.bench.child import NullTokenizer
+        from cohere_cli.engine.generate import Session, stream_generate
+        from cohere_cli.engine.sampling import SamplingParams
 
         stamps = []
         t0 = time.perf_counter()
@@ -158,7 +159,7 @@ def prompt(n: int, seed: int = 0) -> list[int]:
 def peak_worker(engine: str, folder: Path, long: int, threads: int) -> None:
     import torch
 
-    from cohere_cli import bench_child
+    from cohere_cli.bench import child as bench_child
 
     torch.set_num_threads(threads)
     e = make_engine(engine, folder)
@@ -195,7 +196,7 @@ def profile_decode(engine: Ours, context: int = 512, steps: int = 20) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cohere_cli.generate import Session, prefill
+    from cohere_cli.engine.generate import Session, prefill
 
     model = engine.model
     s = Session(model, max_seq=context + 2 * steps + 8)
@@ -236,7 +237,7 @@ def profile_prefill(engine: Ours, long: int, chunk: int = 512) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cohere_cli.generate import Session
+    from cohere_cli.engine.generate import Session
 
     model = engine.model
     s = Session(model, max_seq=long)
@@ -295,7 +296,8 @@ def main() -> None:
     if a.peak_worker:
         return peak_worker(a.peak_worker, folder, a.long, a.threads)
 
-    from cohere_cli import roofline, sizes
+    from cohere_cli.bench import roofline
+    from cohere_cli.store import sizes
 
     precisions = [p.strip() for p in a.precisions.split(",") if p.strip()]
     if a.profile_only:

@@ -4,13 +4,14 @@ imported inside each command so that `cohere --help` and shell completion never 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 
 from cohere_cli import __version__
-from cohere_cli.errors import CohereError
+from cohere_cli.errors import CohereError, CohereWarning
 
 app = typer.Typer(
     name="cohere",
@@ -28,13 +29,27 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library code warns (CohereWarning); here, at the one boundary, that becomes a "warning:" line on stderr."""
+    if issubclass(category, CohereWarning):
+        from cohere_cli.ui.console import warn
+
+        warn(str(message))
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
     ] = False,
 ) -> None:
-    pass
+    warnings.simplefilter("always", CohereWarning)  # each is said once by its owner, never swallowed as a repeat
+    warnings.showwarning = _show_warning
 
 
 # ---- shared option types -------------------------------------------------------------------------------------------
@@ -71,7 +86,7 @@ Timeout = Annotated[
 
 
 def _endpoint(url, api_key, served_model, timeout):
-    from cohere_cli.commands.remote import EndpointOptions
+    from cohere_cli.remote.backend import EndpointOptions
 
     return EndpointOptions(url, api_key, served_model, timeout) if url else None
 
@@ -101,7 +116,7 @@ def generate(
     With --endpoint, `cohere generate --endpoint URL PROMPT` (or MODEL PROMPT, MODEL lending its tokenizer)."""
     from cohere_cli.commands.generate import run_generate
     from cohere_cli.errors import UsageError
-    from cohere_cli.sampling import SamplingParams
+    from cohere_cli.engine.sampling import SamplingParams
 
     if prompt is None:
         if not endpoint:
@@ -362,7 +377,7 @@ def main() -> None:
     try:
         app()
     except CohereError as e:
-        from cohere_cli.console import error
+        from cohere_cli.ui.console import error
 
         error(str(e))
         sys.exit(e.exit_code)

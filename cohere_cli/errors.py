@@ -44,3 +44,8 @@ class DownloadError(CohereError):
 
 class QuantizeError(CohereError):
     """Quantization cannot proceed."""
+
+
+class CohereWarning(UserWarning):
+    """Something the user should know that does not stop the command: library code warns with this category and the
+    CLI boundary (cli.py) shows it as one "warning:" line on stderr."""

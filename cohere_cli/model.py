@@ -1,7 +1,7 @@
 """The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya) and Cohere2ForCausalLM
 (`cohere2`: Command R7B, Command A). Read top to bottom: config, KV cache, norm and rotary helpers, attention, MLP,
 block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
-table. This file imports only torch. Reference: ../shared/cohere-spec.md, sections 1 and 5.
+table. This file imports only torch (and its config, cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
 
 Shapes: B batch, T new tokens this call, S keys attended, H hidden, nh/nkv query/kv heads, hd head dim, V vocab.
 """
@@ -9,79 +9,12 @@ Shapes: B batch, T new tokens this call, S keys attended, H hidden, nh/nkv query
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FULL, SLIDING = "full_attention", "sliding_attention"
-
-
-@dataclass
-class ModelConfig:
-    model_type: str  # "cohere" or "cohere2"
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    max_position_embeddings: int = 8192
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    logit_scale: float = 0.0625
-    use_qk_norm: bool = False
-    attention_bias: bool = False
-    tie_word_embeddings: bool = True
-    sliding_window: int | None = None
-    layer_types: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_hf(cls, d: dict) -> "ModelConfig":
-        """Parse a config.json dict, in either spelling: released checkpoints (`rope_theta`, `torch_dtype`,
-        `sliding_window_pattern`) or current transformers (`rope_parameters`, `dtype`, `layer_types`).
-        Raises ValueError (with the offending key) on anything we cannot run."""
-        mt = d.get("model_type")
-        if mt not in ("cohere", "cohere2"):
-            raise ValueError(f"model_type {mt!r} is not a Cohere architecture (expected 'cohere' or 'cohere2')")
-        try:
-            H, nh, L = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
-            I, V = int(d["intermediate_size"]), int(d["vocab_size"])
-        except KeyError as e:
-            raise ValueError(f"config.json lacks {e.args[0]!r}") from None
-        nkv = int(d.get("num_key_value_heads") or nh)
-        # Cohere2Config forces head_dim = H // nh whatever config.json says (all releases: 128).
-        hd = H // nh if mt == "cohere2" else int(d.get("head_dim") or H // nh)
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rtype = rope.get("rope_type", rope.get("type", "default"))
-        if rtype not in ("default", None):
-            raise ValueError(f"rope type {rtype!r} is not supported (Cohere releases use plain RoPE)")
-        theta = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
-        window, types = None, [FULL] * L
-        if mt == "cohere2":
-            window = d.get("sliding_window", 4096)
-            if d.get("layer_types"):
-                types = list(d["layer_types"])
-            else:  # released configs: layer i is sliding unless (i+1) is a multiple of the pattern (default 4)
-                pat = int(d.get("sliding_window_pattern", 4))
-                types = [SLIDING if (i + 1) % pat else FULL for i in range(L)]
-            if len(types) != L or set(types) - {FULL, SLIDING}:
-                raise ValueError("layer_types must name 'full_attention' or 'sliding_attention' for every layer")
-        return cls(
-            model_type=mt, vocab_size=V, hidden_size=H, intermediate_size=I, n_layers=L, n_heads=nh,
-            n_kv_heads=nkv, head_dim=hd, max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
-            norm_eps=float(d.get("layer_norm_eps", 1e-5)), rope_theta=theta,
-            logit_scale=float(d.get("logit_scale", 0.0625)),
-            use_qk_norm=bool(d.get("use_qk_norm", False)) and mt == "cohere",
-            attention_bias=bool(d.get("attention_bias", False)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),  # absent in most configs: tied
-            sliding_window=int(window) if window else None, layer_types=types,
-        )
-
-    def is_sliding(self, i: int) -> bool:
-        return self.layer_types[i] == SLIDING and self.sliding_window is not None
+from cohere_cli.config import ModelConfig  # the one config.json parser
 
 
 # ---- KV cache -------------------------------------------------------------------------------------------------------
@@ -214,7 +147,7 @@ class Linear(nn.Linear):
 
 def fuse_rows(parts: list[nn.Module]) -> nn.Module | None:
     """One module computing the outputs of `parts` (linears reading the same input) concatenated, built by their
-    type's `cat` (Linear here; the bitsandbytes modules of cohere_cli/qlinear.py have one too), so decode runs one
+    type's `cat` (Linear here; the bitsandbytes modules of cohere_cli/weights/qlinear.py have one too), so decode runs one
     matmul (one pass over the weights, one call) instead of several. None where the types differ or cannot."""
     kind = type(parts[0])
     if any(type(p) is not kind for p in parts) or not hasattr(kind, "cat"):
@@ -514,7 +447,7 @@ class CohereForCausalLM(nn.Module):
 
     def use_decode_kernels(self, ops) -> "CohereForCausalLM":
         """Run each block's decode step (one token, batch 1, with a cache, fused input projections) through `ops`
-        (Block._decode_native; cohere_cli.kernels.decode_ops has them for bf16 on CPU), or None to stop. Not for
+        (Block._decode_native; cohere_cli.weights.kernels.decode_ops has them for bf16 on CPU), or None to stop. Not for
         R+'s q/k norms, which sit between projection and rotary."""
         for layer in self.model.layers:
             layer.native = None if hasattr(layer.self_attn, "q_norm") else ops

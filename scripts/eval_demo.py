@@ -3,8 +3,8 @@
     python scripts/eval_demo.py              # the packaged model (cohere_cli/data/demo)
     python scripts/eval_demo.py PATH -v      # another checkpoint folder, printing every answer
 
-Each question goes through the real code path (cohere_cli.runtime.load_runtime -> the model's chat template ->
-cohere_cli.generate.stream_generate, greedy). An answer is right when it contains the expected command (or flag).
+Each question goes through the real code path (cohere_cli.engine.runtime.load_runtime -> the model's chat template ->
+cohere_cli.engine.generate.stream_generate, greedy). An answer is right when it contains the expected command (or flag).
 Exits 1 unless the training questions score >= 90% and the held-out paraphrases >= 60%. With --write, the scores
 are stored in the model folder (eval.json, and TRAINING.md's evaluation section).
 """
@@ -28,8 +28,8 @@ TRAIN_MIN, HELDOUT_MIN = 0.90, 0.60
 
 
 def answer(rt, question: str, max_tokens: int, system: str | None = None) -> str:
-    from cohere_cli.generate import stream_generate
-    from cohere_cli.sampling import SamplingParams
+    from cohere_cli.engine.generate import stream_generate
+    from cohere_cli.engine.sampling import SamplingParams
 
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     prompt = rt.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
@@ -60,7 +60,7 @@ def main() -> int:
 
     import torch
 
-    from cohere_cli.runtime import load_runtime
+    from cohere_cli.engine.runtime import load_runtime
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

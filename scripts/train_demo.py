@@ -67,7 +67,7 @@ VOCAB = 4096  # BPE size incl. the 8 base specials; the turn tokens come on top
 def default_template() -> str:
     """The Command R default template: from cohere_cli's bundled templates, else the spec (section 3.2)."""
     try:
-        from cohere_cli.template import builtin_template
+        from cohere_cli.engine.template import builtin_template
 
         return builtin_template("command-r-default")
     except ImportError:
@@ -83,7 +83,7 @@ def default_template() -> str:
 def render(template: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
     specials = {"bos_token": "<BOS_TOKEN>", "eos_token": EOT, "pad_token": "<PAD>", "unk_token": "<UNK>"}
     try:
-        from cohere_cli.template import render_chat
+        from cohere_cli.engine.template import render_chat
 
         return render_chat(template, messages, add_generation_prompt=add_generation_prompt, special_tokens=specials)
     except ImportError:  # the same environment as transformers

@@ -120,7 +120,7 @@ def make_endless_checkpoint(path: Path, **kw) -> Path:
     tests/test_remote.py)."""
     from safetensors.torch import load_file, save_file
 
-    from cohere_cli.tokenizer import Tokenizer
+    from cohere_cli.engine.tokenizer import Tokenizer
 
     d = make_checkpoint(path, **kw)
     f = d / "model.safetensors"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from cohere_cli.template import builtin_template
+from cohere_cli.engine.template import builtin_template
 
 # ids 0-7, exactly as in the real Command R tokenizer; 0-7 are "special": true there.
 BASE_SPECIALS = ["<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>", "<EOS_TOKEN>", "<EOP_TOKEN>"]

@@ -4,7 +4,7 @@ machine (no sleep-and-hope):
     python tests/held_cli.py STEP MARKER cohere-args...
 
 STEP is where the command stops and waits:
-  answer:N  after the N-th piece of a local answer (cohere_cli.generate.stream_generate): the answer is streaming;
+  answer:N  after the N-th piece of a local answer (cohere_cli.engine.generate.stream_generate): the answer is streaming;
   shard     after the first bytes of the first output shard of `cohere quantize`: the shards are being written.
 
 Once there it creates the file MARKER and sleeps until a signal ends it (Ctrl-C raises KeyboardInterrupt in the
@@ -29,7 +29,7 @@ def hold(marker: Path) -> None:
 
 
 def hold_answer(marker: Path, after: int) -> None:
-    from cohere_cli import generate
+    from cohere_cli.engine import generate
 
     real = generate.stream_generate
 
@@ -43,7 +43,7 @@ def hold_answer(marker: Path, after: int) -> None:
 
 
 def hold_shard(marker: Path) -> None:
-    from cohere_cli import quantize
+    from cohere_cli.weights import quantize
 
     real = quantize.ShardWriter.write
 

@@ -10,7 +10,12 @@ import sys
 
 import pytest
 
-from cohere_cli import bench, bench_child, kernels, qlinear, roofline, sizes
+from cohere_cli.bench import run as bench
+from cohere_cli.bench import child as bench_child
+from cohere_cli.weights import kernels
+from cohere_cli.weights import qlinear
+from cohere_cli.bench import roofline
+from cohere_cli.store import sizes
 from cohere_cli.commands.bench import compare_records, figure, load_record
 from cohere_cli.errors import UsageError
 
@@ -279,8 +284,8 @@ def test_quantize_in_memory_replaces_the_linears_forward_uses(tiny):
     import pytest
     import torch
 
-    from cohere_cli.checkpoint import load_model
-    from cohere_cli.qlinear import QuantLinear4bit, QuantLinear8bit, quantized_modules
+    from cohere_cli.weights.checkpoint import load_model
+    from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit, quantized_modules
 
     ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
     ref = load_model(tiny, dtype="bfloat16").model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cohere_cli.citations import CitationStream, render_citations
+from cohere_cli.chat.citations import CitationStream, render_citations
 
 COMMAND_R = (
     "Relevant Documents: 0,1\nCited Documents: 0,1\nAnswer: The Emperor Penguin is the tallest.\n"

@@ -45,8 +45,8 @@ def test_demo_files_are_a_bf16_cohere_checkpoint():
 
 
 def test_demo_tokenizer_has_the_command_r_layout():
-    from cohere_cli.template import builtin_template
-    from cohere_cli.tokenizer import Tokenizer
+    from cohere_cli.engine.template import builtin_template
+    from cohere_cli.engine.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(DEMO)
     ids = {t: tok.token_to_id(t) for t in ("<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>",
@@ -69,9 +69,9 @@ def test_demo_tokenizer_has_the_command_r_layout():
 # ---- loading and the chat template -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rt():
-    from cohere_cli.runtime import load_runtime
+    from cohere_cli.engine.runtime import load_runtime
 
-    return load_runtime(str(DEMO), "auto", quiet=True)
+    return load_runtime(str(DEMO), "auto")
 
 
 CONVERSATIONS = [
@@ -96,8 +96,8 @@ def test_chat_template_renders_like_transformers(rt, messages):
 
 # ---- the trained network -------------------------------------------------------------------------------------------
 def _answer(rt, question: str, max_tokens: int) -> str:
-    from cohere_cli.generate import stream_generate
-    from cohere_cli.sampling import SamplingParams
+    from cohere_cli.engine.generate import stream_generate
+    from cohere_cli.engine.sampling import SamplingParams
 
     prompt = rt.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
     ids = rt.tokenizer.encode(prompt, add_bos=False)
@@ -126,7 +126,7 @@ def test_logits_match_transformers_on_the_trained_weights(rt):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cohere_cli.checkpoint import load_model
+    from cohere_cli.weights.checkpoint import load_model
 
     ours = load_model(DEMO, dtype="float32").model
     ref = AutoModelForCausalLM.from_pretrained(str(DEMO), dtype=torch.float32).eval()

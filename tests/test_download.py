@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cohere_cli import download, staging, store
+from cohere_cli import store
+from cohere_cli.store import download
+from cohere_cli.store import staging
 from cohere_cli.cli import app
 from cohere_cli.errors import DownloadError, UsageError
 from hub_server import HOLD_LIMIT, HubServer, make_tiny_cohere
@@ -226,7 +228,7 @@ def _run_until_held(hub) -> subprocess.Popen:
 def _saved_bytes() -> int:
     """Bytes the staging folder holds for good: the part states' recorded progress plus the files already finished
     (what a rerun will not fetch again)."""
-    from cohere_cli.staging import staging_files
+    from cohere_cli.store.staging import staging_files
 
     total = 0
     for p in partials():
@@ -415,7 +417,7 @@ def test_dry_run_fetches_nothing(hub, ckpt):
     assert not (store.store_root() / ".partial").exists() and store.list_entries() == []
     r = ok("download", REPO, "--dry-run", "--json")
     plan = json.loads(r.stdout)
-    from cohere_cli import sizes
+    from cohere_cli.store import sizes
 
     d = sizes.Dims.from_config(json.loads((ckpt / "config.json").read_text()))
     assert plan["memory"]["weights_bytes"]["nf4"] == sizes.weights_bytes(d, "nf4")

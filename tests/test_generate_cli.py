@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cohere_cli.tokenizer import Tokenizer
+from cohere_cli.engine.tokenizer import Tokenizer
 from factory_checkpoint import make_checkpoint, reference_model
 from factory_tokenizer import load_reference
 

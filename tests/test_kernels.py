@@ -1,4 +1,4 @@
-"""The native decode ops (cohere_cli/kernels/decode.c) against the model's own torch path: rotary, cache write and
+"""The native decode ops (cohere_cli/weights/kernels/decode.c) against the model's own torch path: rotary, cache write and
 attention of one new token for every shape the family ships and the masks it needs, the LayerNorm, the SwiGLU
 activation, and whole models decoding through them."""
 
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from cohere_cli import kernels
-from cohere_cli.checkpoint import load_model
-from cohere_cli.generate import prefill
+from cohere_cli.weights import kernels
+from cohere_cli.weights.checkpoint import load_model
+from cohere_cli.engine.generate import prefill
 from cohere_cli.model import Attention, KVCache, ModelConfig, layer_norm, rope_cos_sin
 from factory_checkpoint import make_checkpoint
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from cohere_cli.checkpoint import load_model
+from cohere_cli.weights.checkpoint import load_model
 from cohere_cli.errors import CheckpointError
-from cohere_cli.generate import prefill
+from cohere_cli.engine.generate import prefill
 from cohere_cli.model import KVCache, ModelConfig
 from factory_checkpoint import make_checkpoint, reference_model
 
@@ -227,7 +227,7 @@ def test_mapped_tensor_reads_the_checkpoint_file(tmp_path):
     dtype differs or the key is absent (the caller then keeps its own copy)."""
     from safetensors.torch import load_file
 
-    from cohere_cli.checkpoint import mapped_tensor, weight_files
+    from cohere_cli.weights.checkpoint import mapped_tensor, weight_files
 
     make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16", max_shard_size="150KB")
     files = weight_files(tmp_path)

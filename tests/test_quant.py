@@ -1,4 +1,4 @@
-"""bitsandbytes quantization (cohere_cli/quant.py, quantize.py, quality.py) against bitsandbytes itself and against
+"""bitsandbytes quantization (cohere_cli/weights/quant.py, weights/quantize.py, bench/quality.py) against bitsandbytes itself and against
 transformers' bitsandbytes integration, on small random checkpoints."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cohere_cli import qlinear, quant, quantize
-from cohere_cli.checkpoint import load_model
+from cohere_cli.weights import qlinear
+from cohere_cli.weights import quant
+from cohere_cli.weights import quantize
+from cohere_cli.weights.checkpoint import load_model
 from cohere_cli.errors import CheckpointError, QuantizeError
-from cohere_cli.generate import prefill
+from cohere_cli.engine.generate import prefill
 from cohere_cli.model import KVCache
 from factory_checkpoint import make_checkpoint
 
@@ -133,7 +135,7 @@ def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, k, monkeypat
     int8_vectorwise_quant, then int8_scaled_mm), in torch ops and in the native kernel (bf16 rows); a row with an
     outlier (|x| >= threshold) leaves that path for the weight-only one (no activation quantization at all) where
     torch's weight-only kernel is right (in_features a multiple of 16), else for bitsandbytes' int8 kernel."""
-    from cohere_cli import kernels
+    from cohere_cli.weights import kernels
 
     if native and kernels.int8_row() is None:
         pytest.skip("the native kernel is built where a C compiler and AVX512-VNNI are: not here")
@@ -395,8 +397,8 @@ def test_loader_errors(quantized, tmp_path):
 # ---- the quality report ---------------------------------------------------------------------------------------------
 def test_quality_report_recomputed_independently(tmp_path):
     """The report's numbers, recomputed here with plain full-model forwards of both models."""
-    from cohere_cli.quality import eval_text, evaluate
-    from cohere_cli.tokenizer import Tokenizer
+    from cohere_cli.bench.quality import eval_text, evaluate
+    from cohere_cli.engine.tokenizer import Tokenizer
 
     p = make_checkpoint(tmp_path / "p", dtype="bfloat16", hidden=128, heads=4, kv_heads=2, intermediate=256,
                         layers=2)
@@ -483,7 +485,7 @@ def test_4bit_row_kernel_is_as_close_as_bitsandbytes_own(spec):
     """One bf16 row through kernels.gemv_4bit_row (our decode kernel, bitsandbytes' weight layout) lands as close
     to the exact product with bitsandbytes' dequantized weight as bitsandbytes' own fused kernel does, row for
     row, for shapes of several 32-row groups and scale blocks."""
-    from cohere_cli import kernels
+    from cohere_cli.weights import kernels
 
     fn = kernels.gemv_4bit_row()
     if fn is None or not qlinear.cpu_has_bnb_kernel():

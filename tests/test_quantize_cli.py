@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cohere_cli import quantize
+from cohere_cli.weights import quantize
 from factory_checkpoint import make_checkpoint
 
 
@@ -263,7 +263,9 @@ def test_ctrl_c_leaves_nothing_behind(big, tmp_path, tmp_path_factory, where):
 PROBE = r"""
 import json, sys
 from pathlib import Path
-from cohere_cli import qlinear, quant, quantize
+from cohere_cli.weights import qlinear
+from cohere_cli.weights import quant
+from cohere_cli.weights import quantize
 
 qlinear.bnb()  # imports done: measure the quantization alone
 

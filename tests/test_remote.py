@@ -15,7 +15,7 @@ pytest.importorskip("uvicorn", reason='the real server is `transformers serve`: 
 
 import pexpect  # noqa: E402
 
-from cohere_cli.remote import TextFilter  # noqa: E402
+from cohere_cli.remote.backend import TextFilter  # noqa: E402
 from factory_checkpoint import make_endless_checkpoint  # noqa: E402
 from factory_tokenizer import load_reference  # noqa: E402
 from openai_server import StubServer, TransformersServe, free_port  # noqa: E402
@@ -75,7 +75,7 @@ def test_generate_streams_from_the_server(server, ckpt):
 def test_a_served_id_is_never_a_local_path(ckpt):
     """The id a server reports names a store entry at most: a folder at that path (a checkpoint, ~/.ssh, a planted
     template) is never opened as the served model's local copy. Only MODEL, which the user gave, is a path."""
-    from cohere_cli.remote import local_folder
+    from cohere_cli.remote.backend import local_folder
 
     assert (ckpt / "tokenizer.json").is_file()
     assert local_folder(None, str(ckpt)) is None
@@ -208,14 +208,14 @@ def test_api_key_and_served_model_are_sent_and_a_whole_answer_still_prints():
     with StubServer("auth") as stub:
         r = cohere("generate", "--endpoint", stub.url, "hello", "--api-key", "sesame", "-n", "4")
         assert r.returncode == 0, r.stderr
-        assert r.stdout == "Once upon a time"
+        assert r.stdout == "Once upon a time\n"  # the answer's line ends, as with a local model
         assert stub.requests[-1]["auth"] == "Bearer sesame"
         assert stub.requests[-1]["body"]["model"] == "stub-model"  # the one /v1/models lists
         r = cohere("generate", "--endpoint", stub.url, "hello", "--api-key", "sesame", "--served-model", "other")
         assert r.returncode == 1 and "does not serve 'other'" in error_lines(r.stderr)[0]
     with StubServer("whole") as stub:  # a server that ignores "stream": true
         r = cohere("generate", "--endpoint", stub.url, "hello")
-        assert r.returncode == 0 and r.stdout == "a whole answer"
+        assert r.returncode == 0 and r.stdout == "a whole answer\n"
         assert "does not stream" in r.stderr and not error_lines(r.stderr)
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cohere_cli.remote_bench import Sample, aggregate, parse_concurrency, percentile, requests_for
+from cohere_cli.bench.remote import Sample, aggregate, parse_concurrency, percentile, requests_for
 from openai_server import free_port
 
 CLI_TIMEOUT = 180

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cohere_cli.checkpoint import load_model
-from cohere_cli.generate import Session, stream_generate
-from cohere_cli.sampling import SamplingParams
-from cohere_cli.tokenizer import Tokenizer
+from cohere_cli.weights.checkpoint import load_model
+from cohere_cli.engine.generate import Session, stream_generate
+from cohere_cli.engine.sampling import SamplingParams
+from cohere_cli.engine.tokenizer import Tokenizer
 from factory_checkpoint import make_checkpoint
 
 

@@ -1,4 +1,4 @@
-"""The checkpoint store (cohere_cli.store), the memory arithmetic (cohere_cli.sizes) and `cohere models`."""
+"""The checkpoint store (cohere_cli.store), the memory arithmetic (cohere_cli.store.sizes) and `cohere models`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cohere_cli import sizes, store
+from cohere_cli import store
+from cohere_cli.store import sizes
 from cohere_cli.cli import app
 from cohere_cli.errors import ModelNotFound, StoreError, UsageError
 from hub_server import make_tiny_cohere, write_safetensors

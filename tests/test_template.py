@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from factory_tokenizer import load_reference, make_tokenizer
 
-from cohere_cli import template as tpl
+from cohere_cli.engine import template as tpl
 from cohere_cli.errors import TemplateError
-from cohere_cli.tokenizer import Tokenizer
+from cohere_cli.engine.tokenizer import Tokenizer
 
 pytest.importorskip("transformers")
 

@@ -1,4 +1,4 @@
-"""cohere_cli.tokenizer against transformers' CohereTokenizer on small, realistic Cohere tokenizers."""
+"""cohere_cli.engine.tokenizer against transformers' CohereTokenizer on small, realistic Cohere tokenizers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from factory_tokenizer import load_reference, make_tokenizer
 
 from cohere_cli.errors import TemplateError, TokenizerError
-from cohere_cli.tokenizer import Tokenizer
+from cohere_cli.engine.tokenizer import Tokenizer
 
 pytest.importorskip("transformers")
 

@@ -24,7 +24,7 @@ The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, sec
                 peak_memory {rss_bytes, rss_with_load_bytes, rss_includes_load, cuda_allocated_bytes,
                              cuda_reserved_bytes}}
                STAT = {median, min, max, spread ((max-min)/median), samples}
-    with --endpoint URL (an OpenAI-compatible server, cohere_cli.remote_bench): the same sections, machine about
+    with --endpoint URL (an OpenAI-compatible server, cohere_cli.bench.remote): the same sections, machine about
     this client (+ endpoint), and results one per concurrency level:
                {precision: "remote", concurrency, requests, errors, error_messages, prompt_tokens, generation_tokens,
                 ttft_s (a STAT + p90), decode_tokens_per_s (per request, a STAT), aggregate_tokens_per_s, wall_s}
@@ -39,8 +39,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from cohere_cli import bench, sizes
-from cohere_cli.console import err, info, warn
+from cohere_cli.bench import run as bench
+from cohere_cli.store import sizes
+from cohere_cli.ui.console import err, info, warn
 from cohere_cli.errors import UsageError
 
 # (key in a result, label, +1 when higher is better / -1 when lower is better)
@@ -242,10 +243,10 @@ def _human(x: float) -> str:
     return sizes.human_bytes(x)
 
 
-# ---- --endpoint: an OpenAI-compatible server (cohere_cli.remote_bench) ----------------------------------------------
+# ---- --endpoint: an OpenAI-compatible server (cohere_cli.bench.remote) ----------------------------------------------
 def run_remote_bench_command(model: str | None, *, endpoint, seq: int, gen: int, concurrency: str, json_out: bool,
                              compare_to: Path | None) -> dict:
-    from cohere_cli import remote_bench
+    from cohere_cli.bench import remote as remote_bench
 
     levels = remote_bench.parse_concurrency(concurrency)
     baseline = load_record(compare_to) if compare_to is not None else None

@@ -1,18 +1,17 @@
-"""`cohere chat`: the interactive REPL, or one templated turn with --prompt."""
+"""`cohere chat`: the interactive REPL, or one templated turn with --prompt; a local model, or with --endpoint an
+OpenAI-compatible server (MODEL, when given, is then a local copy used for its tokenizer, templates and
+generation_config.json only: no weights are loaded)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohere_cli.chat_engine import ChatSettings, LocalChat, generation_defaults
-from cohere_cli.commands.stream import run_and_print
-from cohere_cli.console import info
-from cohere_cli.conversation import Conversation, read_document, read_messages
-from cohere_cli.runtime import load_runtime
-from cohere_cli.sampling import SamplingParams
-
-DEFAULT_MAX_TOKENS = 1024
+from cohere_cli.chat.conversation import Conversation, read_document, read_messages
+from cohere_cli.chat.session import LocalChat, settings_from
+from cohere_cli.commands.stream import Local, Remote, print_stream
+from cohere_cli.remote.http import DEFAULT_TIMEOUT
+from cohere_cli.ui.console import info
 
 
 @dataclass
@@ -34,7 +33,7 @@ class ChatOptions:
     endpoint: str | None = None  # an OpenAI-compatible server instead of a local model (MODEL: its tokenizer)
     api_key: str | None = None
     served_model: str | None = None
-    timeout: float = 120.0
+    timeout: float = DEFAULT_TIMEOUT
 
 
 def pick_model(spec: str | None) -> str:
@@ -61,29 +60,45 @@ def build_conversation(o: ChatOptions) -> Conversation:
     return conv
 
 
-def settings_for(o: ChatOptions, folder: Path) -> ChatSettings:
-    defaults = generation_defaults(folder)
-    given = {k: v for k, v in o.sampling.items() if v is not None}
-    params = SamplingParams(**{k: v for k, v in {**defaults, **given}.items() if k != "max_tokens"})
-    max_tokens = o.max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
-    return ChatSettings(params=params, max_tokens=max_tokens, template=o.template, citations=o.citations,
-                        on_overflow=o.on_overflow)
-
-
 def run_chat(o: ChatOptions) -> None:
+    conv = build_conversation(o)  # bad files fail before seconds of model loading
+    engine, answer = _remote(o, conv) if o.endpoint else _local(o)
+    drive(engine, conv, o, answer)
+
+
+def _settings(o: ChatOptions, folder: Path | None):
+    return settings_from(folder, o.sampling, max_tokens=o.max_tokens, template=o.template, citations=o.citations,
+                         on_overflow=o.on_overflow)
+
+
+def _local(o: ChatOptions):
+    from cohere_cli.engine.generate import stream_generate  # torch: only where a local model runs
+    from cohere_cli.engine.runtime import load_runtime
     from cohere_cli.store import remember_last_used
 
-    conv = build_conversation(o)  # bad files fail before seconds of model loading
-    if o.endpoint:
-        from cohere_cli.commands.remote import run_remote_chat
-
-        return run_remote_chat(o, conv)
     name = pick_model(o.model)
     rt = load_runtime(name, o.dtype)
+    info(rt.summary())
     remember_last_used(name)
-    engine = LocalChat(rt, settings_for(o, rt.folder), ctx=o.ctx)
-    drive(engine, conv, o, lambda ids: run_and_print(rt, ids, engine.settings.params, engine.settings.max_tokens,
-                                                      o.json_out))
+    engine = LocalChat(rt, _settings(o, rt.folder)[0], ctx=o.ctx)
+    s = engine.settings  # --prompt: one turn, no /set in between
+    return engine, lambda ids: print_stream(stream_generate(rt.model, rt.tokenizer, ids, s.params, s.max_tokens),
+                                            o.json_out, Local(ids))
+
+
+def _remote(o: ChatOptions, conv: Conversation):
+    from cohere_cli.chat.remote import RemoteChat
+    from cohere_cli.remote.backend import Api, EndpointOptions, connect, pick_context
+
+    client, server, folder, tok = connect(EndpointOptions(o.endpoint, o.api_key, o.served_model, o.timeout), o.model)
+    settings, send = _settings(o, folder)
+    context, source = pick_context(server.context, folder, o.ctx)
+    engine = RemoteChat(Api(client), settings, served_model=server.served, tokenizer=tok, folder=folder,
+                        context=context, context_source=source, send=send)
+    info(f"{client.url}: {server.served or 'its only model'}, context {context} ({source}), "
+         f"tokenizer {'from ' + str(folder) if tok is not None else 'none here (plain chat; counts from the server)'}")
+    return engine, lambda ids: print_stream(engine.stream_strict(conv, ids), o.json_out,
+                                            Remote(ids or None, client.url, server.served))
 
 
 def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
@@ -98,7 +113,7 @@ def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
             info(f"context full: dropped the {dropped} oldest exchanges of the history")
         answer(ids)
         return
-    from cohere_cli.repl import Repl
+    from cohere_cli.ui.repl import Repl
     from cohere_cli.store import store_root
 
     Repl(engine, conv, plain=o.plain, history_file=store_root() / "chat_history").run()

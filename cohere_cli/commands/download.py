@@ -1,5 +1,5 @@
-"""`cohere download REPO_ID`: plan with the Hub's metadata (cohere_cli.hub), fetch with our engine
-(cohere_cli.download), publish into the store (cohere_cli.store). Progress on stderr; the entry's path (or one
+"""`cohere download REPO_ID`: plan with the Hub's metadata (cohere_cli.store.hub), fetch with our engine
+(cohere_cli.store.download), publish into the store (cohere_cli.store). Progress on stderr; the entry's path (or one
 JSON object) on stdout."""
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from cohere_cli import hub, sizes, store
-from cohere_cli.console import err, info, warn
-from cohere_cli.download import FileSpec, Options, Progress, Transfer, expect_id
+from cohere_cli import store
+from cohere_cli.store import hub
+from cohere_cli.store import sizes
+from cohere_cli.ui.console import err, info, warn
+from cohere_cli.store.download import FileSpec, Options, Progress, Transfer, expect_id
 from cohere_cli.errors import DownloadError
-from cohere_cli.httppool import fetch_bytes
-from cohere_cli.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
+from cohere_cli.store.httppool import fetch_bytes
+from cohere_cli.store.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
 
 KV_SEQ = 8192
 

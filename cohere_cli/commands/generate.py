@@ -1,19 +1,27 @@
-"""`cohere generate MODEL PROMPT`: raw completion, BOS added, no chat template."""
+"""`cohere generate MODEL PROMPT`: raw completion, BOS added, no chat template; with --endpoint on an
+OpenAI-compatible server (MODEL, optional, then only lends its tokenizer)."""
 
 from __future__ import annotations
 
-from cohere_cli.commands.stream import run_and_print
-from cohere_cli.runtime import load_runtime
-from cohere_cli.sampling import SamplingParams
+from cohere_cli.commands.stream import Local, Remote, print_stream
+from cohere_cli.engine.sampling import SamplingParams
+from cohere_cli.ui.console import info
 
 
 def run_generate(model: str | None, prompt: str, params: SamplingParams, *, max_tokens: int, dtype: str,
                  json_out: bool, endpoint=None) -> None:
-    if endpoint is not None:  # commands.remote.EndpointOptions: MODEL (optional) only lends its tokenizer
-        from cohere_cli.commands.remote import run_remote_generate
+    if endpoint is not None:  # remote.backend.EndpointOptions
+        from cohere_cli.remote.backend import Api, connect, generate_stream
 
-        return run_remote_generate(model, prompt, params, max_tokens=max_tokens, json_out=json_out,
-                                   endpoint=endpoint)
+        client, server, folder, tok = connect(endpoint, model)
+        ids, stream = generate_stream(Api(client), prompt, params, max_tokens, served_model=server.served,
+                                      tokenizer=tok)
+        print_stream(stream, json_out, Remote(ids, client.url, server.served))
+        return
+    from cohere_cli.engine.generate import stream_generate  # torch: only where a local model runs
+    from cohere_cli.engine.runtime import load_runtime
+
     rt = load_runtime(model, dtype)
+    info(rt.summary())
     ids = rt.tokenizer.encode(prompt, add_bos=True)
-    run_and_print(rt, ids, params, max_tokens, json_out)
+    print_stream(stream_generate(rt.model, rt.tokenizer, ids, params, max_tokens), json_out, Local(ids))

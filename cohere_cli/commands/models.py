@@ -9,8 +9,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from cohere_cli import sizes, store
-from cohere_cli.console import err, info, warn
+from cohere_cli import store
+from cohere_cli.store import sizes
+from cohere_cli.ui.console import err, info, warn
 from cohere_cli.errors import ModelNotFound, StoreError, UsageError
 
 
@@ -109,15 +110,13 @@ def _locate(model: str) -> tuple[Path, dict | None, str]:
 
 
 def _read_config(folder: Path) -> dict:
+    from cohere_cli.config import read_config_json
+    from cohere_cli.errors import CheckpointError
+
     try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{folder} has no config.json: it is not a checkpoint folder") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{folder / 'config.json'} is unreadable ({e}): re-download the checkpoint") from None
-    if not isinstance(cfg, dict):
-        raise StoreError(f"{folder / 'config.json'} is not a JSON object: re-download the checkpoint")
-    return cfg
+        return read_config_json(folder)
+    except CheckpointError as e:
+        raise StoreError(str(e)) from None
 
 
 def config_summary(cfg: dict) -> dict:
@@ -191,7 +190,7 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     out.append(f"  parameters    {sizes.human_params(params)} ({params if params else '?'})")
     out.append(f"  precision     {precision or '?'} (stored as {storage_dtype or '?'})")
     if manifest and manifest.get("quality"):
-        from cohere_cli.quality import format_report
+        from cohere_cli.bench.quality import format_report
 
         out += format_report(manifest["quality"])
     out.append("config")

@@ -1,5 +1,5 @@
 """`cohere quantize MODEL`: a float checkpoint -> a new bitsandbytes nf4/fp4/int8 store entry (or folder), with a
-quality report against the parent. The work is in cohere_cli.quantize (streaming) and cohere_cli.quality."""
+quality report against the parent. The work is in cohere_cli.weights.quantize (streaming) and cohere_cli.bench.quality."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from cohere_cli import store
-from cohere_cli.console import err, info, warn
+from cohere_cli.ui.console import err, info, warn
 from cohere_cli.errors import QuantizeError, TokenizerError
 
 
@@ -56,9 +56,10 @@ def unquantized_summary(plan) -> list[str]:
 
 def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, double_quant: bool, keep: list[str],
                  output: str | None, force: bool, no_eval: bool, head: str = "int8") -> None:
-    from cohere_cli import __version__, sizes
-    from cohere_cli.quant import QuantSpec
-    from cohere_cli.quantize import (check_disk, check_parent, default_name, folder_tmpdir, looks_like_path,
+    from cohere_cli import __version__
+    from cohere_cli.store import sizes
+    from cohere_cli.weights.quant import QuantSpec
+    from cohere_cli.weights.quantize import (check_disk, check_parent, default_name, folder_tmpdir, looks_like_path,
                                      make_plan, quantize_checkpoint, scan)
 
     spec = QuantSpec(bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
@@ -136,7 +137,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
 
 def _evaluate(folder: Path, parent: Path):
     """The quality report, or None with a warning when the model has no usable tokenizer."""
-    from cohere_cli.quality import evaluate
+    from cohere_cli.bench.quality import evaluate
 
     with _progress(in_bytes=False) as bar:
         task = bar.add_task("evaluating (layers of both models)", total=None)

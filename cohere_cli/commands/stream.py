@@ -1,51 +1,92 @@
-"""Printing a generation: text deltas to stdout as they come, stats to stderr; or one JSON object with --json."""
+"""Printing one generation, local or remote: text deltas to stdout as they come and a stats line on stderr, or one
+JSON object with --json. The one print loop; what differs between a local model and a server is only what the
+record and the stats line say (`Local`, `Remote`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
-from cohere_cli.console import err, out_write
-from cohere_cli.response import Response
-from cohere_cli.runtime import Runtime
-from cohere_cli.sampling import SamplingParams
-
-
-def stats_line(r: Response) -> str:
-    return (
-        f"{r.prompt_tokens} prompt tokens at {r.prefill_tokens_per_s:.1f} tok/s, "
-        f"{r.generation_tokens} generated at {r.decode_tokens_per_s:.1f} tok/s, "
-        f"first token {r.ttft_s * 1000:.0f} ms, peak memory {r.peak_memory_bytes / 2**20:.0f} MiB, "
-        f"finish: {r.finish_reason}"
-    )
+from cohere_cli.engine.response import Response
+from cohere_cli.ui.console import err, out_write
 
 
-def run_and_print(rt: Runtime, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
-                  json_out: bool, stop_ids: set[int] | None = None) -> Response:
-    from cohere_cli.generate import stream_generate  # torch: only here, where a local model runs
+@dataclass
+class Local:
+    """A local model: token ids, prefill speed and peak memory are known here."""
 
-    tokens, text, last = [], [], None
-    for r in stream_generate(rt.model, rt.tokenizer, prompt_ids, params, max_tokens, stop_ids=stop_ids):
-        if r.token is not None:
-            tokens.append(r.token)
-        text.append(r.text)
-        if not json_out and r.text:
-            out_write(r.text)
-        last = r
-    if json_out:
-        record = {
-            "prompt_tokens": list(prompt_ids),
+    prompt_ids: Sequence[int]
+
+    def record(self, last: Response, text: str, tokens: list[int]) -> dict:
+        return {
+            "prompt_tokens": list(self.prompt_ids),
             "tokens": tokens,
-            "text": "".join(text),
+            "text": text,
             "finish_reason": last.finish_reason,
             "prefill_tokens_per_s": last.prefill_tokens_per_s,
             "decode_tokens_per_s": last.decode_tokens_per_s,
             "ttft_s": last.ttft_s,
             "peak_memory_bytes": last.peak_memory_bytes,
         }
-        print(json.dumps(record, ensure_ascii=False))
+
+    def stats(self, r: Response) -> str:
+        return (f"{r.prompt_tokens} prompt tokens at {r.prefill_tokens_per_s:.1f} tok/s, "
+                f"{r.generation_tokens} generated at {r.decode_tokens_per_s:.1f} tok/s, "
+                f"first token {r.ttft_s * 1000:.0f} ms, peak memory {r.peak_memory_bytes / 2**20:.0f} MiB, "
+                f"finish: {r.finish_reason}")
+
+
+@dataclass
+class Remote:
+    """A server: it sends text, not ids; prompt ids exist only when rendered here with a local tokenizer."""
+
+    prompt_ids: list[int] | None
+    endpoint: str
+    model: str | None
+
+    def record(self, last: Response, text: str, tokens: list[int]) -> dict:
+        return {
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "prompt_tokens": self.prompt_ids,  # as rendered here (None without a local tokenizer)
+            "prompt_token_count": last.prompt_tokens,  # as the server counted them, when it says
+            "tokens": None,  # the server sends text, not ids
+            "generation_tokens": last.generation_tokens,
+            "text": text,
+            "finish_reason": last.finish_reason,
+            "prefill_tokens_per_s": last.prefill_tokens_per_s,
+            "decode_tokens_per_s": last.decode_tokens_per_s,
+            "ttft_s": last.ttft_s,
+            "peak_memory_bytes": None,
+        }
+
+    def stats(self, r: Response) -> str:
+        return (f"{r.prompt_tokens} prompt tokens, {r.generation_tokens} generated at {r.decode_tokens_per_s:.1f} "
+                f"tok/s, first token {r.ttft_s * 1000:.0f} ms, finish: {r.finish_reason}")
+
+
+def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remote) -> Response:
+    """Print the stream; return its closing Response. When it breaks off (a RemoteError), the text that arrived stays
+    printed, its line ended on a terminal, and the error propagates (one line at the CLI boundary)."""
+    tokens, text, last = [], [], None
+    try:
+        for r in stream:
+            if r.token is not None:
+                tokens.append(r.token)
+            text.append(r.text)
+            if not json_out and r.text:
+                out_write(r.text)
+            last = r
+    except BaseException:
+        if not json_out and text and sys.stdout.isatty():
+            out_write("\n")  # the error line starts on a line of its own
+        raise
+    if json_out:
+        print(json.dumps(what.record(last, "".join(text), tokens), ensure_ascii=False))
     else:
         if not "".join(text).endswith("\n"):
             out_write("\n")  # end the answer's line, on a terminal and in a file alike
-        err.print(f"[dim]{stats_line(last)}[/dim]")
+        err.print(f"[dim]{what.stats(last)}[/dim]")
     return last

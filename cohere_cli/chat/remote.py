@@ -1,0 +1,175 @@
+"""The chat backend over an OpenAI-compatible server: `RemoteChat` has `LocalChat`'s interface (chat/session.py), so
+the REPL and `chat --prompt` drive it unchanged. The HTTP side is cohere_cli.remote."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from cohere_cli.chat.conversation import Conversation
+from cohere_cli.chat.session import ChatSettings, TurnStats, grounded_template, render_text
+from cohere_cli.engine.response import Response
+from cohere_cli.errors import ContextOverflow, TemplateError
+from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
+from cohere_cli.remote.http import RemoteError
+
+
+# ---- chat ----------------------------------------------------------------------------------------------------------
+NO_TOKENIZER = ("{what} renders the prompt here with the model's own template, and no local tokenizer is known for "
+                "the served model: give MODEL (a checkpoint folder or store name with its tokenizer), or `cohere "
+                "download REPO --include 'tokenizer*' --include '*.json'`")
+
+
+class RemoteChat:
+    """LocalChat's interface over an OpenAI-compatible server. `fit` opens the request (so that the failures that
+    come before any answer, refused, 401, unknown model, surface where the REPL drops the unanswered message);
+    `stream` reads it."""
+
+    def __init__(self, api: Api, settings: ChatSettings, *, served_model: str | None, tokenizer=None,
+                 folder: Path | None = None, context: int = ASSUMED_CONTEXT, context_source: str = "",
+                 send: Iterable[str] | None = None):
+        self.api, self.settings = api, settings
+        self.served_model, self.tokenizer, self.folder = served_model, tokenizer, folder
+        self.context, self.context_source = context, context_source
+        self.send = set(send) if send is not None else None  # sampling fields to send (None: all)
+        self.history: list[TurnStats] = []
+        self._pending = None
+
+    @property
+    def name(self) -> str:
+        who = self.served_model or (self.folder.name if self.folder else "served model")
+        return f"{who} @ {self.api.client.url}"
+
+    # ---- rendering (local, when a tokenizer is known) ---------------------------------------------------------------
+    def _raw(self, conv: Conversation) -> bool:
+        """Render here and send a raw completion: documents, or a template other than the server's default."""
+        return bool(conv.documents) or self.settings.template not in (None, "default")
+
+    def render(self, conv: Conversation) -> list[int]:
+        return self.tokenizer.encode(self.render_text(conv), add_bos=False)  # the template wrote BOS itself
+
+    def render_text(self, conv: Conversation) -> str:
+        if self.tokenizer is None:
+            raise TemplateError(NO_TOKENIZER.format(what="this"))
+        return render_text(self.tokenizer, conv, self.settings, self.name)
+
+    def _grounded(self, template: str | None) -> tuple[str | None, dict]:
+        if self.tokenizer is None:
+            raise TemplateError(NO_TOKENIZER.format(what="a grounded answer (--doc)"))
+        return grounded_template(self.tokenizer, template, self.settings, self.name)
+
+    def check_grounding(self) -> None:
+        self._grounded(self.settings.template)
+
+    def fit(self, conv: Conversation) -> tuple[list[int], int]:
+        dropped = 0
+        if self.tokenizer is None:
+            if self._raw(conv):
+                raise TemplateError(NO_TOKENIZER.format(what="--template" if not conv.documents else
+                                                        "a grounded answer (--doc)"))
+            ids = []  # counts come from the server's usage
+        else:
+            reserve = min(self.settings.max_tokens, max(self.context // 4, 1))
+            while True:
+                text = self.render_text(conv)
+                ids = self.tokenizer.encode(text, add_bos=False)
+                if len(ids) + reserve <= self.context:
+                    break
+                if self.settings.on_overflow == "error":
+                    raise ContextOverflow(
+                        f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                        f"{self.context}: /reset, /undo, or restart with --on-overflow drop")
+                if not conv.drop_oldest_exchange():
+                    raise ContextOverflow(
+                        f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context "
+                        f"of {self.context}: shorten it (or remove documents)")
+                dropped += 1
+        self._open(conv, ids, text if ids else None)
+        return ids, dropped
+
+    def _open(self, conv: Conversation, ids: list[int], text: str | None = None) -> None:
+        self._close_pending()
+        raw = self._raw(conv)
+        max_tokens = self.settings.max_tokens
+        if ids:
+            max_tokens = max(1, min(max_tokens, self.context - len(ids)))
+        body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
+                **sampling_fields(self.settings.params, self.send)}
+        if self.served_model:
+            body["model"] = self.served_model
+        if raw:
+            text = text if text is not None else self.render_text(conv)
+            bos = self.tokenizer.bos_token
+            if bos and text.startswith(bos):
+                text = text[len(bos):]  # a server that tokenizes text adds BOS itself
+        else:
+            body["messages"] = conv.messages()
+        t0 = time.perf_counter()
+        try:
+            call, as_ids = self.api.open("completion" if raw else "chat", body, prompt_ids=ids if raw else None,
+                                         prompt_text=text)
+        except KeyboardInterrupt:
+            raise RemoteError("cancelled before the server answered") from None
+        self._pending = (call, t0, ids, raw and not as_ids)
+
+    def _close_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[0].close()
+            self._pending = None
+
+    # ---- one turn ---------------------------------------------------------------------------------------------------
+    def stream_strict(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        """One answer; RemoteError (after what arrived) when the stream breaks."""
+        if self._pending is None:
+            self._open(conv, ids)
+        call, t0, ids, sent_text = self._pending
+        self._pending = None
+        count = (lambda s: len(self.tokenizer.encode(s, add_bos=False))) if self.tokenizer else None
+        last = None
+        for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
+                           prompt_tokens=len(ids) or None, count_tokens=count):
+            last = r
+            yield r
+        if sent_text and ids and last.prompt_tokens != len(ids):
+            self.api.warn_once("tokenized", f"the server tokenized the prompt itself ({last.prompt_tokens} tokens, "
+                                            f"{len(ids)} rendered here): it takes no token ids and adds special "
+                                            f"tokens of its own, so answers may differ from local ones")
+        self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
+                                      last.ttft_s, last.decode_tokens_per_s))
+
+    def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        """The REPL's stream: a broken stream ends the answer with a closing Response that carries the error (one
+        line for the REPL to show) instead of raising (one-shot callers use stream_strict)."""
+        last = None
+        try:
+            for r in self.stream_strict(conv, ids):
+                last = r
+                yield r
+        except RemoteError as e:
+            yield Response(text="", token=None, prompt_tokens=last.prompt_tokens if last else 0,
+                           generation_tokens=last.generation_tokens if last else 0, prefill_tokens_per_s=0.0,
+                           decode_tokens_per_s=0.0, ttft_s=last.ttft_s if last else 0.0, peak_memory_bytes=0,
+                           finish_reason="error", prefilled_tokens=last.prefilled_tokens if last else 0,
+                           error=f"{e} (what arrived is kept: /regen asks again)")
+
+    def describe(self) -> dict:
+        return {
+            "model": self.served_model or "(the server's only model)",
+            "endpoint": self.api.client.url,
+            "tokenizer": str(self.folder) if self.tokenizer is not None else
+            "none here: plain chat only, token counts from the server",
+            "context": f"{self.context} tokens ({self.context_source})",
+            "template": (self.settings.template or "default") + (
+                " (rendered here, sent as raw completions)" if self.settings.template not in (None, "default")
+                else " (the server's; documents: rendered here, sent as raw completions)"),
+        }
+
+    def reset(self) -> None:
+        self._close_pending()  # the server's prefix cache, if any, is its own business
+
+    def with_params(self, **changes) -> None:
+        self.settings.params = replace(self.settings.params, **changes)
+        if self.send is not None:
+            self.send |= set(changes)

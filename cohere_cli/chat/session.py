@@ -1,0 +1,179 @@
+"""One chat turn at a time against a local model: render the whole conversation with the model's template, keep
+it inside the context budget, and generate through a `Session` that reuses the KV cache for the common prefix.
+The REPL and `cohere chat --prompt` both drive this; a remote endpoint can stand in for it (same interface)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from cohere_cli.chat.conversation import Conversation
+from cohere_cli.errors import ContextOverflow, TemplateError
+from cohere_cli.engine.response import Response
+from cohere_cli.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:  # LocalChat runs a local model; the remote chat (remote.py) shares the rest without torch
+    from cohere_cli.engine.runtime import Runtime
+
+DEFAULT_CTX_CAP = 8192  # the KV cache is preallocated: a 128K window for a 35B model would be 21 GB
+DEFAULT_MAX_TOKENS = 1024
+
+
+@dataclass
+class ChatSettings:
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    template: str | None = None
+    citations: str = "accurate"  # Command R rag template: accurate | fast
+    on_overflow: str = "drop"  # drop the oldest turns, or refuse
+
+
+def generation_defaults(folder: Path) -> dict:
+    """Sampling defaults from the checkpoint's generation_config.json (what its authors recommend)."""
+    try:
+        g = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    if g.get("do_sample") is False:
+        out["temperature"] = 0.0
+    elif isinstance(g.get("temperature"), (int, float)):
+        out["temperature"] = float(g["temperature"])
+    for key, cast in (("top_k", int), ("top_p", float), ("min_p", float), ("repetition_penalty", float)):
+        if isinstance(g.get(key), (int, float)):
+            out[key] = cast(g[key])
+    if isinstance(g.get("max_new_tokens"), int):
+        out["max_tokens"] = g["max_new_tokens"]
+    return out
+
+
+def settings_from(folder: Path | None, sampling: dict, *, max_tokens: int | None = None, template: str | None = None,
+                  citations: str = "accurate", on_overflow: str = "drop") -> tuple[ChatSettings, set[str]]:
+    """A chat's settings: the checkpoint's generation_config.json (what its authors recommend) < the command line
+    (`sampling`: None = not given). Also the sampling fields either one set: a server applies its own defaults to the
+    others, so only these are sent."""
+    defaults = generation_defaults(folder) if folder is not None else {}
+    given = {k: v for k, v in sampling.items() if v is not None}
+    merged = {k: v for k, v in {**defaults, **given}.items() if k != "max_tokens"}
+    settings = ChatSettings(params=SamplingParams(**merged),
+                            max_tokens=max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS,
+                            template=template, citations=citations, on_overflow=on_overflow)
+    return settings, set(merged)
+
+
+def grounded_template(tok, template: str | None, settings: ChatSettings, model: str) -> tuple[str | None, dict]:
+    """Which template renders documents: Command R's `rag`, or the cmd3 template's documents path."""
+    templates = tok.chat_templates
+    name = template or ("rag" if "rag" in templates else "default")
+    source = templates.get(name, "")
+    if "documents" not in source:
+        raise TemplateError(
+            f"{model}'s chat template has no grounded-generation (documents) support: "
+            f"/doc clear to chat without documents"
+        )
+    if "citation_mode" in source:
+        return name, {"citation_mode": settings.citations}
+    return name, {"enable_citations": True}
+
+
+def render_text(tok, conv: Conversation, settings: ChatSettings, model: str) -> str:
+    """The whole conversation through the model's template, ready for generation (local or a raw completion)."""
+    kwargs, template = {}, settings.template
+    if conv.documents:
+        template, kwargs = grounded_template(tok, template, settings, model)
+        kwargs["documents"] = conv.documents
+    elif template == "rag":
+        raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
+    elif template == "tool_use":
+        kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
+    return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
+
+
+@dataclass
+class TurnStats:
+    prompt_tokens: int
+    prefilled_tokens: int
+    generated: int
+    ttft_s: float
+    decode_tokens_per_s: float
+    dropped_turns: int = 0
+
+
+class LocalChat:
+    def __init__(self, rt: Runtime, settings: ChatSettings, ctx: int | None = None):
+        from cohere_cli.engine.generate import Session
+
+        self.rt, self.settings = rt, settings
+        self.context = min(ctx or min(rt.context, DEFAULT_CTX_CAP), rt.context)
+        self.session = Session(rt.model, max_seq=self.context)
+        self.history: list[TurnStats] = []
+
+    @property
+    def name(self) -> str:
+        return self.rt.name
+
+    # ---- rendering ------------------------------------------------------------------------------------------------
+    def render(self, conv: Conversation) -> list[int]:
+        text = render_text(self.rt.tokenizer, conv, self.settings, self.name)
+        return self.rt.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
+
+    def fit(self, conv: Conversation) -> tuple[list[int], int]:
+        """Prompt ids that leave room for an answer, dropping the oldest turns if the policy allows.
+        Returns (ids, turns dropped). Never drops the preamble or the documents; never truncates silently."""
+        reserve = min(self.settings.max_tokens, max(self.context // 4, 1))
+        dropped = 0
+        while True:
+            ids = self.render(conv)
+            if len(ids) + reserve <= self.context:
+                return ids, dropped
+            if self.settings.on_overflow == "error":
+                raise ContextOverflow(
+                    f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                    f"{self.context}: /reset, /undo, or restart with --on-overflow drop"
+                )
+            if not conv.drop_oldest_exchange():
+                raise ContextOverflow(
+                    f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                    f"{self.context}: shorten it (or remove documents)"
+                )
+            dropped += 1
+
+    # ---- one turn ------------------------------------------------------------------------------------------------
+    def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
+        from cohere_cli.engine.generate import stream_generate
+
+        last = None
+        for r in stream_generate(self.rt.model, self.rt.tokenizer, ids, self.settings.params,
+                                 self.settings.max_tokens, session=self.session, context=self.context):
+            last = r
+            yield r
+        if last is not None:
+            self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
+                                          last.ttft_s, last.decode_tokens_per_s))
+
+    def check_grounding(self) -> None:
+        """Raise now (not at the next turn) if this model cannot render documents."""
+        grounded_template(self.rt.tokenizer, self.settings.template, self.settings, self.name)
+
+    def describe(self) -> dict:
+        cfg, rt = self.rt.loaded.config, self.rt
+        manifest_precision = None
+        try:
+            manifest_precision = json.loads((rt.folder / "manifest.json").read_text()).get("precision")
+        except (OSError, json.JSONDecodeError):
+            pass
+        dtype = str(rt.loaded.dtype).removeprefix("torch.")
+        return {
+            "model": f"{self.name} ({rt.folder})",
+            "architecture": f"{cfg.model_type}, {cfg.n_layers} layers, hidden {cfg.hidden_size}",
+            "precision": f"{manifest_precision or 'weights'} computing in {dtype}",
+            "template": self.settings.template or "default",
+        }
+
+    def reset(self) -> None:
+        self.session.reset()
+
+    def with_params(self, **changes) -> None:
+        self.settings.params = replace(self.settings.params, **changes)

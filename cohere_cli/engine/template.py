@@ -1,0 +1,220 @@
+"""Chat-template rendering, byte-for-byte compatible with transformers' `apply_chat_template`.
+
+Chat templates ship with the model (tokenizer_config.json / chat_template.jinja) and are untrusted Jinja code. We
+compile and render them the way transformers 5 does (`transformers/utils/chat_template_utils.py`), because the
+model was trained on exactly that rendering:
+
+* `ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)` with the `loopcontrols` extension and a
+  `{% generation %}` tag (which only marks assistant spans for training masks; here it renders its body). The r7b /
+  Command A templates depend on trim/lstrip_blocks: their newlines after block tags must vanish.
+* globals `raise_exception`, `strftime_now`, a restricted `dict` and `namespace`; a `tojson` filter that does NOT
+  HTML-escape and keeps non-ASCII (`ensure_ascii=False`), with json.dumps' `indent`/`separators`/`sort_keys`.
+* variables: `messages` (keys whose value is None dropped), `tools`, `documents`, `add_generation_prompt`, the named
+  special tokens (`bos_token`, `eos_token`, ...) and any extra keyword (e.g. `citation_mode`, `enable_citations`),
+  extra keywords overriding special tokens.
+
+Every failure (a template's own `raise_exception`, a syntax error, a runtime error inside the template) becomes a
+`TemplateError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.utils
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from cohere_cli.errors import TemplateError
+
+# Names of the templates bundled in cohere_cli/data/templates (file stem = name).
+BUILTIN_TEMPLATES = (
+    "command-r-default",
+    "command-r-tool_use",
+    "command-r-rag",
+    "cmd3-default",
+    "cmd3-tool_use",
+    "cmd3-rag",
+)
+
+# Where a message may carry its reasoning; transformers copies the first present one to `reasoning_content` and
+# `thinking` so that every template finds it under the name it reads.
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def builtin_template(name: str) -> str:
+    """The text of a bundled template, e.g. `builtin_template("command-r-rag")` (names in BUILTIN_TEMPLATES)."""
+    if name not in BUILTIN_TEMPLATES:
+        raise TemplateError(f"no built-in template {name!r}; available: {', '.join(BUILTIN_TEMPLATES)}")
+    return resources.files("cohere_cli").joinpath("data", "templates", f"{name}.jinja").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------- environment
+
+
+class _TemplateRaised(Exception):
+    """Raised by a template's `raise_exception(msg)`; kept apart from jinja's errors to report it verbatim."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateRaised(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False):
+    # transformers overrides jinja's tojson: no HTML escaping ('<' stays '<'), UTF-8 kept, json.dumps options exposed.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _TemplateDict:
+    """`dict(...)` for templates, without exposing the real type (no attribute tricks out of the sandbox)."""
+
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _TemplateNamespace(jinja2.utils.Namespace):
+    """`namespace(...)` that refuses underscore attributes (a sandbox hardening transformers also applies)."""
+
+    def __init__(*args, **kwargs):  # noqa: N805 - same signature trick as jinja's Namespace
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check_name(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"templates cannot set underscore attributes ({name!r})")
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: transformers uses it to mask assistant tokens; we just render it."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _make_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _TemplateDict()
+    env.globals["namespace"] = _TemplateNamespace
+    return env
+
+
+_ENV = _make_environment()
+
+
+@lru_cache(maxsize=32)
+def compile_template(source: str) -> jinja2.Template:
+    """Compile (once per distinct source) a chat template; syntax errors become TemplateError."""
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"the chat template has a syntax error (line {e.lineno}): {e.message}") from None
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def _plain(value: Any) -> Any:
+    """Rebuild template inputs from plain JSON-like types (as transformers does): a fresh copy the template cannot
+    use to reach the caller's objects, with tuples kept and unknown objects replaced by an inert placeholder."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return f"<{type(value).__name__}>"
+
+
+def _prepare_messages(messages: list[dict]) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TemplateError("cannot apply a chat template to an empty conversation")
+    prepared = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            raise TemplateError(f"chat messages must be dicts with 'role' and 'content', got {message!r}")
+        # transformers drops None values: OpenAI-style `content=None` must look like a missing key to the template.
+        message = _plain({k: v for k, v in message.items() if v is not None})
+        reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        prepared.append(message)
+    return prepared
+
+
+def render_chat(
+    source: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    special_tokens: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> str:
+    """Render `messages` with the chat template `source`, exactly as transformers' apply_chat_template(tokenize=False).
+
+    `special_tokens` are the tokenizer's named special tokens (bos_token, eos_token, ...), passed as template variables;
+    `kwargs` (e.g. citation_mode="fast", enable_citations=True) are passed too and override them.
+    """
+    template = compile_template(source)
+    if tools is not None and not all(isinstance(t, Mapping) for t in tools):
+        raise TemplateError("tools must be JSON-schema dicts")
+    if documents is not None and not all(isinstance(d, Mapping) for d in documents):
+        raise TemplateError("documents must be dicts (for example with 'title' and 'text' keys)")
+    variables = {**(special_tokens or {}), **kwargs}
+    try:
+        return template.render(
+            messages=_prepare_messages(messages),
+            tools=_plain(tools),
+            documents=_plain(documents),
+            add_generation_prompt=add_generation_prompt,
+            **_plain(variables),
+        )
+    except _TemplateRaised as e:
+        raise TemplateError(f"the chat template rejected the conversation: {e}") from None
+    except TemplateError:
+        raise
+    except Exception as e:  # the template is foreign code: any error inside it is the template's, not ours
+        raise TemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None

@@ -1,0 +1,421 @@
+"""The local checkpoint store: one folder that knows what it holds.
+
+Layout (root = $COHERE_CLI_HOME, else ~/.cache/cohere-cli)::
+
+    models/
+      CohereForAI--c4ai-command-r7b-12-2024/   entry "CohereForAI/c4ai-command-r7b-12-2024" (downloaded: "/" -> "--")
+        config.json  tokenizer.json  model-00001-of-00004.safetensors ...   the HF-format files
+        manifest.json                                                      what the entry is (below)
+      c4ai-command-r7b-12-2024-nf4/             a derived entry (quantized from the one above)
+    .partial/<entry folder>/                   a download in progress: part files that survive restarts
+    .tmp/                                      entries being built; renamed into models/ when complete
+    state.json                                 {"last_used": NAME}
+
+An entry exists only when complete: it is built under .tmp/ and published with one rename (`entry_tmpdir`).
+
+manifest.json (format 1)::
+
+    {"format": 1, "name": "CohereForAI/c4ai-command-r7b-12-2024",
+     "source": {"repo_id": ..., "revision": "main", "commit": "<40 hex>", "endpoint": "https://huggingface.co"},
+     "parent": null | "<entry name it was derived from>",
+     "architecture": "Cohere2ForCausalLM", "model_type": "cohere2", "parameters": 8028033024,
+     "storage_dtype": "bfloat16", "precision": "bf16" | "int8" | "nf4" | ...,
+     "created_at": "2025-01-31T12:00:00Z",
+     "files": {"config.json": {"size": 1234, "sha256": "..."}, ...}}
+
+MODEL on the command line (`resolve_model`) is, in this order: an existing folder; an entry name or folder name
+(case-insensitive); the repo part of a name ("c4ai-command-r7b-12-2024"); a unique trailing run of dash-separated
+words ("command-r7b-12-2024"); a unique run of words anywhere ("r7b-12-2024-nf4"); a unique substring.
+Ambiguity at a step is an error that lists the candidates."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cohere_cli.config import read_config_json
+from cohere_cli.errors import CheckpointError, ModelNotFound, StoreError
+from cohere_cli.store.atomic import publish_folder, write_atomic
+
+HOME_ENV = "COHERE_CLI_HOME"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+_HASH_BLOCK = 8 << 20
+
+
+# ---- layout -----------------------------------------------------------------------------------------------------
+def store_root() -> Path:
+    """$COHERE_CLI_HOME, else ~/.cache/cohere-cli (not created here)."""
+    return Path(os.environ.get(HOME_ENV) or "~/.cache/cohere-cli").expanduser()
+
+
+def models_dir() -> Path:
+    return store_root() / "models"
+
+
+def folder_name(name: str) -> str:
+    """Entry name -> folder name under models/: "Org/repo" -> "Org--repo"."""
+    name = name.strip().strip("/")
+    if not name or name in (".", "..") or "\\" in name or name.startswith(".") or name.count("/") > 1:
+        raise StoreError(f"'{name}' is not a usable store name: use letters, digits, '-', '_', '.' and one '/'")
+    return name.replace("/", "--")
+
+
+def entry_path(name: str) -> Path:
+    return models_dir() / folder_name(name)
+
+
+def partial_path(name: str) -> Path:
+    """Where a download of entry `name` keeps its part files until it is complete."""
+    return store_root() / ".partial" / folder_name(name)
+
+
+def _tmp_root() -> Path:
+    return store_root() / ".tmp"
+
+
+# ---- entries ----------------------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def source(self) -> dict:
+        return self.manifest.get("source") or {}
+
+    @property
+    def commit(self) -> str | None:
+        return self.source.get("commit")
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return self.manifest.get("files") or {}
+
+    def size_on_disk(self) -> int:
+        """Bytes of the entry's files as they are on disk now (manifest included)."""
+        total = 0
+        for p in self.path.rglob("*"):
+            with contextlib.suppress(OSError):
+                if p.is_file():
+                    total += p.stat().st_size
+        return total
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        m = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def list_entries() -> list[Entry]:
+    """Every complete entry (a folder under models/ with a readable manifest.json), sorted by name."""
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    entries = []
+    for d in root.iterdir():
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        m = read_manifest(d)
+        if m is None:
+            continue
+        name = m.get("name") or d.name.replace("--", "/", 1)
+        entries.append(Entry(str(name), d, m))
+    return sorted(entries, key=lambda e: e.name.lower())
+
+
+def get_entry(name: str) -> Entry | None:
+    """The entry with exactly this name (or folder name), case-insensitive; None when absent."""
+    key = name.strip().strip("/").lower()
+    for e in list_entries():
+        if key in (e.name.lower(), e.path.name.lower()):
+            return e
+    return None
+
+
+def _words(s: str) -> list[str]:
+    return [w for w in s.lower().replace("_", "-").replace(".", "-").split("-") if w]
+
+
+def _contains_run(hay: list[str], needle: list[str]) -> bool:
+    n = len(needle)
+    return any(hay[i : i + n] == needle for i in range(len(hay) - n + 1))
+
+
+def find_entry(spec: str) -> Entry | None:
+    """The entry `spec` names, by exact name, repo part, or an unambiguous short form (see the module docstring).
+    None when nothing matches; ModelNotFound when the short form is ambiguous."""
+    entries = list_entries()
+    key = spec.strip().strip("/").lower()
+    if not key:
+        return None
+    words = _words(key)
+    tiers: list[Callable[[Entry], bool]] = [
+        lambda e: key in (e.name.lower(), e.path.name.lower()),
+        lambda e: e.short_name.lower() == key,
+        lambda e: bool(words) and _words(e.short_name)[-len(words) :] == words,
+        lambda e: bool(words) and _contains_run(_words(e.name), words),
+        lambda e: key in e.name.lower(),
+    ]
+    for match in tiers:
+        hits = [e for e in entries if match(e)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(e.name for e in hits)
+            raise ModelNotFound(f"'{spec}' matches several store entries ({names}): give the full name")
+    return None
+
+
+BUILTIN_DEMO = Path(__file__).parents[1] / "data" / "demo"
+
+
+def builtin_entry(spec: str) -> Path | None:
+    """`demo`: the small trained model shipped inside the package (scripts/train_demo.py)."""
+    if spec.strip().lower() == "demo" and (BUILTIN_DEMO / "config.json").is_file():
+        return BUILTIN_DEMO
+    return None
+
+
+def resolve_model(spec: str) -> Path:
+    """MODEL as given on the command line -> a checkpoint folder: an existing folder, the built-in `demo`, or a
+    store entry by name or unambiguous short form. Raises ModelNotFound with close matches and what to run
+    otherwise."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return p
+    demo = builtin_entry(spec)
+    if demo is not None:
+        return demo
+    entry = find_entry(spec)
+    if entry is not None:
+        return entry.path
+    if p.exists():
+        raise ModelNotFound(f"'{spec}' is a file, not a checkpoint folder: give the folder that holds config.json")
+    raise ModelNotFound(_not_found_message(spec))
+
+
+def _not_found_message(spec: str) -> str:
+    names = [e.name for e in list_entries()]
+    pool = names + [n.rsplit("/", 1)[-1] for n in names]
+    close = difflib.get_close_matches(spec, pool, n=3, cutoff=0.5)
+    close = list(dict.fromkeys(close))
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    fetch = f"`cohere download {spec}` fetches it" if spec.count("/") == 1 else "`cohere download REPO_ID` fetches one"
+    return f"no checkpoint folder or store entry named '{spec}'{hint}: `cohere models` lists the store, {fetch}"
+
+
+# ---- manifests --------------------------------------------------------------------------------------------------
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks; `progress(n)` is called with each block's size."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_HASH_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress is not None:
+                progress(n)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write folder/manifest.json atomically (temporary name, then rename)."""
+    folder = Path(folder)
+    target = folder / MANIFEST
+    write_atomic(target, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return target
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_manifest(
+    folder: Path,
+    *,
+    name: str,
+    source: dict | None = None,
+    parent: str | None = None,
+    precision: str | None = None,
+    files: dict[str, dict] | None = None,
+    **extra,
+) -> dict:
+    """A manifest for the checkpoint in `folder`: architecture, parameter count and storage dtype from config.json
+    and the safetensors headers; `files` ({relpath: {"size", "sha256", ...}}) is computed (hashing every file)
+    when not given. Extra keyword fields are added as they are."""
+    from cohere_cli.store import sizes
+
+    folder = Path(folder)
+    if files is None:
+        files = {}
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_file() and rel != MANIFEST and not p.name.startswith("."):
+                files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    try:
+        config = read_config_json(folder)
+    except CheckpointError:
+        config = None
+    try:
+        stats = sizes.tensor_stats(sizes.checkpoint_files(folder))
+        params, storage = stats.parameters or None, stats.storage_dtype
+    except (OSError, ValueError):
+        params, storage = None, None
+    arch = None
+    if isinstance(config, dict):
+        archs = config.get("architectures") or []
+        arch = archs[0] if archs else None
+    m = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "source": source,
+        "parent": parent,
+        "architecture": arch,
+        "model_type": config.get("model_type") if isinstance(config, dict) else None,
+        "parameters": params,
+        "storage_dtype": storage,
+        "precision": precision or sizes.precision_of(config, storage),
+        "created_at": utc_now(),
+    }
+    m.update(extra)
+    m["files"] = files
+    return m
+
+
+# ---- building and removing entries ------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _cleanup_stale_tmp() -> None:
+    """Remove .tmp/ folders left by processes that died (their names carry the pid)."""
+    root = _tmp_root()
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        parts = d.name.split(".")
+        pid = next((int(x) for x in reversed(parts) if x.isdigit()), None)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def entry_tmpdir(name: str, *, replace: bool = False) -> Iterator[Path]:
+    """Build entry `name` in a temporary folder inside the store; on success it is published with one rename (a
+    manifest.json is written first if the caller did not write one); on any exception, KeyboardInterrupt included,
+    the folder is removed and nothing appears in the store. An existing entry of that name is an error unless
+    `replace`, in which case it is swapped out only once the new one is complete."""
+    dest = entry_path(name)
+    if dest.exists() and not replace:
+        raise StoreError(f"the store already has '{name}' ({dest}): remove it first with `cohere models rm {name}`")
+    root = _tmp_root()
+    root.mkdir(parents=True, exist_ok=True)
+    models_dir().mkdir(parents=True, exist_ok=True)
+    _cleanup_stale_tmp()
+
+    def finish(tmp: Path) -> None:
+        m = read_manifest(tmp)
+        if m is None:
+            write_manifest(tmp, make_manifest(tmp, name=name))
+        elif m.get("name") != name:
+            m["name"] = name
+            write_manifest(tmp, m)
+
+    with publish_folder(dest, work=root, prefix=f"{folder_name(name)}.", finish=finish) as tmp:
+        yield tmp
+
+
+def remove_entry(name: str) -> Path:
+    """Delete an entry (exact name): renamed out of models/ first, so it never appears half-deleted."""
+    entry = get_entry(name)
+    if entry is None:
+        raise ModelNotFound(_not_found_message(name))
+    _tmp_root().mkdir(parents=True, exist_ok=True)
+    trash = Path(tempfile.mkdtemp(prefix=f"{entry.path.name}.rm.", suffix=f".{os.getpid()}", dir=_tmp_root()))
+    os.rmdir(trash)
+    os.rename(entry.path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    if last_used() == entry.name:
+        _write_state({k: v for k, v in _read_state().items() if k != "last_used"})
+    return entry.path
+
+
+# ---- downloads in progress --------------------------------------------------------------------------------------
+@dataclass
+class Partial:
+    name: str
+    path: Path
+    bytes_on_disk: int
+    info: dict = field(repr=False)
+
+
+def list_partials() -> list[Partial]:
+    """Downloads that were started and not finished (their part files are kept for the next run)."""
+    root = store_root() / ".partial"
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        try:
+            info = json.loads((d / "plan.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        out.append(Partial(str(info.get("name") or d.name.replace("--", "/", 1)), d, size, info))
+    return out
+
+
+# ---- small state ------------------------------------------------------------------------------------------------
+def _state_path() -> Path:
+    return store_root() / "state.json"
+
+
+def _read_state() -> dict:
+    try:
+        s = json.loads(_state_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return s if isinstance(s, dict) else {}
+
+
+def _write_state(state: dict) -> None:
+    path = _state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(state, indent=2) + "\n")
+
+
+def remember_last_used(name: str) -> None:
+    """Record the model last used (`cohere chat` with no MODEL uses it). Never fails the caller."""
+    with contextlib.suppress(OSError):
+        _write_state({**_read_state(), "last_used": name})
+
+
+def last_used() -> str | None:
+    v = _read_state().get("last_used")
+    return v if isinstance(v, str) and v else None

@@ -1,0 +1,564 @@
+"""The transfer engine behind `cohere download`: resumable, parallel, verified.
+
+- Every file is fetched with HTTP Range requests into `<staging>/<path>.part`; `<path>.part.json` records, per
+  chunk, how many bytes are on disk (saved every `save_interval` seconds after an fdatasync, when a chunk completes,
+  and when a worker stops for any reason). A later run, after Ctrl-C, a crash or a dropped connection, continues
+  every chunk from the bytes already on disk. Staging lives in the store's `.partial/<entry>/` so it survives
+  restarts; `cohere models` lists it and `cohere models rm` removes it.
+- Files are split into `chunk_size` ranges fetched by up to `max_workers` threads (big shards in parallel ranges,
+  small files side by side), over persistent connections (cohere_cli/store/httppool.py); redirects are followed and
+  Authorization is dropped when one leaves the origin (signed CDN URLs reject it).
+- Transient failures (connection reset or dropped, timeouts, 408/429/5xx) are retried with exponential backoff and
+  jitter; the count resets whenever an attempt gained bytes, so a link that drops every minute still finishes.
+  Other statuses (401/403 gated, 404...) stop the download at once with a message from `describe_http_error`.
+- A hashing thread per file follows the downloaded prefix, so verification costs little extra time: LFS files must
+  match their sha256, small files their git blob id (the Hub's ETag for them), all files their size. A mismatch
+  deletes that file's part and fails loudly; the other files are kept.
+- Verified files are renamed to `<staging>/<path>`; `staging.publish` links them into a temporary entry and renames
+  it into the store with its manifest (cohere_cli/store/staging.py).
+
+Tuning from the environment (tests use it): COHERE_CLI_DL_CHUNK_SIZE (bytes), COHERE_CLI_DL_TIMEOUT (s),
+COHERE_CLI_DL_RETRIES, COHERE_CLI_DL_BACKOFF (s), COHERE_CLI_DL_SAVE_INTERVAL (s)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import http.client
+import os
+import queue
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohere_cli.errors import DownloadError
+from cohere_cli.store.httppool import Fatal, HttpPool
+from cohere_cli.store.staging import VERIFIED, atomic_json, read_json
+
+ENV_PREFIX = "COHERE_CLI_DL_"
+_READ_BLOCK = 1 << 20
+_HASH_BLOCK = 8 << 20
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass
+class Options:
+    max_workers: int = 8
+    chunk_size: int = 64 << 20  # bytes per Range request / resume unit
+    timeout: float = 30.0  # seconds without a byte before a connection is abandoned and retried
+    retries: int = 8  # consecutive attempts that gain nothing before giving up
+    backoff: float = 1.0  # first retry delay, doubling up to backoff_max
+    backoff_max: float = 30.0
+    save_interval: float = 1.0  # seconds between part-state saves while bytes flow
+
+    @classmethod
+    def from_env(cls, **overrides) -> Options:
+        o = cls()
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw:
+                try:
+                    setattr(o, f.name, type(getattr(o, f.name))(float(raw)))
+                except ValueError:
+                    raise DownloadError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(o, k, v)
+        o.max_workers = max(1, int(o.max_workers))
+        o.chunk_size = max(64 << 10, int(o.chunk_size))
+        return o
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str  # where it goes in the entry (posix, relative)
+    url: str
+    size: int
+    sha256: str | None = None  # expected content sha256 (LFS files)
+    blob_id: str | None = None  # expected git blob sha1 (small files)
+
+    @property
+    def expect(self) -> str:
+        return expect_id(self.size, self.sha256, self.blob_id)
+
+
+def expect_id(size: int, sha256: str | None, blob_id: str | None) -> str:
+    """What identifies a file's expected contents in the part states: its sha256, else its git blob id."""
+    return sha256 or blob_id or f"size:{size}"
+
+
+@dataclass
+class FileResult:
+    path: str
+    size: int
+    sha256: str
+    blob_id: str | None = None
+
+
+class Progress:
+    """What the engine reports; every method may be called from worker threads. The default does nothing."""
+
+    def begin(self, files: list[FileSpec], on_disk: dict[str, int]) -> None: ...
+
+    def advance(self, path: str, nbytes: int) -> None: ...
+
+    def verified(self, path: str) -> None: ...
+
+    def failed(self, path: str, message: str) -> None: ...
+
+    def retrying(self, path: str, error: str, delay: float) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _Transient(Exception):
+    def __init__(self, msg: str, retry_after: float | None = None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class _Aborted(Exception):
+    pass
+
+
+def git_blob_sha1_prefix(size: int) -> bytes:
+    return b"blob %d\0" % size
+
+
+def _fsync(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+# ---- per-file state ----------------------------------------------------------------------------------------------
+class _Job:
+    """One file: its part file, the bytes on disk per chunk, and the hashing that follows them."""
+
+    def __init__(self, spec: FileSpec, staging: Path, chunk_size: int):
+        self.spec = spec
+        self.final = staging / spec.path
+        self.part = self.final.with_name(self.final.name + ".part")
+        self.state_path = self.final.with_name(self.final.name + ".part.json")
+        self.chunk_size = chunk_size
+        self.done: list[int] = []
+        self.cond = threading.Condition()
+        self.save_lock = threading.Lock()
+        self.fd: int | None = None
+        self.closed = False
+        self.saved: list[int] | None = None
+        self.last_save = 0.0
+        self.hasher: threading.Thread | None = None
+        self.result: FileResult | None = None
+        self.status = "fetch"  # fetch | verified | recheck
+
+    # layout
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.spec.size // self.chunk_size) if self.spec.size else 0
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk_size
+        return start, min(start + self.chunk_size, self.spec.size)
+
+    def on_disk(self) -> int:
+        return self.spec.size if self.status != "fetch" else sum(self.done)
+
+    def contiguous(self) -> int:
+        """Bytes from offset 0 that are all on disk (call with cond held)."""
+        total = 0
+        for i, d in enumerate(self.done):
+            total += d
+            start, end = self.bounds(i)
+            if start + d < end:
+                break
+        return total
+
+    def load(self) -> None:
+        """Read the saved per-chunk progress, trusting it only for the same expected file and never beyond what
+        the part file physically holds."""
+        st = read_json(self.state_path)
+        try:
+            size_on_disk = self.part.stat().st_size
+        except OSError:
+            size_on_disk = -1
+        if (st.get("expect") == self.spec.expect and st.get("size") == self.spec.size
+                and isinstance(st.get("chunk_size"), int) and st["chunk_size"] > 0 and size_on_disk >= 0):
+            self.chunk_size = st["chunk_size"]
+            done = st.get("done") or []
+            if len(done) == self.n_chunks and all(isinstance(d, int) and d >= 0 for d in done):
+                self.done = []
+                for i, d in enumerate(done):
+                    start, end = self.bounds(i)
+                    self.done.append(max(0, min(d, end - start, size_on_disk - start)))
+                self.saved = list(self.done)
+                return
+        self.done = [0] * self.n_chunks
+
+    def open(self) -> None:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        if self.saved is None:  # nothing trustworthy on disk: start clean
+            with contextlib.suppress(FileNotFoundError):
+                self.part.unlink()
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        self.save(force=True)
+
+    def write(self, data: memoryview, offset: int) -> None:
+        while data:
+            try:
+                n = os.pwrite(self.fd, data, offset)  # type: ignore[arg-type]
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
+                                 "command again (the bytes so far are kept)") from None
+                raise Fatal(f"cannot write {self.part} ({e.strerror or e})") from None
+            data = data[n:]
+            offset += n
+
+    def advance(self, i: int, n: int) -> None:
+        with self.cond:
+            self.done[i] += n
+            self.cond.notify_all()
+
+    def save(self, force: bool = False) -> None:
+        with self.save_lock:
+            if self.closed or self.fd is None:
+                return
+            with self.cond:
+                done = list(self.done)
+            if done == self.saved and not force:
+                return
+            _fsync(self.fd)
+            atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
+                                           "chunk_size": self.chunk_size, "done": done})
+            self.saved = done
+            self.last_save = time.monotonic()
+
+    def close(self) -> None:
+        with self.save_lock:
+            self.closed = True
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def discard(self) -> None:
+        self.close()
+        for p in (self.part, self.state_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+# ---- the transfer ------------------------------------------------------------------------------------------------
+class Transfer:
+    """Fetch `files` into `staging` (see the module docstring). prepare() reads what is already on disk without
+    changing anything (--dry-run uses it); run() fetches the rest and returns a FileResult per file."""
+
+    def __init__(self, staging: Path, files: list[FileSpec], headers: Mapping[str, str], options: Options,
+                 describe_http_error: Callable[[int, Mapping[str, str], str], str] | None = None):
+        self.staging = Path(staging)
+        self.files = list(files)
+        self.headers = dict(headers)
+        self.opts = options
+        self.describe = describe_http_error or (lambda status, h, path: f"the server answered {status} for {path}")
+        self.jobs = [_Job(f, self.staging, options.chunk_size) for f in self.files]
+        self._abort = threading.Event()  # Ctrl-C: stop now, unblock every socket
+        self._drain = threading.Event()  # a fatal error: start nothing new, finish the ranges being received
+        self._workers_done = threading.Event()
+        self._fatal: str | None = None
+        self._bad: list[str] = []
+        self._lock = threading.Lock()
+        self._tasks: queue.Queue = queue.Queue()
+        self._http = HttpPool(options.timeout)
+        self._progress = Progress()
+        self._hashers: list[threading.Thread] = []
+        self._verified: dict[str, dict] = {}
+        self._prepared = False
+        self.fetched_bytes = 0  # bytes received from the network by this run
+
+    # -- what is already there
+    def prepare(self) -> None:
+        self._verified = read_json(self.staging / VERIFIED)
+        for job in self.jobs:
+            rec = self._verified.get(job.spec.path) or {}
+            size = job.final.stat().st_size if job.final.is_file() else -1
+            if size == job.spec.size and rec.get("expect") == job.spec.expect and rec.get("sha256"):
+                job.status = "verified"
+                job.result = FileResult(job.spec.path, size, rec["sha256"], job.spec.blob_id)
+            elif size == job.spec.size:
+                job.status = "recheck"  # renamed into place but not recorded (a crash in between): hash again
+            else:
+                job.load()
+        self._prepared = True
+
+    @property
+    def on_disk(self) -> dict[str, int]:
+        return {j.spec.path: j.on_disk() for j in self.jobs}
+
+    @property
+    def remaining_bytes(self) -> int:
+        return sum(j.spec.size - j.on_disk() for j in self.jobs)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    # -- fetching
+    def run(self, progress: Progress | None = None) -> dict[str, FileResult]:
+        if not self._prepared:
+            self.prepare()
+        self._progress = progress or Progress()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._progress.begin(self.files, self.on_disk)
+        workers: list[threading.Thread] = []
+        try:
+            for job in self.jobs:
+                if job.status == "verified":
+                    continue
+                if job.status == "recheck":
+                    job.part.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(job.final, job.part)
+                    job.done = [e - s for s, e in (job.bounds(i) for i in range(job.n_chunks))]
+                    job.saved = list(job.done)
+                    job.status = "fetch"
+                job.open()
+                pending = [i for i in range(job.n_chunks) if job.done[i] < job.bounds(i)[1] - job.bounds(i)[0]]
+                for i in pending:
+                    self._tasks.put((job, i))
+                if not pending:
+                    self._ensure_hasher(job)
+            n = min(self.opts.max_workers, self._tasks.qsize())
+            workers = [threading.Thread(target=self._worker, name=f"dl-{k}", daemon=True) for k in range(n)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                while t.is_alive():
+                    t.join(0.2)
+            self._workers_done.set()
+            for job in self.jobs:
+                with job.cond:
+                    job.cond.notify_all()
+            while True:
+                with self._lock:
+                    alive = [h for h in self._hashers if h.is_alive()]
+                if not alive:
+                    break
+                alive[0].join(0.2)
+        except BaseException:
+            self._stop(workers)
+            raise
+        finally:
+            for job in self.jobs:
+                job.save()
+                job.close()
+            self._progress.end()
+        if self._fatal:
+            raise DownloadError(self._fatal)
+        if self._bad:
+            more = f" (and {len(self._bad) - 1} more)" if len(self._bad) > 1 else ""
+            raise DownloadError(f"{self._bad[0]}{more}: the damaged data was deleted; run the same command again "
+                                "to fetch it anew (verified files are kept)")
+        missing = [j.spec.path for j in self.jobs if j.result is None]
+        if missing:
+            raise DownloadError(f"{missing[0]} did not complete: run the same command again to resume")
+        return {j.spec.path: j.result for j in self.jobs}  # type: ignore[misc]
+
+    def _stop(self, workers: list[threading.Thread]) -> None:
+        self._abort.set()
+        self._http.shutdown_all()
+        for job in self.jobs:
+            with job.cond:
+                job.cond.notify_all()
+        deadline = time.monotonic() + 5
+        for t in workers + list(self._hashers):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _fail(self, message: str) -> None:
+        """Stop the download with `message`. Ranges already flowing are finished and kept (no byte that reached
+        this machine is thrown away); nothing new is started."""
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = message
+        self._drain.set()
+
+    def _ensure_hasher(self, job: _Job) -> None:
+        with self._lock:
+            if job.hasher is None:
+                job.hasher = threading.Thread(target=self._hash, args=(job,), name=f"hash-{job.spec.path}",
+                                              daemon=True)
+                self._hashers.append(job.hasher)
+                job.hasher.start()
+
+    def _worker(self) -> None:
+        try:
+            while not (self._abort.is_set() or self._drain.is_set()):
+                try:
+                    job, i = self._tasks.get_nowait()
+                except queue.Empty:
+                    return
+                self._ensure_hasher(job)
+                self._chunk(job, i)
+                job.save()
+        except Fatal as e:
+            self._fail(str(e))
+        except _Aborted:
+            pass
+        except Exception as e:  # a bug, not the network: say so rather than hang
+            self._fail(f"unexpected error while downloading ({type(e).__name__}: {e})")
+        finally:
+            self._http.close_thread()
+
+    def _chunk(self, job: _Job, i: int) -> None:
+        start, end = job.bounds(i)
+        failures = 0
+        while True:
+            before = job.done[i]
+            if start + before >= end or self._drain.is_set():
+                return
+            try:
+                self._transfer(job, i, start + before, end)
+                continue
+            except (Fatal, _Aborted):
+                raise
+            except (OSError, http.client.HTTPException, _Transient) as e:
+                if self._abort.is_set():
+                    raise _Aborted from None
+                failures = 0 if job.done[i] > before else failures + 1
+                if failures > self.opts.retries:
+                    raise Fatal(
+                        f"giving up on {job.spec.path} after {failures} failed attempts ({_describe_exc(e)}): "
+                        "check the network and run the same command again to resume"
+                    ) from None
+                delay = min(self.opts.backoff * 2 ** max(0, failures - 1), self.opts.backoff_max)
+                delay *= random.uniform(0.75, 1.0)
+                if isinstance(e, _Transient) and e.retry_after:
+                    delay = max(delay, min(e.retry_after, self.opts.backoff_max))
+                job.save()
+                if self._drain.is_set():
+                    return
+                self._progress.retrying(job.spec.path, _describe_exc(e), delay)
+                if self._abort.wait(delay) or self._drain.is_set():
+                    return
+
+    def _transfer(self, job: _Job, i: int, pos: int, end: int) -> None:
+        spec = job.spec
+        headers = {**self.headers, "Range": f"bytes={pos}-{end - 1}"}
+        resp, origin = self._http.get(spec.url, headers)
+        complete = False
+        try:
+            status = resp.status
+            skip = 0
+            if status == 206:
+                m = _CONTENT_RANGE.fullmatch((resp.getheader("Content-Range") or "").strip())
+                if not m or int(m[1]) != pos:
+                    raise _Transient(f"unexpected Content-Range {resp.getheader('Content-Range')!r}")
+                if m[3] != "*" and int(m[3]) != spec.size:
+                    raise Fatal(f"{spec.path} is {m[3]} bytes on the server, not {spec.size}: the repo changed; "
+                                 "run the same command again")
+            elif status == 200:
+                if resp.length is not None and resp.length != spec.size:
+                    raise Fatal(f"{spec.path} is {resp.length} bytes on the server, not {spec.size}: the repo "
+                                 "changed; run the same command again")
+                skip = pos  # the server ignored Range: read past the bytes we already have
+            elif status in (408, 429) or status >= 500:
+                retry_after = resp.getheader("Retry-After")
+                resp.read(1 << 16)
+                raise _Transient(f"HTTP {status}", float(retry_after) if (retry_after or "").isdigit() else None)
+            elif status == 416:
+                raise Fatal(f"{spec.path} is smaller on the server than expected ({spec.size} bytes): the repo "
+                             "changed; run the same command again")
+            else:
+                resp.read(1 << 16)
+                raise Fatal(self.describe(status, {k: v for k, v in resp.getheaders()}, spec.path))
+            # read1: one socket read at a time, so every byte received is on disk and counted even when the
+            # next read times out or is interrupted (readinto would wait to fill the whole buffer).
+            while skip:
+                data = resp.read1(min(_READ_BLOCK, skip))
+                if not data:
+                    raise _Transient("connection closed early")
+                skip -= len(data)
+            want = end - pos
+            while want > 0:
+                if self._abort.is_set():
+                    raise _Aborted
+                data = resp.read1(min(_READ_BLOCK, want))
+                if not data:
+                    raise _Transient("connection closed early")
+                n = len(data)
+                job.write(memoryview(data), pos)
+                pos += n
+                want -= n
+                with self._lock:
+                    self.fetched_bytes += n
+                self._progress.advance(spec.path, n)  # before the hasher can see the bytes and report the file
+                job.advance(i, n)
+                if time.monotonic() - job.last_save > self.opts.save_interval:
+                    job.save()
+            if status == 206 and resp.length == 0 and not resp.will_close:
+                resp.read()  # marks the response done so the connection can carry the next range
+                complete = True
+        finally:
+            if not complete:
+                self._http.drop(origin)
+
+    def _hash(self, job: _Job) -> None:
+        spec = job.spec
+        try:
+            sha = hashlib.sha256()
+            git = hashlib.sha1(git_blob_sha1_prefix(spec.size)) if spec.blob_id and not spec.sha256 else None
+            pos = 0
+            with open(job.part, "rb", buffering=0) as f:
+                while pos < spec.size:
+                    with job.cond:
+                        while (avail := job.contiguous()) <= pos:
+                            if self._abort.is_set() or self._workers_done.is_set():
+                                return  # stopped, or the rest of this file will not come in this run
+                            job.cond.wait(0.5)
+                    while pos < avail:
+                        data = os.pread(f.fileno(), min(_HASH_BLOCK, avail - pos), pos)
+                        if not data:
+                            raise OSError(f"{job.part} is shorter than its recorded progress")
+                        sha.update(data)
+                        if git is not None:
+                            git.update(data)
+                        pos += len(data)
+            digest = sha.hexdigest()
+            problem = None
+            if os.stat(job.part).st_size != spec.size:
+                problem = f"{spec.path} has {os.stat(job.part).st_size} bytes, expected {spec.size}"
+            elif spec.sha256 and digest != spec.sha256.lower():
+                problem = f"{spec.path} failed verification (sha256 {digest[:12]}... instead of {spec.sha256[:12]}...)"
+            elif git is not None and git.hexdigest() != spec.blob_id.lower():  # type: ignore[union-attr]
+                problem = (f"{spec.path} failed verification (git blob id {git.hexdigest()[:12]}... instead of "
+                           f"{spec.blob_id[:12]}...)")  # type: ignore[index]
+            if problem:
+                job.discard()
+                with self._lock:
+                    self._bad.append(problem)
+                self._progress.failed(spec.path, problem)
+                return
+            job.close()
+            os.replace(job.part, job.final)
+            with contextlib.suppress(FileNotFoundError):
+                job.state_path.unlink()
+            job.result = FileResult(spec.path, spec.size, digest, spec.blob_id)
+            with self._lock:
+                self._verified[spec.path] = {"expect": spec.expect, "sha256": digest, "size": spec.size}
+                atomic_json(self.staging / VERIFIED, self._verified)
+            self._progress.verified(spec.path)
+        except OSError as e:
+            self._fail(f"cannot read back {job.part} to verify it ({e})")
+
+
+def _describe_exc(e: BaseException) -> str:
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(e, http.client.IncompleteRead):
+        return "connection dropped mid-transfer"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text and not isinstance(e, _Transient) else (text or type(e).__name__)

@@ -1,0 +1,112 @@
+"""bitsandbytes on CPU, called directly: its import (silenced), whether its fused 4-bit kernel runs here, that
+kernel's weight layout (converted both ways), and the kernel's C function without the registered op around it.
+cohere_cli/weights/qlinear.py builds the quantized linear layers on these.
+
+bitsandbytes is imported lazily (it costs ~1.5 s and logs noise on import)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cohere_cli.errors import CheckpointError
+
+
+def bnb():
+    """bitsandbytes, imported once with its import-time warnings silenced ("Failed to load CPU gemm_4bit_forward
+    from kernels-community": it falls back to its own AVX512-BF16 kernel, the message is noise for users)."""
+    import importlib
+
+    log = logging.getLogger("bitsandbytes")
+    if not getattr(bnb, "_quiet", False):
+        log.setLevel(logging.ERROR)
+        bnb._quiet = True
+    try:
+        return importlib.import_module("bitsandbytes")
+    except Exception as e:  # a broken install raises all sorts of things at import
+        raise CheckpointError(f"bitsandbytes is not usable here ({type(e).__name__}: {e}): reinstall it "
+                              f"(pip install bitsandbytes)") from None
+
+
+def cpu_has_bnb_kernel() -> bool:
+    """Whether bitsandbytes' fused 4-bit CPU kernel runs here (it needs AVX512-BF16)."""
+    if not hasattr(cpu_has_bnb_kernel, "_v"):
+        try:
+            cpu_has_bnb_kernel._v = bool(bnb().functional.has_avx512bf16())
+        except Exception:
+            cpu_has_bnb_kernel._v = False
+    return cpu_has_bnb_kernel._v
+
+
+# ---- the CPU kernel's weight layout ---------------------------------------------------------------------------------
+# bitsandbytes' fused CPU kernel (gemv_4bit with AVX512-BF16) wants the weight repacked in blocks of 32 output rows
+# (functional._convert_weight_packed_for_cpu, done by Linear4bit on its first CPU forward). Bytes 2i and 2i+1 of the
+# 32-byte group for rows 32b..32b+31 and columns 2c, 2c+1 hold rows 32b+i (low nibbles) and 32b+16+i (high nibbles).
+# These two functions convert between that layout and the standard one with 64-bit lane arithmetic (~2 ms for a
+# 4096x4096 weight; bitsandbytes' own conversion goes through int32 per nibble and takes ~20x longer).
+_M_LO = 0x000F000F000F000F
+_M_HI = 0x00F000F000F000F0
+
+
+def pack_for_cpu(std: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Standard packed bytes ([n*k/2] uint8, two weights per byte, row-major) -> the CPU kernel layout [n, k/2]."""
+    kh = k // 2
+    s = std.reshape(n // 32, 2, 16, kh).permute(0, 3, 2, 1).contiguous()  # (n/32, kh, 16, 2): [row i, row 16+i]
+    u = s.view(-1).view(torch.int64)  # 4 (row i, row 16+i) byte pairs per 64-bit lane
+    lo = ((u >> 8) & _M_HI) | ((u >> 4) & _M_LO)  # byte 2i: high nibbles of both rows' bytes
+    hi = ((u >> 4) & _M_HI) | (u & _M_LO)  # byte 2i+1: low nibbles
+    return (lo | (hi << 8)).view(torch.uint8).view(n, kh)
+
+
+def unpack_from_cpu(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_for_cpu: [n, k/2] kernel layout -> standard [n*k/2, 1] bytes."""
+    n, kh = packed.shape
+    u = packed.reshape(-1).view(torch.int64)
+    lo = (u & _M_LO) << 4 | ((u >> 8) & _M_LO)  # row i    = (low nibble of byte 2i) << 4 | low nibble of 2i+1
+    hi = (u & _M_HI) | ((u >> 12) & _M_LO)  # row 16+i = high nibble of byte 2i | high nibble of 2i+1 >> 4
+    r = (lo | (hi << 8)).view(torch.uint8).view(n // 32, kh, 16, 2)
+    out = torch.empty(n // 32, 2, 16, kh, dtype=torch.uint8, device=packed.device)
+    out.copy_(r.permute(0, 3, 2, 1))
+    return out.view(-1, 1)
+
+
+def gemv_4bit_cpu(a: torch.Tensor, packed: torch.Tensor, absmax_t: torch.Tensor, code: torch.Tensor, quant_type: str,
+                  blocksize: int, n: int) -> torch.Tensor:
+    """bitsandbytes' fused 4-bit CPU kernel: a (rows, k) bf16 contiguous -> (rows, n) bf16. Where bitsandbytes would
+    run its own C function (no kernels-community kernel loaded), call that function directly: the registered op
+    wraps it in ~15-20 us of Python per call (a tensor comparison, reshapes, dtype checks), and a decode step of a
+    Cohere model makes 7 such calls per layer; measured 9 us against 26 us for a 256x1024 weight. Same kernel,
+    same bits (tests/test_quant.py)."""
+    absmax_t = absmax_t.contiguous()  # a no-op, but for the parts of a fused module (QuantLinear4bit.cat)
+    fn = native_gemv_4bit(quant_type)
+    if fn is None:
+        return torch.ops.bitsandbytes.gemv_4bit.default(a, packed, [n, a.shape[1]], absmax_t, code, blocksize)
+    out = torch.empty(a.shape[0], n, dtype=torch.bfloat16)
+    fn(a.shape[0], n, a.shape[1], a.data_ptr(), packed.data_ptr(), absmax_t.data_ptr(), out.data_ptr(), blocksize,
+       a.stride(0), n)
+    return out
+
+
+def native_gemv_4bit(quant_type: str):
+    """The C function bitsandbytes' CPU gemv_4bit op calls, or None where the op would do something else; as our
+    own ctypes prototype of its address (typed arguments: no ctypes objects to build per call, and bitsandbytes'
+    own function object is left as it is): (M, N, K, A, B, absmax, out, blocksize, lda, ldc)."""
+    cache = native_gemv_4bit.__dict__
+    if quant_type not in cache:
+        fn = None
+        try:
+            import ctypes as ct
+
+            import bitsandbytes.backends.cpu.ops as cpu_ops
+            from bitsandbytes.cextension import lib
+
+            if getattr(cpu_ops, "gemm_4bit_forward_kernel", None) is None:
+                raw = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16", None)
+                if raw is not None:
+                    i, p = ct.c_int64, ct.c_void_p
+                    fn = ct.CFUNCTYPE(None, i, i, i, p, p, p, p, i, i, i)(ct.cast(raw, ct.c_void_p).value)
+        except Exception:  # another bitsandbytes layout: keep the registered op
+            fn = None
+        cache[quant_type] = fn
+    return cache[quant_type]

@@ -1,0 +1,224 @@
+"""Loading an HF-format checkpoint folder into the model core.
+
+Tensors are read one at a time from memory-mapped safetensors and converted straight into the compute dtype, into a
+model built on the meta device: peak memory stays near the model's size in its compute dtype, never twice it."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cohere_cli.errors import CheckpointError, CohereWarning, UsageError
+from cohere_cli.config import ModelConfig, read_config
+from cohere_cli.model import CohereForCausalLM
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: from the shard index if there is one, else every *.safetensors."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is unreadable ({e}): re-download the checkpoint") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder} lacks shard {missing[0]} named in its index: re-download the checkpoint")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} has no *.safetensors weights (.bin and GGUF are not supported)")
+    return files
+
+
+def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """--dtype auto|float32|bfloat16|float16 -> (dtype, why). auto: bf16 on CUDA when supported else fp16;
+    on CPU bf16 where the CPU has native bf16 matmul (AVX512-BF16/AMX: 1.5x faster decode, 5x faster prefill than
+    fp32 here, see platform-notes), else fp32. Never fp16 on CPU: it is the slowest of the three there."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise UsageError(f"--dtype must be one of auto, float32, bfloat16, float16 (got {name!r})")
+        if name == "float16" and device.type == "cpu":
+            warnings.warn("float16 on CPU is slow (no native fp16 matmul): prefer bfloat16 or float32", CohereWarning,
+                          stacklevel=2)
+        return DTYPES[name], "as asked"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA with bf16 support"
+        return torch.float16, "CUDA without bf16"
+    cap = torch.backends.cpu.get_cpu_capability()
+    if _cpu_has_bf16():
+        return torch.bfloat16, f"CPU with native bf16 ({cap})"
+    return torch.float32, f"CPU without native bf16 ({cap})"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+@dataclass
+class Loaded:
+    model: CohereForCausalLM
+    config: ModelConfig
+    raw_config: dict
+    dtype: torch.dtype
+    dtype_reason: str
+    load_seconds: float
+    folder: Path
+
+
+def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "cpu", inference: bool = True) -> Loaded:
+    """Build the model for `folder` and fill it tensor by tensor. Raises CheckpointError on any mismatch.
+    With `inference` (the default) it comes out in the decode layout: fused q/k/v and gate/up (model.fuse()) and,
+    on CPU, weights packed for oneDNN (model.pack()); inference=False keeps the checkpoint's modules as they are
+    (what bench_child.quantize_in_memory needs)."""
+    from safetensors import SafetensorError, safe_open
+
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    raw, cfg = read_config(folder)
+    files = weight_files(folder)
+    torch_dtype, why = pick_dtype(dtype, device)
+    with torch.device("meta"), _no_init():
+        model = CohereForCausalLM(cfg)
+    params = dict(model.named_parameters(remove_duplicate=True))  # tied lm_head appears once, as embed_tokens
+    expected = set(params)
+    tied = cfg.tie_word_embeddings
+    seen: set[str] = set()
+    quant = None
+    if isinstance(raw.get("quantization_config"), dict):  # bitsandbytes linears: built by cohere_cli/weights/quant.py
+        from cohere_cli.weights.quant import QuantizedLoader
+
+        quant = QuantizedLoader(model, raw, files, torch_dtype, device)
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt", device="cpu") as sf:
+                for key in sf.keys():
+                    if key == "lm_head.weight" and tied:
+                        continue  # some exports write the tied head too; it is the embedding
+                    if quant is not None and quant.take(key, sf):
+                        seen.add(key)
+                        continue
+                    if key not in expected:
+                        raise CheckpointError(
+                            f"{f.name} has unexpected tensor {key!r}: not a {cfg.model_type} checkpoint of this "
+                            f"config (quantized checkpoints need `cohere quantize` support)"
+                        )
+                    t = sf.get_tensor(key)
+                    _assign(model, key, t, params[key], torch_dtype, device, f)
+                    seen.add(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{f} is corrupt or truncated ({e}): re-download it") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {f} ({e})") from None
+    head = None
+    if quant is not None:
+        quant.finish()
+        head = quant.head_threshold
+    missing = sorted(expected - seen)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint {folder} lacks tensor {missing[0]!r}{more}: it is incomplete")
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.eval().requires_grad_(False)
+    if inference:
+        inference_layout(model, files, int8_head=head)
+    return Loaded(model, cfg, raw, torch_dtype, why, time.perf_counter() - t0, folder)
+
+
+def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
+                     int8_head: float | None = None) -> None:
+    """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
+    the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
+    the head as LLM.int8() with this outlier threshold instead, on CPU (quantized checkpoints, quant.int8_head).
+    bf16 on CPU: each block's decode step through the native kernels where they build (kernels.decode_ops)."""
+    w = model.model.embed_tokens.weight
+    emb = head = None
+    if files and w.device.type == "cpu" and model.lm_head.weight is w:
+        emb = mapped_tensor(files, "model.embed_tokens.weight", w.dtype)
+    if int8_head is not None and isinstance(model.lm_head, torch.nn.Linear):
+        from cohere_cli.weights.quant import int8_head as build
+
+        head = build(model.lm_head.weight, int8_head)
+    model.fuse().pack(embedding=emb, head=head)
+    if w.device.type == "cpu" and w.dtype == torch.bfloat16:
+        from cohere_cli.weights import kernels
+
+        ops = kernels.decode_ops()
+        if ops is not None:
+            model.use_decode_kernels(ops)
+
+
+def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """Tensor `key` as a read-only view of its bytes in the checkpoint file (a private memory map, read lazily:
+    only the pages touched become resident), or None where it is not stored in `dtype`, not found, or the file
+    cannot be mapped. The safetensors layout: an 8-byte little-endian header length, a JSON header giving each
+    tensor's dtype, shape and [begin, end) byte offsets within the data that follows."""
+    import mmap
+    import warnings
+
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                info = json.loads(fh.read(n)).get(key)
+                if info is None:
+                    continue
+                if info.get("dtype") != names.get(dtype):
+                    return None
+                begin, end = info["data_offsets"]
+                count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private: never written back
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = torch.frombuffer(mm, dtype=dtype, count=count, offset=8 + n + begin)
+            return t.view(info["shape"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+    return None
+
+
+@contextmanager
+def _no_init():
+    """Skip random initialisation while building on meta: every weight is overwritten by the checkpoint, and
+    nn.init on meta tensors goes through torch._refs, which imports torch._dynamo (0.8 s of start-up)."""
+    names = ("kaiming_uniform_", "uniform_", "normal_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda t, *a, **k: t)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+def _assign(model, key: str, t: torch.Tensor, meta_param, dtype, device, f: Path) -> None:
+    if tuple(t.shape) != tuple(meta_param.shape):
+        raise CheckpointError(
+            f"{f.name}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies {tuple(meta_param.shape)}"
+        )
+    mod_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(mod_name)
+    # .to() converts and copies once; the mmap-backed source is dropped right after. Where it had nothing to do
+    # the tensor still lives in the safetensors memory map: fine for linears (fuse() and pack() copy them, or they
+    # stay mapped), but an embedding or norm left there would keep the whole file mapped, with every page loading
+    # touched counting in the resident set on top of the packed copies (426 MB on the 213M benchmark model).
+    w = t.to(device=device, dtype=dtype)
+    if w.data_ptr() == t.data_ptr() and not isinstance(module, torch.nn.Linear):
+        w = w.clone()
+    module._parameters[attr] = torch.nn.Parameter(w, requires_grad=False)
