@@ -88,13 +88,7 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
         w = mod.weight.detach()
         stored = quant.quantize_weight(w, spec)
         bias = None if mod.bias is None else mod.bias.detach()
-        if spec.bits == 4:
-            new = qlinear.QuantLinear4bit.from_stored(stored, mod.in_features, mod.out_features, bias, w.device)
-        else:
-            new = qlinear.QuantLinear8bit.from_stored(stored, mod.in_features, mod.out_features, bias, spec.threshold,
-                                                    w.device)
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new)
+        quant.replace_linear(model, name, stored, spec.bits, bias, spec.threshold, w.device)
         del w, stored, mod
         n += 1
     from cohere_cli.weights.checkpoint import inference_layout, weight_files

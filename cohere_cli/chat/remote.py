@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.chat.session import ChatSettings, TurnStats, grounded_template, render_text
+from cohere_cli.chat.session import ChatSettings, TurnStats, fit_context, grounded_template, render_text
 from cohere_cli.engine.response import Response
-from cohere_cli.errors import ContextOverflow, TemplateError
+from cohere_cli.errors import TemplateError
 from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
 from cohere_cli.remote.http import RemoteError
 
@@ -48,7 +48,11 @@ class RemoteChat:
         return bool(conv.documents) or self.settings.template not in (None, "default")
 
     def render(self, conv: Conversation) -> list[int]:
-        return self.tokenizer.encode(self.render_text(conv), add_bos=False)  # the template wrote BOS itself
+        return self._encode(conv)[1]
+
+    def _encode(self, conv: Conversation) -> tuple[str, list[int]]:
+        text = self.render_text(conv)
+        return text, self.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
 
     def render_text(self, conv: Conversation) -> str:
         if self.tokenizer is None:
@@ -71,21 +75,7 @@ class RemoteChat:
                                                         "a grounded answer (--doc)"))
             ids = []  # counts come from the server's usage
         else:
-            reserve = min(self.settings.max_tokens, max(self.context // 4, 1))
-            while True:
-                text = self.render_text(conv)
-                ids = self.tokenizer.encode(text, add_bos=False)
-                if len(ids) + reserve <= self.context:
-                    break
-                if self.settings.on_overflow == "error":
-                    raise ContextOverflow(
-                        f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
-                        f"{self.context}: /reset, /undo, or restart with --on-overflow drop")
-                if not conv.drop_oldest_exchange():
-                    raise ContextOverflow(
-                        f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context "
-                        f"of {self.context}: shorten it (or remove documents)")
-                dropped += 1
+            text, ids, dropped = fit_context(conv, self.settings, self.context, self._encode)
         self._open(conv, ids, text if ids else None)
         return ids, dropped
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
 from cohere_cli.errors import ContextOverflow, TemplateError
@@ -101,6 +101,28 @@ class TurnStats:
     dropped_turns: int = 0
 
 
+def fit_context(conv: Conversation, settings: ChatSettings, context: int,
+                encode: Callable[[Conversation], tuple[str, list[int]]]) -> tuple[str, list[int], int]:
+    """The conversation rendered (text and ids) so that it leaves room for an answer, dropping the oldest exchanges
+    if the policy allows; returns (text, ids, exchanges dropped). Never drops the preamble or the documents; never
+    truncates silently: ContextOverflow says what to do instead."""
+    reserve = min(settings.max_tokens, max(context // 4, 1))
+    dropped = 0
+    while True:
+        text, ids = encode(conv)
+        if len(ids) + reserve <= context:
+            return text, ids, dropped
+        if settings.on_overflow == "error":
+            raise ContextOverflow(
+                f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                f"{context}: /reset, /undo, or restart with --on-overflow drop")
+        if not conv.drop_oldest_exchange():
+            raise ContextOverflow(
+                f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+                f"{context}: shorten it (or remove documents)")
+        dropped += 1
+
+
 class LocalChat:
     def __init__(self, rt: Runtime, settings: ChatSettings, ctx: int | None = None):
         from cohere_cli.engine.generate import Session
@@ -116,29 +138,15 @@ class LocalChat:
 
     # ---- rendering ------------------------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> list[int]:
+        return self._encode(conv)[1]
+
+    def _encode(self, conv: Conversation) -> tuple[str, list[int]]:
         text = render_text(self.rt.tokenizer, conv, self.settings, self.name)
-        return self.rt.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
+        return text, self.rt.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
 
     def fit(self, conv: Conversation) -> tuple[list[int], int]:
-        """Prompt ids that leave room for an answer, dropping the oldest turns if the policy allows.
-        Returns (ids, turns dropped). Never drops the preamble or the documents; never truncates silently."""
-        reserve = min(self.settings.max_tokens, max(self.context // 4, 1))
-        dropped = 0
-        while True:
-            ids = self.render(conv)
-            if len(ids) + reserve <= self.context:
-                return ids, dropped
-            if self.settings.on_overflow == "error":
-                raise ContextOverflow(
-                    f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
-                    f"{self.context}: /reset, /undo, or restart with --on-overflow drop"
-                )
-            if not conv.drop_oldest_exchange():
-                raise ContextOverflow(
-                    f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context of "
-                    f"{self.context}: shorten it (or remove documents)"
-                )
-            dropped += 1
+        _, ids, dropped = fit_context(conv, self.settings, self.context, self._encode)
+        return ids, dropped
 
     # ---- one turn ------------------------------------------------------------------------------------------------
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:

@@ -39,9 +39,10 @@ _QUANT_AUX_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant
 _MAX_HEADER = 100_000_000
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """The tensor table of a .safetensors file: {name: {"dtype", "shape", "data_offsets"}} (no `__metadata__`).
-    Raises ValueError when the file is not safetensors."""
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The one safetensors header reader: ({name: {"dtype", "shape", "data_offsets"}} without `__metadata__`,
+    absolute offset of the data section). The layout: an 8-byte little-endian header length, then that many bytes
+    of JSON. Raises ValueError (OSError when unreadable) when the file is not safetensors; the header is bounded."""
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -50,6 +51,8 @@ def read_safetensors_header(path: Path) -> dict:
         if n == 0 or n > _MAX_HEADER:
             raise ValueError(f"{path} has an implausible safetensors header length ({n})")
         blob = f.read(n)
+    if len(blob) != n:
+        raise ValueError(f"{path} ends inside its safetensors header")
     try:
         header = json.loads(blob)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -57,7 +60,12 @@ def read_safetensors_header(path: Path) -> dict:
     if not isinstance(header, dict):
         raise ValueError(f"{path} has an unreadable safetensors header")
     header.pop("__metadata__", None)
-    return header
+    return header, 8 + n
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The tensor table of a .safetensors file (see safetensors_header)."""
+    return safetensors_header(path)[0]
 
 
 @dataclass

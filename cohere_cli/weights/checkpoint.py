@@ -168,24 +168,25 @@ def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tens
     cannot be mapped. The safetensors layout: an 8-byte little-endian header length, a JSON header giving each
     tensor's dtype, shape and [begin, end) byte offsets within the data that follows."""
     import mmap
-    import warnings
+
+    from cohere_cli.store.sizes import safetensors_header
 
     names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
     for f in files:
         try:
+            header, data = safetensors_header(f)
+            info = header.get(key)
+            if info is None:
+                continue
+            if info.get("dtype") != names.get(dtype):
+                return None
+            begin, end = info["data_offsets"]
+            count = (end - begin) // torch.empty((), dtype=dtype).element_size()
             with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                info = json.loads(fh.read(n)).get(key)
-                if info is None:
-                    continue
-                if info.get("dtype") != names.get(dtype):
-                    return None
-                begin, end = info["data_offsets"]
-                count = (end - begin) // torch.empty((), dtype=dtype).element_size()
                 mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private: never written back
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = torch.frombuffer(mm, dtype=dtype, count=count, offset=8 + n + begin)
+                t = torch.frombuffer(mm, dtype=dtype, count=count, offset=data + begin)
             return t.view(info["shape"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return None

@@ -213,6 +213,20 @@ def head_threshold(raw: dict) -> float | None:
     return float(q.get("llm_int8_threshold", 6.0) or 0.0)
 
 
+def replace_linear(model: nn.Module, name: str, stored: dict[str, torch.Tensor], bits: int, bias: torch.Tensor | None,
+                   threshold: float, device: torch.device) -> None:
+    """Put the quantized module for `stored` (what a checkpoint holds for linear `name`: quantize_weight's output)
+    in place of that linear. The one swap: loading a quantized checkpoint and quantizing in memory (bench) both
+    end here, so both run the same module."""
+    old = model.get_submodule(name)
+    if bits == 4:
+        new = QuantLinear4bit.from_stored(stored, old.in_features, old.out_features, bias, device)
+    else:
+        new = QuantLinear8bit.from_stored(stored, old.in_features, old.out_features, bias, threshold, device)
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+
+
 class QuantizedLoader:
     """Routes the tensors of bitsandbytes-quantized linears, as load_model streams them, into quantized modules.
 
@@ -292,20 +306,13 @@ class QuantizedLoader:
         return True
 
     def _build(self, mod: str, comps: dict[str, torch.Tensor]) -> None:
-        old = self.model.get_submodule(mod)
         bias = comps.pop("bias", None)
         if bias is not None:
             bias = bias.to(device=self.device, dtype=self.dtype)
         try:
-            if self.kind[mod] == 4:
-                new = QuantLinear4bit.from_stored(comps, old.in_features, old.out_features, bias, self.device)
-            else:
-                new = QuantLinear8bit.from_stored(comps, old.in_features, old.out_features, bias, self.threshold,
-                                                  self.device)
+            replace_linear(self.model, mod, comps, self.kind[mod], bias, self.threshold, self.device)
         except (ValueError, KeyError, AssertionError, RuntimeError) as e:
             raise CheckpointError(f"quantized tensor {mod!r}: {e}") from None
-        parent, _, attr = mod.rpartition(".")
-        setattr(self.model.get_submodule(parent), attr, new)
         self.built += 1
 
     def finish(self) -> None:

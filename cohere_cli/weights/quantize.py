@@ -36,6 +36,7 @@ import torch
 from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
 from cohere_cli.errors import CheckpointError, QuantizeError, UsageError
+from cohere_cli.store import sizes
 from cohere_cli.store.atomic import publish_folder
 
 ST_DTYPES = {
@@ -70,20 +71,11 @@ class Src:
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """(tensor table, absolute offset of the data section) of a .safetensors file."""
+    """(tensor table, absolute offset of the data section) of a .safetensors file; CheckpointError when unreadable."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError("too short")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ValueError(f"implausible header length {n}")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return sizes.safetensors_header(path)
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}): re-download it") from None
-    header.pop("__metadata__", None)
-    return header, 8 + n
 
 
 def scan(folder: Path) -> list[Src]:
