@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cohere_cli import __version__
+from cohere_cli.engine.sampling import BOUNDS
 from cohere_cli.errors import CohereError, CohereWarning
 
 app = typer.Typer(
@@ -54,12 +55,20 @@ def _root(
 
 # ---- shared option types -------------------------------------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="Checkpoint folder (HF format) or a name in the store.")]
-MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many new tokens.")]
-Temperature = Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.")]
-TopK = Annotated[int, typer.Option("--top-k", min=0, help="Keep the K most likely tokens (0 = off).")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1 = off).")]
-MinP = Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tokens below P x the top probability.")]
-RepPenalty = Annotated[float, typer.Option("--repetition-penalty", min=0.0, help="1 = off.")]
+def _bounded(key: str, *decls: str, help: str):
+    """An option whose range is engine.sampling.BOUNDS[key], the table SamplingParams and /set check too."""
+    lo, hi = BOUNDS[key]
+    return typer.Option(*decls, min=lo, max=hi, help=help)
+
+
+# Optional: `chat` leaves them None (not given: generation_config.json's value applies), `generate` defaults them.
+MaxTokens = Annotated[Optional[int], _bounded("max_tokens", "--max-tokens", "-n",
+                                              help="Stop after this many new tokens.")]
+Temperature = Annotated[Optional[float], _bounded("temperature", "--temperature", "-t", help="0 = greedy.")]
+TopK = Annotated[Optional[int], _bounded("top_k", "--top-k", help="Keep the K most likely tokens (0 = off).")]
+TopP = Annotated[Optional[float], _bounded("top_p", "--top-p", help="Nucleus sampling mass (1 = off).")]
+MinP = Annotated[Optional[float], _bounded("min_p", "--min-p", help="Drop tokens below P x the top probability.")]
+RepPenalty = Annotated[Optional[float], _bounded("repetition_penalty", "--repetition-penalty", help="1 = off.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 Dtype = Annotated[
     Literal["auto", "float32", "bfloat16", "float16"],
@@ -154,14 +163,12 @@ def chat(
     ctx: Annotated[
         Optional[int], typer.Option("--ctx", min=16, help="Context to allocate (default: the model's, at most 8192).")
     ] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="Longest answer.")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=0, help="0 = off.")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="1 = off.")] = None,
-    min_p: Annotated[Optional[float], typer.Option("--min-p", min=0.0, max=1.0, help="0 = off.")] = None,
-    repetition_penalty: Annotated[
-        Optional[float], typer.Option("--repetition-penalty", min=0.0, help="1 = off.")
-    ] = None,
+    max_tokens: MaxTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    min_p: MinP = None,
+    repetition_penalty: RepPenalty = None,
     seed: Seed = None,
     dtype: Dtype = "auto",
     json_out: Json = False,

@@ -93,6 +93,8 @@ def test_answer_streams_and_ctrl_c_stops_it_but_keeps_the_session(endless, tmp_p
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert 0 < len(msgs[1]["content"]) < 6000 * 8
     out = chat.say("/set max_tokens 5")
+    out = chat.say("/set top_p 2")  # the bounds the CLI's --top-p has (engine.sampling.BOUNDS)
+    assert "top_p must be between 0.0 and 1.0" in out
     out = chat.say("and now?")
     assert status(out)[0] > 0
     chat.close()

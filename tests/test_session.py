@@ -62,3 +62,17 @@ def test_rewind_beyond_ring_slack_starts_over(rt):
     has_ring = model.config.model_type == "cohere2"
     assert r.prefilled_tokens == (len(b) if has_ring else len(b) - 10)
     assert got == run(model, tok, b)[0]
+
+
+def test_generation_config_out_of_range_or_malformed_is_ignored(tmp_path):
+    """generation_config.json is the checkpoint's, not the user's: a value out of range is dropped with a warning,
+    a file that is not a JSON object gives no defaults; neither stops the chat."""
+    from cohere_cli.chat.session import generation_defaults
+    from cohere_cli.errors import CohereWarning
+
+    (tmp_path / "generation_config.json").write_text('{"top_p": 1.5, "temperature": 0.7, "top_k": 40}')
+    with pytest.warns(CohereWarning, match="top_p must be between 0.0 and 1.0"):
+        assert generation_defaults(tmp_path) == {"temperature": 0.7, "top_k": 40}
+    for bad in ("[1, 2]", "{not json", "\xff\xfe"):
+        (tmp_path / "generation_config.json").write_text(bad)
+        assert generation_defaults(tmp_path) == {}

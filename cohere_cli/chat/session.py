@@ -5,14 +5,15 @@ The REPL and `cohere chat --prompt` both drive this; a remote endpoint can stand
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.errors import ContextOverflow, TemplateError
+from cohere_cli.errors import CohereWarning, ContextOverflow, TemplateError, UsageError
 from cohere_cli.engine.response import Response
-from cohere_cli.engine.sampling import SamplingParams
+from cohere_cli.engine.sampling import SamplingParams, check_bounds
 
 if TYPE_CHECKING:  # LocalChat runs a local model; the remote chat (remote.py) shares the rest without torch
     from cohere_cli.engine.runtime import Runtime
@@ -33,8 +34,11 @@ class ChatSettings:
 def generation_defaults(folder: Path) -> dict:
     """Sampling defaults from the checkpoint's generation_config.json (what its authors recommend)."""
     try:
-        g = json.loads((folder / "generation_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        with open(folder / "generation_config.json", "rb") as f:
+            g = json.loads(f.read(1 << 20))  # ~200 bytes in every release: more is not a generation config
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(g, dict):
         return {}
     out = {}
     if g.get("do_sample") is False:
@@ -46,6 +50,13 @@ def generation_defaults(folder: Path) -> dict:
             out[key] = cast(g[key])
     if isinstance(g.get("max_new_tokens"), int):
         out["max_tokens"] = g["max_new_tokens"]
+    for key, value in list(out.items()):  # the file is the checkpoint's, not the user's: out of range is ignored
+        try:
+            check_bounds(key, value)
+        except UsageError as e:
+            warnings.warn(f"{folder / 'generation_config.json'}: {e}; the default is used", CohereWarning,
+                          stacklevel=2)
+            del out[key]
     return out
 
 

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
+
+from cohere_cli.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
+
+# The one table of bounds: the CLI's options declare theirs from it, SamplingParams checks it, and so `/set` does too.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0),
+    "top_k": (0, 1 << 30),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "repetition_penalty": (0.01, 100.0),
+    "max_tokens": (1, 1 << 30),
+}
+
+
+def check_bounds(key: str, value) -> None:
+    """UsageError unless `value` is within BOUNDS[key] (keys without bounds pass)."""
+    lo, hi = BOUNDS.get(key, (None, None))
+    if value is not None and lo is not None and not lo <= value <= hi:
+        raise UsageError(f"{key} must be between {lo} and {hi} (got {value})")
 
 
 @dataclass
@@ -17,6 +37,10 @@ class SamplingParams:
     min_p: float = 0.0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_bounds(f.name, getattr(self, f.name))
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -17,7 +17,8 @@ from rich.table import Table
 from cohere_cli.chat.citations import CitationStream
 from cohere_cli.ui.console import err, error, info, warn
 from cohere_cli.chat.conversation import Conversation, read_document
-from cohere_cli.errors import CohereError
+from cohere_cli.engine.sampling import check_bounds
+from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
 
 HELP = [
@@ -229,11 +230,10 @@ class Repl:
         except ValueError:
             error(f"{key} takes a{'n integer' if SETTABLE[key] is int else ' number'}, not {value!r}")
             return
-        bounds = {"top_p": (0, 1), "min_p": (0, 1), "temperature": (0, 100), "top_k": (0, 1 << 30),
-                  "max_tokens": (1, 1 << 30), "repetition_penalty": (0.01, 100)}
-        lo, hi = bounds.get(key, (None, None))
-        if v is not None and lo is not None and not lo <= v <= hi:
-            error(f"{key} must be between {lo} and {hi}")
+        try:
+            check_bounds(key, v)
+        except UsageError as e:
+            error(str(e))
             return
         if key == "max_tokens":
             self.engine.settings.max_tokens = v
