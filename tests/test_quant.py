@@ -382,6 +382,16 @@ def test_loader_errors(quantized, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="'gptq' is not supported"):
         load_model(d)
+    # the config's bits are read back and must match the tensors (an nf4 folder whose config says int8)
+    cfg["quantization_config"].update(quant_method="bitsandbytes", load_in_4bit=False, load_in_8bit=True,
+                                      _load_in_4bit=False, _load_in_8bit=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config.json says 8-bit but .* is stored 4-bit"):
+        load_model(d)
+    cfg["quantization_config"].update(load_in_8bit=False, _load_in_8bit=False)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="says neither load_in_4bit nor load_in_8bit"):
+        load_model(d)
     shutil.rmtree(d)
     shutil.copytree(quantized["nf4"], d)
     victim = "model.layers.1.mlp.up_proj.weight.absmax"

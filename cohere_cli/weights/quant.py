@@ -72,6 +72,21 @@ class QuantSpec:
     def precision(self) -> str:
         return self.quant_type if self.bits == 4 else "int8"
 
+    @classmethod
+    def read_back(cls, q: dict) -> "QuantSpec":
+        """The spec a `quantization_config` was written from (quantization_config's inverse, for what load needs
+        to know). CheckpointError when it says neither or both of 4-bit and 8-bit."""
+        four = bool(q.get("load_in_4bit", q.get("_load_in_4bit")))
+        eight = bool(q.get("load_in_8bit", q.get("_load_in_8bit")))
+        if four == eight:
+            says = "both load_in_4bit and load_in_8bit" if four else "neither load_in_4bit nor load_in_8bit"
+            raise CheckpointError(f"config.json: quantization_config says {says}: re-quantize or re-download the "
+                                  f"checkpoint")
+        threshold = q.get("llm_int8_threshold", 6.0)
+        return cls(bits=4 if four else 8, quant_type=str(q.get("bnb_4bit_quant_type") or "nf4") if four else "nf4",
+                   double_quant=bool(q.get("bnb_4bit_use_double_quant")) if four else False,
+                   threshold=float(threshold) if isinstance(threshold, (int, float)) else 6.0)
+
     def wants(self, module: str) -> bool:
         """Whether the linear `module` (e.g. model.layers.3.mlp.up_proj) is quantized."""
         if not QUANTIZABLE.match(module):
@@ -245,7 +260,8 @@ class QuantizedLoader:
             raise CheckpointError(f"config.json: quantization method {method!r} is not supported: only bitsandbytes "
                                   f"(nf4, fp4, int8) checkpoints load, e.g. those written by `cohere quantize`")
         self.model, self.dtype, self.device = model, dtype, torch.device(device)
-        self.threshold = float(q.get("llm_int8_threshold", 6.0) or 0.0)
+        self.spec = QuantSpec.read_back(q)
+        self.threshold = self.spec.threshold
         self.head_threshold = head_threshold(raw)
         if names is None:
             from cohere_cli.store.sizes import read_safetensors_header
@@ -273,6 +289,10 @@ class QuantizedLoader:
                 mod = n[: -len(".SCB")]
                 self.kind[mod] = 8
                 self.need[mod] = {"weight", "SCB"} | ({"weight_format"} if f"{mod}.weight_format" in names else set())
+        for mod, bits in sorted(self.kind.items()):
+            if bits != self.spec.bits:  # the config and the tensors must tell the same story
+                raise CheckpointError(f"config.json says {self.spec.bits}-bit but {mod!r} is stored {bits}-bit: the "
+                                      f"checkpoint is inconsistent; re-quantize or re-download it")
         for mod in self.kind:
             try:
                 sub = model.get_submodule(mod)
