@@ -20,13 +20,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
-import math
-import mmap
 import os
 import shutil
-import struct
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,119 +31,19 @@ import torch
 
 from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
-from cohere_cli.errors import CheckpointError, QuantizeError, UsageError
-from cohere_cli.store import sizes
+from cohere_cli.errors import QuantizeError, UsageError
 from cohere_cli.store.atomic import publish_folder
+from cohere_cli.weights.safetensors import ELEM, ST_DTYPES, MappedFiles, OutTensor, ShardWriter, Src, scan
 
-ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-ELEM = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 FLOATS = ("F16", "BF16", "F32")
 DEFAULT_SHARD_BYTES = 2 * 10**9
 COPY_SLICE = 64 << 20
-PAGE = mmap.PAGESIZE
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "manifest.json"}
 QS_JSON_MAX = 999  # upper bound on the quant_state JSON length (it is ~180 bytes)
 
 
-# ---- reading the parent ---------------------------------------------------------------------------------------------
-@dataclass
-class Src:
-    name: str
-    file: Path
-    dtype: str  # safetensors spelling
-    shape: tuple[int, ...]
-    start: int  # absolute byte offsets in the file
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-
-def read_header(path: Path) -> tuple[dict, int]:
-    """(tensor table, absolute offset of the data section) of a .safetensors file; CheckpointError when unreadable."""
-    try:
-        return sizes.safetensors_header(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}): re-download it") from None
-
-
-def scan(folder: Path) -> list[Src]:
-    """Every tensor of the checkpoint, in file order then data order (sequential reads)."""
-    from cohere_cli.weights.checkpoint import weight_files
-
-    out = []
-    for f in weight_files(folder):
-        header, base = read_header(f)
-        size = f.stat().st_size
-        items = []
-        for name, t in header.items():
-            a, b = t["data_offsets"]
-            if base + b > size:
-                raise CheckpointError(f"{f} is truncated (tensor {name!r} ends past the end of the file): "
-                                      f"re-download it")
-            items.append(Src(name, f, t["dtype"], tuple(t["shape"]), base + a, base + b))
-        out += sorted(items, key=lambda s: s.start)
-    return out
-
-
-class MappedFiles:
-    """Read-only maps of the parent's files. `view` gives a zero-copy tensor over a byte range; `release` drops the
-    range's pages from this process (they stay in the page cache), which keeps the resident set at what is being
-    worked on rather than everything read so far."""
-
-    def __init__(self):
-        self.maps: dict[Path, tuple] = {}
-
-    def _map(self, path: Path) -> mmap.mmap:
-        if path not in self.maps:
-            f = open(path, "rb")
-            self.maps[path] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        return self.maps[path][1]
-
-    def view(self, path: Path, start: int, end: int, dtype: torch.dtype, shape) -> torch.Tensor:
-        mm = self._map(path)
-        with warnings.catch_warnings():  # the map is read-only and we never write through the view
-            warnings.simplefilter("ignore")
-            count = (end - start) // torch.empty(0, dtype=dtype).element_size()
-            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=start)
-        return t.view(shape)
-
-    def bytes(self, path: Path, start: int, end: int) -> memoryview:
-        return memoryview(self._map(path))[start:end]
-
-    def release(self, path: Path, start: int, end: int) -> None:
-        mm = self._map(path)
-        a = start // PAGE * PAGE
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            mm.madvise(mmap.MADV_DONTNEED, a, end - a)
-
-    def close(self) -> None:
-        for f, mm in self.maps.values():
-            with contextlib.suppress(BufferError, ValueError):
-                mm.close()
-            f.close()
-        self.maps.clear()
-
-
 # ---- planning the output --------------------------------------------------------------------------------------------
-@dataclass
-class OutTensor:
-    name: str
-    dtype: str
-    shape: list[int]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * ELEM[self.dtype]
-
-
 @dataclass
 class Item:
     """One unit of work: a parent tensor copied as is, or a linear weight quantized into several output tensors."""
@@ -223,76 +119,6 @@ def make_plan(tensors: list[Src], spec: quant.QuantSpec, max_shard_bytes: int = 
     parent_dtype = max(by_dtype, key=by_dtype.get)
     return Plan(items, shard + 1, kept, quantized, sum(t.nbytes for t in tensors),
                 sum(it.out_bytes for it in items), {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[parent_dtype])
-
-
-# ---- writing shards -------------------------------------------------------------------------------------------------
-class ShardWriter:
-    """Writes one .safetensors file front to back. The header's room is reserved from the planned tensors (offsets
-    counted at 16 digits, the quant_state JSON at its maximum length) and the real header, padded with spaces, is
-    written over it at the end."""
-
-    def __init__(self, path: Path, planned: list[OutTensor]):
-        self.path = path
-        self.planned = {o.name: o for o in planned}
-        worst = {"__metadata__": {"format": "pt"}}
-        for o in planned:
-            worst[o.name] = {"dtype": o.dtype, "shape": o.shape, "data_offsets": [10**15, 10**15]}
-        self.room = -(-(len(json.dumps(worst, separators=(",", ":"))) + 64) // 8) * 8
-        self.f = open(path, "wb")
-        self.f.seek(8 + self.room)
-        self.offset = 0
-        self.entries: dict[str, dict] = {}
-        self.deferred: list[tuple[str, torch.Tensor]] = []
-        self._open: tuple[str, str, list[int], int] | None = None
-
-    # streamed tensor: begin, write pieces, end
-    def begin(self, name: str, dtype: str, shape: list[int]) -> None:
-        assert self._open is None and self.offset % ELEM[dtype] == 0, f"{name} would be misaligned"
-        self._open = (name, dtype, list(shape), self.offset)
-
-    def write(self, buf) -> None:
-        self.f.write(buf)
-        self.offset += len(buf) if not isinstance(buf, memoryview) else buf.nbytes
-
-    def end(self) -> None:
-        name, dtype, shape, start = self._open
-        self._open = None
-        assert self.offset - start == math.prod(shape) * ELEM[dtype], f"{name}: wrote {self.offset - start} bytes"
-        self.entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, self.offset]}
-
-    def put(self, name: str, t: torch.Tensor) -> None:
-        """A whole tensor; those whose size is not a multiple of 8 bytes wait for the end of the shard."""
-        t = t.detach().contiguous().cpu()
-        if t.numel() * t.element_size() % 8:
-            self.deferred.append((name, t))
-            return
-        self._put_now(name, t)
-
-    def _put_now(self, name: str, t: torch.Tensor) -> None:
-        self.begin(name, ST_NAMES[t.dtype], list(t.shape))
-        if t.numel():
-            self.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        self.end()
-
-    def close(self) -> None:
-        for name, t in sorted(self.deferred, key=lambda x: -x[1].element_size()):
-            self._put_now(name, t)
-        self.deferred = []
-        if set(self.entries) != set(self.planned):
-            missing = sorted(set(self.planned) - set(self.entries))
-            raise AssertionError(f"shard {self.path.name}: planned tensors not written: {missing[:3]}")
-        header = {"__metadata__": {"format": "pt"}, **self.entries}
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        assert len(blob) <= self.room, "safetensors header outgrew its reserved room"
-        self.f.seek(0)
-        self.f.write(struct.pack("<Q", self.room) + blob + b" " * (self.room - len(blob)))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.f.close()
 
 
 # ---- the quantizer ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""manifest.json: what a store entry is (format in cohere_cli/store/__init__.py's docstring), written when the entry
+is built and checked by `cohere models verify`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from cohere_cli.config import read_config_json
+from cohere_cli.errors import CheckpointError
+from cohere_cli.store.atomic import write_atomic
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest of 10,000 files is ~2 MB
+_HASH_BLOCK = 8 << 20
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """folder/manifest.json as a dict, or None when absent or unreadable (size-bounded: a manifest lists files)."""
+    try:
+        with open(Path(folder) / MANIFEST, "rb") as f:
+            m = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+# ---- manifests --------------------------------------------------------------------------------------------------
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks; `progress(n)` is called with each block's size."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_HASH_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress is not None:
+                progress(n)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write folder/manifest.json atomically (temporary name, then rename)."""
+    folder = Path(folder)
+    target = folder / MANIFEST
+    write_atomic(target, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return target
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_manifest(
+    folder: Path,
+    *,
+    name: str,
+    source: dict | None = None,
+    parent: str | None = None,
+    precision: str | None = None,
+    files: dict[str, dict] | None = None,
+    **extra,
+) -> dict:
+    """A manifest for the checkpoint in `folder`: architecture, parameter count and storage dtype from config.json
+    and the safetensors headers; `files` ({relpath: {"size", "sha256", ...}}) is computed (hashing every file)
+    when not given. Extra keyword fields are added as they are."""
+    from cohere_cli.store import sizes
+
+    folder = Path(folder)
+    if files is None:
+        files = {}
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_file() and rel != MANIFEST and not p.name.startswith("."):
+                files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    try:
+        config = read_config_json(folder)
+    except CheckpointError:
+        config = None
+    try:
+        stats = sizes.tensor_stats(sizes.checkpoint_files(folder))
+        params, storage = stats.parameters or None, stats.storage_dtype
+    except (OSError, ValueError):
+        params, storage = None, None
+    arch = None
+    if isinstance(config, dict):
+        archs = config.get("architectures") or []
+        arch = archs[0] if archs else None
+    m = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "source": source,
+        "parent": parent,
+        "architecture": arch,
+        "model_type": config.get("model_type") if isinstance(config, dict) else None,
+        "parameters": params,
+        "storage_dtype": storage,
+        "precision": precision or sizes.precision_of(config, storage),
+        "created_at": utc_now(),
+    }
+    m.update(extra)
+    m["files"] = files
+    return m
