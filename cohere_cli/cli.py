@@ -4,7 +4,6 @@ imported inside each command so that `cohere --help` and shell completion never 
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -12,7 +11,7 @@ import typer
 
 from cohere_cli import __version__
 from cohere_cli.engine.sampling import BOUNDS
-from cohere_cli.errors import CohereError, CohereWarning
+from cohere_cli.errors import CohereError
 
 app = typer.Typer(
     name="cohere",
@@ -30,27 +29,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-_show_other_warning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Library code warns (CohereWarning); here, at the one boundary, that becomes a "warning:" line on stderr."""
-    if issubclass(category, CohereWarning):
-        from cohere_cli.ui.console import warn
-
-        warn(str(message))
-    else:
-        _show_other_warning(message, category, filename, lineno, file, line)
-
-
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
     ] = False,
 ) -> None:
-    warnings.simplefilter("always", CohereWarning)  # each is said once by its owner, never swallowed as a repeat
-    warnings.showwarning = _show_warning
+    from cohere_cli.ui.console import show_warnings
+
+    show_warnings()  # library code warns; here, at the one boundary, each warning becomes a "warning:" line
 
 
 # ---- shared option types -------------------------------------------------------------------------------------------

@@ -48,10 +48,17 @@ class ModelConfig:
             I, V = int(d["intermediate_size"]), int(d["vocab_size"])
         except KeyError as e:
             raise ValueError(f"config.json lacks {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"a dimension is not an integer ({e})") from None
+        if min(H, nh, L, I, V) <= 0:
+            raise ValueError("hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size "
+                             "must be positive")
         nkv = int(d.get("num_key_value_heads") or nh)
         # Cohere2Config forces head_dim = H // nh whatever config.json says (all releases: 128).
         hd = H // nh if mt == "cohere2" else int(d.get("head_dim") or H // nh)
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError("rope_parameters / rope_scaling must be an object")
         rtype = rope.get("rope_type", rope.get("type", "default"))
         if rtype not in ("default", None):
             raise ValueError(f"rope type {rtype!r} is not supported (Cohere releases use plain RoPE)")
@@ -108,5 +115,5 @@ def read_config(folder: Path) -> tuple[dict, ModelConfig]:
     raw = read_config_json(folder)
     try:
         return raw, ModelConfig.from_hf(raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from None

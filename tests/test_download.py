@@ -309,11 +309,16 @@ def test_transient_server_errors_are_retried(hub, ckpt):
 
 
 def test_stalled_server_times_out_and_resumes(hub, ckpt, monkeypatch):
-    monkeypatch.setenv("COHERE_CLI_DL_TIMEOUT", "2")
+    monkeypatch.setenv("COHERE_CLI_DL_TIMEOUT", "5")  # short enough for the test, long for a healthy connection
     hub.faults.stall(SHARD1, at=1_500_000, seconds=HOLD_LIMIT)  # until the test ends: only a timeout gets past it
     r = ok("download", REPO)
     assert "timed out" in r.stderr
     assert hub.sent(SHARD1) == size(ckpt, SHARD1)
+    hub.faults.clear()  # the stalled body ends; wait for it, so that no later test counts it as in flight
+    deadline = time.monotonic() + 60
+    while hub.in_flight[SHARD1]:
+        assert time.monotonic() < deadline, "the stalled body never ended"
+        time.sleep(0.02)
 
 
 # ---- errors --------------------------------------------------------------------------------------------------------

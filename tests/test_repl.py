@@ -223,3 +223,36 @@ def test_grounded_prompt_matches_transformers_rag_template(tmp_path):
         documents=[{"title": "penguins.txt", "text": "Emperor penguins are the tallest penguins."}],
         citation_mode="fast", tokenize=True, add_generation_prompt=True, return_dict=False)
     assert json.loads(r.stdout)["prompt_tokens"] == list(expected)
+
+
+def test_ctrl_c_before_the_answer_streams_keeps_the_session(monkeypatch, capsys):
+    """A Ctrl-C while the prompt is fitted or the request opens (before any text): the new message is dropped, the
+    session goes on; during /regen the question stays for the next /regen."""
+    from io import StringIO
+
+    from cohere_cli.chat.conversation import Conversation
+    from cohere_cli.engine.response import Response
+    from cohere_cli.ui.repl import Repl
+
+    class Engine:
+        name, context, history, interrupt = "fake", 100, [], {1, 3}
+
+        def __init__(self):
+            self.calls = 0
+
+        def fit(self, conv):
+            self.calls += 1
+            if self.calls in self.interrupt:
+                raise KeyboardInterrupt
+            return [1, 2], 0
+
+        def stream(self, conv, ids):
+            yield Response(text="fine", token=None, prompt_tokens=2, generation_tokens=1, prefill_tokens_per_s=0.0,
+                           decode_tokens_per_s=0.0, ttft_s=0.001, peak_memory_bytes=0, finish_reason="stop")
+
+    conv = Conversation()
+    monkeypatch.setattr("sys.stdin", StringIO("first\nsecond\n/regen\n"))
+    Repl(Engine(), conv, plain=True, history_file=None).run()
+    assert [(t["role"], t["content"]) for t in conv.turns] == [("user", "second")]
+    err = capsys.readouterr().err
+    assert err.count("[interrupted]") == 2 and "Traceback" not in err

@@ -1,5 +1,5 @@
-"""One precision of `cohere bench`, measured in a process of its own (`python -m cohere_cli.bench.child JOB
-RESULT`): the peak resident set is process-wide and only ever grows, so each precision gets a fresh process and
+"""One precision of `cohere bench`, measured in a process of its own (`python -m cohere_cli.commands.bench_child
+JOB RESULT`): the peak resident set is process-wide and only ever grows, so each precision gets a fresh process and
 reports its own peak (the high-water mark is reset after loading, so the figure is what running takes: weights + KV
 cache + activations; the peak including loading is reported beside it). The child loads the checkpoint (or quantizes
 a float one in memory when the store has no entry at that precision), warms up, then `repeat` times:

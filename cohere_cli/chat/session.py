@@ -5,6 +5,7 @@ The REPL and `cohere chat --prompt` both drive this; a remote endpoint can stand
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,13 +41,16 @@ def generation_defaults(folder: Path) -> dict:
         return {}
     if not isinstance(g, dict):
         return {}
+    def number(v) -> bool:  # JSON allows NaN and 1e999 (inf): neither is a setting
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
     out = {}
     if g.get("do_sample") is False:
         out["temperature"] = 0.0
-    elif isinstance(g.get("temperature"), (int, float)):
+    elif number(g.get("temperature")):
         out["temperature"] = float(g["temperature"])
     for key, cast in (("top_k", int), ("top_p", float), ("min_p", float), ("repetition_penalty", float)):
-        if isinstance(g.get(key), (int, float)):
+        if number(g.get(key)):
             out[key] = cast(g[key])
     if isinstance(g.get("max_new_tokens"), int):
         out["max_tokens"] = g["max_new_tokens"]

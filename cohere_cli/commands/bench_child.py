@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from cohere_cli.bench.child import run_job
-from cohere_cli.ui.console import info
+from cohere_cli.ui.console import info, show_warnings
 
 if __name__ == "__main__":
+    show_warnings()
     job_path, result_path = sys.argv[1:]
     sys.exit(run_job(Path(job_path), Path(result_path), info))

@@ -321,6 +321,8 @@ def _print_plan(repo: hub.RepoInfo, specs: list[FileSpec], transfer: Transfer, r
             status, h, body = fetch_bytes(cfg_spec.url, headers, timeout=transfer.opts.timeout)
             if status == 200:
                 config = json.loads(body)
+                if not isinstance(config, dict):
+                    config, config_note = None, "config.json is not a JSON object"
             else:
                 config_note = transfer.describe(status, h, "config.json")
         except (OSError, ValueError, http.client.HTTPException) as e:
@@ -329,7 +331,7 @@ def _print_plan(repo: hub.RepoInfo, specs: list[FileSpec], transfer: Transfer, r
     dims = None
     if config is not None:
         try:
-            d = dims = sizes.Dims.from_config(config)
+            d = dims = sizes.Dims.from_config(config)  # ValueError (one note) on anything it cannot size
             memory = {
                 "parameters": sizes.param_counts(d).total,
                 "weights_bytes": {p: sizes.weights_bytes(d, p) for p in ("bf16", "int8", "nf4")},

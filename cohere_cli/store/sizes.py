@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cohere_cli.config import SLIDING, ModelConfig
+from cohere_cli.config import ModelConfig
 
 # bytes per element of each safetensors dtype
 DTYPE_BYTES = {
@@ -146,7 +146,7 @@ class Dims:
         if cfg.get("model_type") in ("cohere", "cohere2"):
             try:
                 return cls._from_model_config(cfg, ModelConfig.from_hf(cfg))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, AttributeError):
                 pass  # one we cannot run: the plain reading below still sizes it
         try:
             hidden = int(cfg["hidden_size"])
@@ -173,7 +173,7 @@ class Dims:
     @classmethod
     def _from_model_config(cls, cfg: dict, mc: ModelConfig) -> Dims:
         """The model's own reading (head_dim, which layers slide, the window): what it will allocate and run."""
-        sliding = [t == SLIDING for t in mc.layer_types]
+        sliding = [mc.is_sliding(i) for i in range(mc.n_layers)]
         return cls(model_type=mc.model_type, hidden=mc.hidden_size, layers=mc.n_layers, heads=mc.n_heads,
                    kv_heads=mc.n_kv_heads, head_dim=mc.head_dim, intermediate=mc.intermediate_size,
                    vocab=mc.vocab_size, max_position_embeddings=cfg.get("max_position_embeddings"),

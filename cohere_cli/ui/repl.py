@@ -129,17 +129,19 @@ class Repl:
             armed = False
             if not text.strip():
                 continue
+            sent = False
             try:
                 if text.lstrip().startswith("/"):
                     if self.command(text.strip()) == "exit":
                         break
                 else:
                     self.conv.add_user(text)
+                    sent = True
                     self.answer()
             except KeyboardInterrupt:  # Ctrl-C before the answer streams (fitting, connecting) or in a command
-                if self.conv.turns and self.conv.turns[-1]["role"] == "user":
-                    self.conv.pop_exchange()  # the message was not answered: as if it was never sent
-                info("[interrupted]")
+                if sent and self.conv.turns and self.conv.turns[-1]["role"] == "user":
+                    self.conv.pop_exchange()  # the new message was not answered: as if it was never sent
+                info("[interrupted]")  # (a /regen keeps its question: /regen again asks it again)
             except CohereError as ex:  # one line, and the session goes on
                 error(str(ex))
             except (MemoryError, RuntimeError) as ex:

@@ -3,7 +3,7 @@
 `QuantLinear4bit` (nf4/fp4) and `QuantLinear8bit` (LLM.int8) hold a weight as `cohere quantize` and transformers
 store it (cohere_cli/weights/quant.py builds them from those tensors) and pick a path per call shape (`forward`,
 `kernel_max_rows`, `woq_max_rows`). Few rows (decode) read 4 or 8 bits per weight instead of 16: one row runs
-a native kernel on the stored bytes (cohere_cli/kernels: nf4_row.c on bitsandbytes' CPU layout, int8_row.c for
+a native kernel on the stored bytes (cohere_cli/weights/kernels: nf4_row.c on bitsandbytes' CPU layout, int8_row.c for
 LLM.int8()) with its pointers bound once (`_bound`), or bitsandbytes' fused 4-bit kernel (its C function called
 directly, `gemv_4bit_cpu`) and torch's int8 kernels where those do not build; a few rows take bitsandbytes' 4-bit
 kernel or torch's weight-only int8 kernel. Many rows (prefill) either run bitsandbytes' kernels or dequantize the weight
@@ -60,7 +60,7 @@ WOQ_MAX_ROWS = 8
 #     4096 x 14336    1.16  (51)      1.72  (34)                  1.12  (53)
 # fbgemm is a little faster but needs its own copy of every weight, made at 0.1-0.3 GB/s (a 7B model: ~40 s at
 # load on 2 cores, and twice the memory): not taken. Without AVX-512, _int_mm falls back to scalar code, and one row
-# stays on the weight-only path. Where the native kernel builds (cohere_cli/kernels/int8_row.c: the same arithmetic
+# stays on the weight-only path. Where the native kernel builds (cohere_cli/weights/kernels/int8_row.c: the same arithmetic
 # in one call, AVX512-VNNI), bf16 rows take it instead of the 9 ops: decode step of the 213M model 1.37x -> 1.49x
 # our bf16 step.
 UNLIMITED = 1 << 62
@@ -398,7 +398,7 @@ class QuantLinear8bit(_PlanFree, nn.Module):
         """One row (..., in) through LLM.int8() exactly as bitsandbytes computes it on CPU (int8_vectorwise_quant,
         then int8_scaled_mm: _int_mm and int8_mm_dequant) -> (..., out), or None where the row has an outlier
         (|x| >= threshold: bitsandbytes' path then keeps those columns in floating point) or is all zeros. In bf16
-        on AVX512-VNNI: one call of the native kernel (cohere_cli/kernels), the same bits without ~30 us of torch
+        on AVX512-VNNI: one call of the native kernel (cohere_cli/weights/kernels), the same bits without ~30 us of torch
         ops per call."""
         call = self._row_call() if x.dtype == torch.bfloat16 else None
         if call is not None:

@@ -82,10 +82,10 @@ class QuantSpec:
             says = "both load_in_4bit and load_in_8bit" if four else "neither load_in_4bit nor load_in_8bit"
             raise CheckpointError(f"config.json: quantization_config says {says}: re-quantize or re-download the "
                                   f"checkpoint")
-        threshold = q.get("llm_int8_threshold", 6.0)
+        threshold = q.get("llm_int8_threshold", 6.0)  # null: no outlier decomposition, as head_threshold reads it
         return cls(bits=4 if four else 8, quant_type=str(q.get("bnb_4bit_quant_type") or "nf4") if four else "nf4",
                    double_quant=bool(q.get("bnb_4bit_use_double_quant")) if four else False,
-                   threshold=float(threshold) if isinstance(threshold, (int, float)) else 6.0)
+                   threshold=float(threshold) if isinstance(threshold, (int, float)) else 0.0)
 
     def wants(self, module: str) -> bool:
         """Whether the linear `module` (e.g. model.layers.3.mlp.up_proj) is quantized."""
@@ -224,8 +224,9 @@ def head_threshold(raw: dict) -> float | None:
     (`cohere quantize --head float`). Absent means int8: checkpoints quantized elsewhere run the same way."""
     if raw.get(HEAD_KEY, "int8") == "float":
         return None
-    q = raw.get("quantization_config") or {}
-    return float(q.get("llm_int8_threshold", 6.0) or 0.0)
+    q = raw.get("quantization_config")
+    t = q.get("llm_int8_threshold", 6.0) if isinstance(q, dict) else 6.0
+    return float(t) if isinstance(t, (int, float)) else 0.0  # null: no outlier decomposition (QuantSpec.read_back)
 
 
 def replace_linear(model: nn.Module, name: str, stored: dict[str, torch.Tensor], bits: int, bias: torch.Tensor | None,

@@ -11,7 +11,7 @@
  * vpdpbusd multiplies unsigned by signed bytes, so the activations are offset by +128 and the product corrected
  * by 128 * (sum of the weight row), which the caller computes once per weight (`rowsum`).
  *
- * Built on first use by cohere_cli/kernels/__init__.py (cc -O3 -fopenmp -ffp-contract=off); returns 0 on success,
+ * Built on first use by cohere_cli/weights/kernels/__init__.py (cc -O3 -fopenmp -ffp-contract=off); returns 0 on success,
  * 1 when the row has an outlier (|x| >= threshold > 0) or is all zeros: the caller then takes another path. */
 #include "bf16.h"
 

@@ -1,0 +1,56 @@
+"""config.json, the one reader and parser (cohere_cli/config.py), on files a Hub or a mirror could send."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cohere_cli.config import MAX_CONFIG_BYTES, ModelConfig, read_config
+from cohere_cli.errors import CheckpointError
+from cohere_cli.store import sizes
+
+GOOD = {"model_type": "cohere2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 4, "intermediate_size": 128, "vocab_size": 256, "head_dim": 32, "sliding_window": 16,
+        "max_position_embeddings": 512}
+
+
+def write(tmp_path, cfg) -> None:
+    (tmp_path / "config.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+
+
+def test_cohere2_head_dim_and_window_are_transformers_reading_everywhere():
+    """Cohere2Config forces head_dim = hidden / heads whatever the file says, and the KV sizes agree with the model."""
+    mc = ModelConfig.from_hf(GOOD)
+    d = sizes.Dims.from_config(GOOD)
+    assert mc.head_dim == d.head_dim == 16
+    assert d.sliding == [mc.is_sliding(i) for i in range(4)] == [True, True, True, False]
+    no_window = {**GOOD, "sliding_window": None}
+    assert sizes.Dims.from_config(no_window).sliding == [ModelConfig.from_hf(no_window).is_sliding(i)
+                                                          for i in range(4)]
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({**GOOD, "rope_scaling": "yarn"}, "rope_parameters / rope_scaling must be an object"),
+    ({**GOOD, "num_attention_heads": 0}, "must be positive"),
+    ({**GOOD, "hidden_size": [64]}, "a dimension is not an integer"),
+    ({**GOOD, "model_type": "llama"}, "not a Cohere architecture"),
+    ([1, 2], "not a JSON object"),
+    ("{not json", "not valid JSON"),
+    (" " * (MAX_CONFIG_BYTES + 1), "over 1 MiB"),
+])
+def test_a_bad_config_is_one_checkpoint_error(tmp_path, bad, says):
+    write(tmp_path, bad)
+    with pytest.raises(CheckpointError, match=says) as e:
+        read_config(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_sizing_a_config_the_model_cannot_run_never_raises_more_than_value_error():
+    """`cohere download` and `models info` size any config: one the model refuses falls back to the plain reading,
+    and nonsense is a ValueError (one note), never a traceback."""
+    d = sizes.Dims.from_config({**GOOD, "rope_scaling": "yarn"})
+    assert d.hidden == 64 and not math.isnan(d.head_dim)
+    with pytest.raises(ValueError):
+        sizes.Dims.from_config({"model_type": "cohere", "hidden_size": 64})
