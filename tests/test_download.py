@@ -388,9 +388,9 @@ def test_offline_mode(monkeypatch, hub):
 
 
 def test_disk_too_small_is_refused_up_front(hub, monkeypatch):
-    from cohere_cli.commands import download as cmd
+    from cohere_cli.store import fetch
 
-    monkeypatch.setattr(cmd, "_free_bytes", lambda path: (1_000_000, path))
+    monkeypatch.setattr(fetch, "free_bytes", lambda path: (1_000_000, path))
     msg = fails("download", REPO)
     assert "needs 9.97 MB more on disk but only 1 MB is free" in msg
     assert sum(hub.bytes_sent.values()) == 0 and partials() == []

@@ -1,13 +1,9 @@
-"""`cohere download REPO_ID`: plan with the Hub's metadata (cohere_cli.store.hub), fetch with our engine
-(cohere_cli.store.download), publish into the store (cohere_cli.store). Progress on stderr; the entry's path (or one
-JSON object) on stdout."""
+"""`cohere download REPO_ID`: the work is cohere_cli.store.fetch (plan with the Hub's metadata, fetch with our
+engine, publish into the store); here, progress on stderr and the entry's path (or one JSON object) on stdout."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import shutil
 import sys
 import threading
 import time
@@ -16,15 +12,11 @@ from pathlib import Path
 from rich.markup import escape
 
 from cohere_cli import store
-from cohere_cli.store import hub
-from cohere_cli.store import sizes
+from cohere_cli.store import hub, sizes
+from cohere_cli.store.download import FileSpec, Progress
+from cohere_cli.store.fetch import KV_SEQ, Plan, fetch, plan_download, plan_record
+from cohere_cli.store.staging import staged_bytes
 from cohere_cli.ui.console import err, info, warn
-from cohere_cli.store.download import FileSpec, Options, Progress, Transfer, expect_id
-from cohere_cli.errors import DownloadError
-from cohere_cli.store.httppool import fetch_bytes
-from cohere_cli.store.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
-
-KV_SEQ = 8192
 
 
 # ---- progress displays -------------------------------------------------------------------------------------------
@@ -139,49 +131,6 @@ def _eta(seconds: float) -> str:
 
 
 # ---- the command -------------------------------------------------------------------------------------------------
-def _free_bytes(path: Path) -> tuple[int, Path]:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free, path
-
-
-def _same_file(record: dict, spec: FileSpec) -> bool:
-    """Whether a manifest record describes the file `spec` expects (same size and checksum)."""
-    if record.get("size") != spec.size:
-        return False
-    if spec.sha256:
-        return record.get("sha256") == spec.sha256
-    return bool(spec.blob_id) and record.get("blob_id") == spec.blob_id
-
-
-def _reusable(name: str, specs: list[FileSpec], commit: str):
-    """(existing entry, {path: (file, record)} of its files that equal a wanted one and can be linked instead of
-    fetched, {path: (file, record)} of all its files to carry over when it is at the same commit)."""
-    existing = store.get_entry(name)
-    reuse: dict[str, tuple[Path, dict]] = {}
-    keep: dict[str, tuple[Path, dict]] = {}
-    if existing is None:
-        return None, reuse, keep
-    for s in specs:
-        rec = existing.files.get(s.path)
-        if rec and _same_file(rec, s) and (existing.path / s.path).is_file():
-            reuse[s.path] = (existing.path / s.path, rec)
-    if existing.commit == commit:
-        keep = {rel: (existing.path / rel, rec) for rel, rec in existing.files.items() if (existing.path / rel).is_file()}
-    return existing, reuse, keep
-
-
-def _probe_access(spec: FileSpec, headers: dict, timeout: float, ep: str, describe) -> None:
-    """One HEAD before anything is written: no network, a gated repo or a bad token fail here, leaving nothing."""
-    try:
-        status, h, _ = fetch_bytes(spec.url, headers, timeout=timeout, head=True)
-    except (OSError, http.client.HTTPException) as e:
-        raise DownloadError(hub.network_error(ep, e)) from None
-    if 400 <= status < 500 and status not in (408, 429):  # busy/5xx: the transfer retries those
-        raise DownloadError(describe(status, h, spec.path))
-
-
 def run_download(
     repo_id: str,
     *,
@@ -194,102 +143,34 @@ def run_download(
     json_out: bool = False,
 ) -> Path | None:
     """Resolve, plan, fetch, verify and publish REPO_ID as a store entry; returns its folder (None for --dry-run)."""
-    repo_id = repo_id.strip().strip("/")
-    hub.check_online()
-    token = hub.resolve_token(token)
-    repo = hub.fetch_repo(repo_id, revision, token)
-    files = hub.select_files(repo.files, include, exclude)
-    if not files:
-        listing = ", ".join(f.path for f in repo.files[:8]) + (", ..." if len(repo.files) > 8 else "")
-        raise DownloadError(f"no file of {repo_id} matches the selection (it has: {listing}): adjust --include / "
-                            "--exclude")
-    if not include and not any(f.path.endswith(".safetensors") for f in files):
-        other = [f.path for f in repo.files if f.path.endswith((".bin", ".gguf", ".pt", ".pth"))]
-        hint = f" (it has {other[0]}...: cohere-cli reads safetensors only)" if other else ""
-        raise DownloadError(f"{repo_id} has no *.safetensors weights at the top level{hint}; "
-                            "pass --include GLOB to fetch specific files anyway")
-    ep, name = repo.endpoint, repo_id
-    specs = [FileSpec(f.path, hub.file_url(ep, repo_id, repo.commit, f.path), f.size, f.sha256, f.blob_id)
-             for f in files]
-    options = Options.from_env(max_workers=max_workers)
-    headers = hub.request_headers(token)
-
-    def describe(status: int, h, path: str) -> str:
-        return hub.access_error(repo_id, ep, status, h, has_token=bool(token), gated=repo.gated, path=path,
-                                commit=repo.commit)
-
-    existing, reuse, keep = _reusable(name, specs, repo.commit)
-    if existing is not None and existing.commit == repo.commit and len(reuse) == len(specs) and not dry_run:
-        store.remember_last_used(existing.name)
-        info(f"{name} is up to date (commit {repo.commit[:12]}) in {existing.path}")
-        _report(json_out, existing.path, repo, specs, fetched=0, seconds=0.0)
-        return existing.path
-    staging = store.partial_path(name)
-    transfer = Transfer(staging, specs, headers, options, describe)
-
+    plan = plan_download(repo_id, revision=revision, include=include, exclude=exclude, token=token,
+                         max_workers=max_workers)
+    repo, name = plan.repo, plan.name
+    if plan.up_to_date and not dry_run:
+        store.remember_last_used(plan.existing.name)
+        info(f"{name} is up to date (commit {repo.commit[:12]}) in {plan.existing.path}")
+        _report(json_out, plan.existing.path, repo, plan.specs, fetched=0, seconds=0.0)
+        return plan.existing.path
     if dry_run:
-        transfer.prepare()
-        _print_plan(repo, specs, transfer, reuse, headers, json_out)
+        _print_plan(plan, json_out)
         return None
-
-    probe = next((s for s in specs if s.path not in reuse), None)
-    if probe is not None:
-        _probe_access(probe, headers, options.timeout, ep, describe)
-
-    existed = staging.exists()
     t0 = time.monotonic()
     try:
-        with staging_lock(staging, repo_id):
-            (staging / PLAN).write_text(json.dumps({
-                "name": name, "repo_id": repo_id, "revision": revision, "commit": repo.commit, "endpoint": ep,
-                "files": {s.path: {"size": s.size, "sha256": s.sha256, "blob_id": s.blob_id} for s in specs},
-            }, indent=1))
-            prune_staging(staging, {f.path: expect_id(f.size, f.sha256, f.blob_id) for f in repo.files})
-            for s in specs:
-                if s.path in reuse:
-                    adopt_verified(staging, s, reuse[s.path][0], reuse[s.path][1]["sha256"])
-            transfer.prepare()
-            free, where = _free_bytes(store.store_root())
-            if transfer.remaining_bytes > free:
-                if not existed:  # only links to files already in the store were made: undo them
-                    shutil.rmtree(staging, ignore_errors=True)
-                raise DownloadError(
-                    f"{repo_id} needs {sizes.human_bytes(transfer.remaining_bytes)} more on disk but only "
-                    f"{sizes.human_bytes(free)} is free under {where}: free some space or set COHERE_CLI_HOME to a "
-                    "bigger disk"
-                )
-            if transfer.remaining_bytes and transfer.total_bytes - transfer.remaining_bytes > 0:
-                info(f"resuming: {sizes.human_bytes(transfer.total_bytes - transfer.remaining_bytes)} of "
-                     f"{sizes.human_bytes(transfer.total_bytes)} already on disk")
-            progress = RichProgress() if err.is_terminal else PlainProgress()
-            results = transfer.run(progress)
-            source = {"repo_id": repo_id, "revision": revision or "main", "commit": repo.commit, "endpoint": ep}
-            path = publish(name, staging, results, source=source, keep=keep)
+        path = fetch(plan, RichProgress() if err.is_terminal else PlainProgress(), say=info)
     except KeyboardInterrupt:
-        kept = staged_bytes(staging)
-        _cleanup_if_empty(staging, existed)
+        kept = staged_bytes(plan.staging)
         if kept:
-            err.print(f"[yellow]stopped[/yellow]: {sizes.human_bytes(kept)} kept in {escape(str(staging))}; "
+            err.print(f"[yellow]stopped[/yellow]: {sizes.human_bytes(kept)} kept in {escape(str(plan.staging))}; "
                       f"run the same command to resume", highlight=False)
-        raise
-    except BaseException:
-        _cleanup_if_empty(staging, existed)
         raise
     seconds = time.monotonic() - t0
     store.remember_last_used(name)
+    transfer = plan.transfer
     rate = f" at {sizes.human_bytes(transfer.fetched_bytes / max(seconds, 1e-9))}/s" if transfer.fetched_bytes else ""
-    err.print(f"[green]downloaded[/green] {escape(name)} (commit {repo.commit[:12]}, {len(specs)} files, "
+    err.print(f"[green]downloaded[/green] {escape(name)} (commit {repo.commit[:12]}, {len(plan.specs)} files, "
               f"{sizes.human_bytes(transfer.total_bytes)}) in {seconds:.1f}s{rate}", highlight=False)
-    _report(json_out, path, repo, specs, fetched=transfer.fetched_bytes, seconds=seconds)
+    _report(json_out, path, repo, plan.specs, fetched=transfer.fetched_bytes, seconds=seconds)
     return path
-
-
-def _cleanup_if_empty(staging: Path, existed: bool) -> None:
-    """A failed first attempt that fetched nothing leaves nothing behind."""
-    if not existed and staged_bytes(staging) == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
 
 
 def _report(json_out: bool, path: Path, repo: hub.RepoInfo, specs: list[FileSpec], *, fetched: int,
@@ -305,70 +186,35 @@ def _report(json_out: bool, path: Path, repo: hub.RepoInfo, specs: list[FileSpec
     sys.stdout.flush()
 
 
-def _print_plan(repo: hub.RepoInfo, specs: list[FileSpec], transfer: Transfer, reuse: dict, headers: dict,
-                json_out: bool) -> None:
-    on_disk = transfer.on_disk
-    total = sum(s.size for s in specs)
-    have = sum(s.size if s.path in reuse else on_disk.get(s.path, 0) for s in specs)
-    free, where = _free_bytes(store.store_root())
-    need = total - have
-    config, config_note = None, None
-    cfg_spec = next((s for s in specs if s.path == "config.json"), None)
-    if cfg_spec is None:
-        config_note = "config.json is not in the selection"
-    else:
-        try:
-            status, h, body = fetch_bytes(cfg_spec.url, headers, timeout=transfer.opts.timeout)
-            if status == 200:
-                config = json.loads(body)
-                if not isinstance(config, dict):
-                    config, config_note = None, "config.json is not a JSON object"
-            else:
-                config_note = transfer.describe(status, h, "config.json")
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            config_note = f"config.json unreadable ({e})"
-    memory: dict | None = None
-    dims = None
-    if config is not None:
-        try:
-            d = dims = sizes.Dims.from_config(config)  # ValueError (one note) on anything it cannot size
-            memory = {
-                "parameters": sizes.param_counts(d).total,
-                "weights_bytes": {p: sizes.weights_bytes(d, p) for p in ("bf16", "int8", "nf4")},
-                "kv_cache_bytes": {"seq": KV_SEQ, "bf16": sizes.kv_cache_bytes(d, KV_SEQ)},
-            }
-        except ValueError as e:
-            config_note = str(e)
+def _print_plan(plan: Plan, json_out: bool) -> None:
+    rec, dims = plan_record(plan)
     if json_out:
-        print(json.dumps({
-            "repo_id": repo.repo_id, "revision": repo.revision, "commit": repo.commit, "gated": repo.gated,
-            "files": [{"path": s.path, "size": s.size, "sha256": s.sha256,
-                       "on_disk": s.size if s.path in reuse else on_disk.get(s.path, 0)} for s in specs],
-            "total_bytes": total, "to_fetch_bytes": need, "free_bytes": free, "store": str(where),
-            "fits": need <= free, "memory": memory, "note": config_note,
-        }))
+        print(json.dumps(rec))
         return
+    repo, on_disk = plan.repo, {f["path"]: f["on_disk"] for f in rec["files"]}
     gated = f" (gated: {repo.gated})" if repo.gated else ""
     print(f"{repo.repo_id} @ {repo.revision or 'main'} -> commit {repo.commit}{gated}")
-    width = max(len(s.path) for s in specs)
-    for s in specs:
-        if s.path in reuse:
+    width = max(len(s.path) for s in plan.specs)
+    for s in plan.specs:
+        if s.path in plan.reuse:
             state = "in store"
-        elif on_disk.get(s.path, 0) >= s.size and s.size:
+        elif on_disk[s.path] >= s.size and s.size:
             state = "on disk"
-        elif on_disk.get(s.path, 0):
+        elif on_disk[s.path]:
             state = f"partial {100 * on_disk[s.path] // max(s.size, 1)}%"
         else:
             state = "to fetch"
         print(f"  {s.path:<{width}}  {sizes.human_bytes(s.size):>9}  {state}")
+    total, need, free = rec["total_bytes"], rec["to_fetch_bytes"], rec["free_bytes"]
+    have = total - need
     already = f" ({sizes.human_bytes(have)} already here)" if have else ""
-    print(f"total: {len(specs)} files, {sizes.human_bytes(total)}; to fetch {sizes.human_bytes(need)}{already}")
+    print(f"total: {len(plan.specs)} files, {sizes.human_bytes(total)}; to fetch {sizes.human_bytes(need)}{already}")
     verdict = "fits" if need <= free else "DOES NOT FIT"
-    print(f"disk: {sizes.human_bytes(free)} free under {where} -> {verdict}")
+    print(f"disk: {sizes.human_bytes(free)} free under {rec['store']} -> {verdict}")
     if dims is not None:
         for line in sizes.memory_lines(dims, KV_SEQ):
             print(line)
     else:
-        print(f"memory: unknown ({config_note})")
+        print(f"memory: unknown ({rec['note']})")
     if need > free:
         warn(f"the download would not fit: free {sizes.human_bytes(need - free)} more first")

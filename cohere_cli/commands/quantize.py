@@ -3,7 +3,6 @@ quality report against the parent. The work is in cohere_cli.weights.quantize (s
 
 from __future__ import annotations
 
-import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -38,29 +37,13 @@ def _existing_dir(p: Path) -> Path:
     return p
 
 
-def unquantized_summary(plan) -> list[str]:
-    """Modules left in the parent's dtype, per-layer names folded to model.layers.*; --keep linears listed exactly."""
-    out: list[str] = []
-    for it in plan.items:
-        if it.quantize:
-            continue
-        mod = it.src.name.rsplit(".", 1)[0]
-        if mod in plan.kept:
-            name = mod
-        else:
-            name = re.sub(r"^model\.layers\.\d+\.", "model.layers.*.", mod)
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, double_quant: bool, keep: list[str],
                  output: str | None, force: bool, no_eval: bool, head: str = "int8") -> None:
     from cohere_cli import __version__
     from cohere_cli.store import sizes
     from cohere_cli.weights.quant import QuantSpec
     from cohere_cli.weights.quantize import (check_disk, check_parent, default_name, folder_tmpdir, looks_like_path,
-                                     make_plan, quantize_checkpoint, scan)
+                                             make_plan, manifest_record, quantize_checkpoint, scan)
 
     spec = QuantSpec(bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
                      keep=list(keep or []), head=head)
@@ -105,26 +88,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
              f"{result.seconds:.1f} s ({result.gb_per_s:.2f} GB/s)")
         if not no_eval:
             report = _evaluate(tmp, parent)
-        quantization = {
-            "method": "bitsandbytes",
-            "bits": spec.bits,
-            "quant_type": spec.quant_type if four else "int8",
-            "blocksize": spec.blocksize if four else None,
-            "double_quant": spec.double_quant if four else None,
-            "compute_dtype": spec.compute_dtype,
-            "int8_threshold": None if four else spec.threshold,
-            "quantized": len(plan.quantized),
-            "unquantized": unquantized_summary(plan),
-            "kept": plan.kept,
-            "keep_patterns": spec.keep,
-            "parent": parent_name,
-            "parent_dtype": plan.parent_dtype,
-            "parent_weights_bytes": result.parent_bytes,
-            "weights_bytes": result.out_bytes,
-            "seconds": round(result.seconds, 3),
-            "gb_per_s": round(result.gb_per_s, 4),
-            "tool": f"cohere-cli {__version__}",
-        }
+        quantization = manifest_record(spec, plan, result, parent_name, tool=f"cohere-cli {__version__}")
         manifest = store.make_manifest(tmp, name=name, parent=parent_name, precision=spec.precision,
                                        quantization=quantization, quality=report.to_dict() if report else None)
         store.write_manifest(tmp, manifest)

@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -134,6 +135,48 @@ class QuantizeResult:
     @property
     def gb_per_s(self) -> float:
         return self.parent_bytes / max(self.seconds, 1e-9) / 1e9
+
+
+def unquantized_summary(plan) -> list[str]:
+    """Modules left in the parent's dtype, per-layer names folded to model.layers.*; --keep linears listed exactly."""
+    out: list[str] = []
+    for it in plan.items:
+        if it.quantize:
+            continue
+        mod = it.src.name.rsplit(".", 1)[0]
+        if mod in plan.kept:
+            name = mod
+        else:
+            name = re.sub(r"^model\.layers\.\d+\.", "model.layers.*.", mod)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def manifest_record(spec: quant.QuantSpec, plan: Plan, result: QuantizeResult, parent_name: str, *, tool: str
+                    ) -> dict:
+    """The manifest's `quantization` record: how it was quantized, what was left in float, from what, how fast."""
+    four = spec.bits == 4
+    return {
+        "method": "bitsandbytes",
+        "bits": spec.bits,
+        "quant_type": spec.quant_type if four else "int8",
+        "blocksize": spec.blocksize if four else None,
+        "double_quant": spec.double_quant if four else None,
+        "compute_dtype": spec.compute_dtype,
+        "int8_threshold": None if four else spec.threshold,
+        "quantized": len(plan.quantized),
+        "unquantized": unquantized_summary(plan),
+        "kept": plan.kept,
+        "keep_patterns": spec.keep,
+        "parent": parent_name,
+        "parent_dtype": plan.parent_dtype,
+        "parent_weights_bytes": result.parent_bytes,
+        "weights_bytes": result.out_bytes,
+        "seconds": round(result.seconds, 3),
+        "gb_per_s": round(result.gb_per_s, 4),
+        "tool": tool,
+    }
 
 
 def check_parent(folder: Path) -> dict:
