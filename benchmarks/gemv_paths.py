@@ -3,7 +3,7 @@ few rows, with weights cycled through enough copies (~300 MB) that they come fro
 
     python benchmarks/gemv_paths.py [--threads 2] [--rows 1,8,512]
 
-Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (model.pack_weight); int8 weight-only
+Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (weights/layout.pack_weight); int8 weight-only
 (torch._weight_int8pack_mm, what QuantLinear8bit runs for decode); bitsandbytes LLM.int8() (threshold 6, what it
 runs for more rows); bitsandbytes' fused nf4 kernel through its registered op and called directly
 (qlinear.gemv_4bit_cpu). Prints ms per call and GB/s of weight bytes read. The choices in model.py and quant.py cite
@@ -46,7 +46,8 @@ def main() -> None:
 
     from cohere_cli.weights import qlinear
     from cohere_cli.weights import quant
-    from cohere_cli.model import linear, pack_weight
+    from cohere_cli.model import linear
+    from cohere_cli.weights.layout import pack_weight
 
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads; ms per call (GB/s of weight bytes)")

@@ -1,7 +1,9 @@
 """The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya) and Cohere2ForCausalLM
 (`cohere2`: Command R7B, Command A). Read top to bottom: config, KV cache, norm and rotary helpers, attention, MLP,
 block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
-table. This file imports only torch (and its config, cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
+table. The architecture only: the inference layout (fused projections, packed weights, the native decode step) is
+weights/layout.py, which fills the hooks forward reads (`in_proj`, `qkv_proj`, `gate_up_proj`, `native`). This file
+imports only torch and its config (cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
 
 Shapes: B batch, T new tokens this call, S keys attended, H hidden, nh/nkv query/kv heads, hd head dim, V vocab.
 """
@@ -90,81 +92,17 @@ def apply_rope(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
 # ---- linear layers --------------------------------------------------------------------------------------------------
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or oneDNN's linear when `w` was reordered by pack_weight()."""
+    """F.linear, or oneDNN's linear when `w` was reordered for it (weights/layout.pack_weight)."""
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)
 
 
-def pack_weight(w: torch.Tensor) -> torch.Tensor:
-    """A CPU weight reordered once into oneDNN's blocked layout for one-row (decode) matmuls, or `w` itself where
-    oneDNN cannot take it. Why (benchmarks/gemv_paths.py, the 213M model's shapes, 2 threads, weights from
-    memory): one-row bf16 F.linear reads a row-major weight at 18-24 GB/s, the packed weight at 29-53 GB/s (the
-    32000x1024 head: 3.4 -> 1.2 ms); fp32 19-22 -> 25-40 GB/s; 512-row prefill matmuls are 5-20% faster too; bf16
-    results are bit-identical to F.linear."""
-    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 1) if packable(w) else w
-
-
-def packable(w: torch.Tensor) -> bool:
-    """Whether pack_weight reorders `w`: plain CPU fp32, or bf16 where oneDNN has bf16 kernels (fp16 on CPU, never
-    picked by --dtype auto, stays on F.linear)."""
-    if w.device.type != "cpu" or w.is_mkldnn or not torch.backends.mkldnn.is_available():
-        return False
-    return w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 class Linear(nn.Linear):
-    """nn.Linear whose weight may be a pack_weight() tensor (same name, same shape, oneDNN layout)."""
+    """nn.Linear whose weight may be a packed one (same name, same shape, oneDNN layout: weights/layout.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
-
-    def pack(self) -> None:
-        self.weight = nn.Parameter(pack_weight(self.weight), requires_grad=False)
-
-    @classmethod
-    def cat(cls, parts: list["Linear"]) -> "Linear | None":
-        """One Linear computing the outputs of `parts` (same input) side by side; the parts' weights become views
-        of its weight, so memory, module names and state_dict keys stay the checkpoint's."""
-        if len({p.bias is None for p in parts}) > 1:
-            return None
-        w = torch.cat([p.weight.detach() for p in parts])  # (sum of out, in)
-        b = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
-        with torch.device("meta"):
-            fused = cls(w.shape[1], w.shape[0], bias=b is not None)
-        fused.weight = nn.Parameter(w, requires_grad=False)
-        if b is not None:
-            fused.bias = nn.Parameter(b, requires_grad=False)
-        o = 0
-        for p in parts:
-            n = p.weight.shape[0]
-            p.weight = nn.Parameter(w[o : o + n], requires_grad=False)
-            if b is not None:
-                p.bias = nn.Parameter(b[o : o + n], requires_grad=False)
-            o += n
-        return fused
-
-
-def fuse_rows(parts: list[nn.Module]) -> nn.Module | None:
-    """One module computing the outputs of `parts` (linears reading the same input) concatenated, built by their
-    type's `cat` (Linear here; the bitsandbytes modules of cohere_cli/weights/qlinear.py have one too), so decode runs one
-    matmul (one pass over the weights, one call) instead of several. None where the types differ or cannot."""
-    kind = type(parts[0])
-    if any(type(p) is not kind for p in parts) or not hasattr(kind, "cat"):
-        return None
-    return kind.cat(parts)
-
-
-def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[nn.Module]) -> None:
-    """pack() every float Linear forward runs: the fused module (or, where fusing failed, its parts themselves)
-    and the linears beside it. Once a fused weight is packed it is the only copy: the parts' views of the plain
-    matrix are dropped (forward never reads them again)."""
-    for lin in ([fused] if fused is not None else parts) + others:
-        if type(lin) is Linear:
-            lin.pack()
-    if type(fused) is Linear and fused.weight.is_mkldnn:
-        for p in parts:
-            p.weight = p.bias = None
 
 
 # ---- attention ------------------------------------------------------------------------------------------------------
@@ -180,7 +118,7 @@ class Attention(nn.Module):
             self.q_norm = LayerNorm((nh, hd), cfg.norm_eps)
             self.k_norm = LayerNorm((nkv, hd), cfg.norm_eps)
         self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, cfg.norm_eps
-        self.register_module("qkv_proj", None)  # q/k/v in one module, set by fuse() for inference
+        self.register_module("qkv_proj", None)  # q/k/v in one module, set for inference (weights/layout.py)
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
         self.use_rope = cfg.model_type == "cohere" or self.window is not None
@@ -216,13 +154,6 @@ class Attention(nn.Module):
         shared = masks if cache_layer is None or cache_layer[2] is None else None
         out = self._sdpa(q, keys, values, pos, kpos, shared)  # (B, nh, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, H)
-
-    def fuse(self) -> None:
-        """q/k/v as one module (fuse_rows): decode runs one matmul instead of three."""
-        self.qkv_proj = fuse_rows([self.q_proj, self.k_proj, self.v_proj])
-
-    def pack(self) -> None:
-        pack_linears(self.qkv_proj, [self.q_proj, self.k_proj, self.v_proj], [self.o_proj])
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
@@ -307,7 +238,7 @@ class MLP(nn.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-        self.register_module("gate_up_proj", None)  # gate and up in one module, set by fuse() for inference
+        self.register_module("gate_up_proj", None)  # gate and up in one module, set for inference (layout.py)
 
     def forward(self, x, gate_up: torch.Tensor | None = None):
         """gate_up: gate and up projections already computed by the block's fused in_proj (B, T, 2I), if any."""
@@ -318,13 +249,6 @@ class MLP(nn.Module):
             return self.down_proj(F.silu(g) * u)  # SwiGLU
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
 
-    def fuse(self) -> None:
-        """gate and up as one module (see Attention.fuse)."""
-        self.gate_up_proj = fuse_rows([self.gate_proj, self.up_proj])
-
-    def pack(self) -> None:
-        pack_linears(self.gate_up_proj, [self.gate_proj, self.up_proj], [self.down_proj])
-
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
@@ -332,14 +256,14 @@ class Block(nn.Module):
         self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
         self.self_attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
-        self.register_module("in_proj", None)  # q, k, v, gate and up in one module, set by fuse() for inference
+        self.register_module("in_proj", None)  # q, k, v, gate and up in one module, set for inference (layout.py)
         self.split = ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, 2 * cfg.intermediate_size)
-        self.native = None  # native decode ops, see CohereForCausalLM.use_decode_kernels
+        self.native = None  # a decode step of its own (weights/kernels DecodeOps.step), see weights/layout.py
 
     def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
         if self.native is not None and x.numel() == x.shape[-1] and cache_layer is not None \
                 and self.in_proj is not None:  # one token: the decode step
-            out = self._decode_native(x, int(pos[0]), rope, cache_layer)
+            out = self.native.step(self, x, int(pos[0]), rope, cache_layer)  # None: it declined, before writing
             if out is not None:
                 return out
         # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
@@ -348,46 +272,6 @@ class Block(nn.Module):
             qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (B, T, (nh+2nkv)*hd), (B, T, 2I)
             return x + self.self_attn(h, pos, rope, cache_layer, masks, qkv) + self.mlp(h, gate_up)
         return x + self.self_attn(h, pos, rope, cache_layer, masks) + self.mlp(h)
-
-    def _decode_native(self, x, start: int, rope, cache_layer) -> torch.Tensor | None:
-        """forward() for one token through `native`: norm, the fused input projection, then rotary + cache write +
-        attention in one call and the SwiGLU activation in another, the two output projections and the residual.
-        The same computation as forward's torch path, written to the cache the same way (_update_cache); None
-        where an op declines before anything is written (its dtype, its shapes)."""
-        ops, a, norm = self.native, self.self_attn, self.input_layernorm
-        h = ops.norm(x, norm.weight, norm.eps)
-        if h is None:
-            return None
-        qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (1, 1, (nh+2nkv)*hd), (1, 1, 2I)
-        kc, vc, slot_pos = cache_layer
-        R = kc.shape[2]
-        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
-        o = ops.attend(qkv, rope if a.use_rope else None, kc, vc, slot, S, slot_pos, start, a.window or 0, a.nh,
-                       a.nkv, a.hd, 1.0 / math.sqrt(a.hd))  # (nh*hd,)
-        if o is None:
-            return None
-        act = ops.silu_mul(gate_up)  # (1, 1, I); bf16 like qkv, so it never declines where attend did not
-        return x + a.o_proj(o.view(x.shape[:-1] + (-1,))) + self.mlp.down_proj(act)
-
-    def parts(self) -> list[nn.Module]:
-        a, m = self.self_attn, self.mlp
-        return [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
-
-    def fuse(self) -> None:
-        """The parallel block's five input projections as one module (fuse_rows): decode reads them in one matmul
-        call instead of five (or two, fused per branch, where the types differ, e.g. a bias on q/k/v only)."""
-        self.in_proj = fuse_rows(self.parts())
-        if self.in_proj is None:
-            self.self_attn.fuse()
-            self.mlp.fuse()
-
-    def pack(self) -> None:
-        if self.in_proj is None:
-            self.self_attn.pack()
-            self.mlp.pack()
-            return
-        pack_linears(self.in_proj, self.parts(), [self.self_attn.o_proj, self.mlp.down_proj])
-
 
 class Decoder(nn.Module):
     """`model.*` in the checkpoint."""
@@ -407,51 +291,6 @@ class CohereForCausalLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:  # checkpoints carry no lm_head.weight (pitfall 6)
             self.lm_head.weight = self.model.embed_tokens.weight
-
-    def fuse(self) -> "CohereForCausalLM":
-        """Inference layout: fused q/k/v and gate/up matmuls (weights become views; nothing is copied twice)."""
-        for layer in self.model.layers:
-            layer.fuse()
-        return self
-
-    def pack(self, embedding: torch.Tensor | None = None, head: nn.Module | None = None) -> "CohereForCausalLM":
-        """CPU decode layout, after fuse(): every float linear's weight reordered once for oneDNN (pack_weight;
-        1.4-2.8x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
-        embedding lookup needs its plain rows: given `embedding`, the same matrix in memory the model does not own
-        (checkpoint.mapped_tensor: the checkpoint file, memory-mapped), the head is packed from the model's copy and
-        the lookups then read the map, where only the rows of tokens actually seen become resident. Without it a
-        tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
-        the 213M benchmark model, whose whole bf16 decode step takes ~13 ms). `head`: a module to run as the head
-        instead (built by the caller from the head's weight, e.g. int8 for quantized models); the embedding then
-        reads `embedding` in the same way."""
-        for layer in self.model.layers:
-            layer.pack()
-        emb = self.model.embed_tokens
-        tied = self.lm_head.weight is emb.weight
-        if head is not None:
-            self.lm_head = head
-        elif type(self.lm_head) is not Linear:
-            return self
-        elif not tied:
-            self.lm_head.pack()
-        elif embedding is not None and packable(emb.weight):
-            self.lm_head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
-            self.lm_head.pack()
-        else:
-            return self
-        if tied and embedding is not None:
-            assert embedding.shape == emb.weight.shape and embedding.dtype == emb.weight.dtype
-            emb.weight = nn.Parameter(embedding, requires_grad=False)
-            emb.weight.file_backed = True  # not memory of the model's own (bench_child.module_bytes)
-        return self
-
-    def use_decode_kernels(self, ops) -> "CohereForCausalLM":
-        """Run each block's decode step (one token, batch 1, with a cache, fused input projections) through `ops`
-        (Block._decode_native; cohere_cli.weights.kernels.decode_ops has them for bf16 on CPU), or None to stop. Not for
-        R+'s q/k norms, which sit between projection and rotary."""
-        for layer in self.model.layers:
-            layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
-        return self
 
     def _rope(self, start: int, T: int, dtype: torch.dtype, device) -> torch.Tensor:
         """rope_cos_sin for positions start..start+T-1, sliced from a table of the first 2^k positions built once

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from cohere_cli.weights import kernels
+from cohere_cli.weights import kernels, layout
 from cohere_cli.weights.checkpoint import load_model
 from cohere_cli.engine.generate import prefill
 from cohere_cli.model import Attention, KVCache, ModelConfig, layer_norm, rope_cos_sin
@@ -120,9 +120,9 @@ def test_model_decodes_the_same_through_the_kernels(tmp_path, case):
             prefill(model, ids[:17], c, 0, chunk=5)
         for t in range(17, 40):
             got = model(ids[t : t + 1][None], t, caches[0], last_only=True)
-            model.use_decode_kernels(None)
+            layout.use_decode_kernels(model, None)
             want = model(ids[t : t + 1][None], t, caches[1], last_only=True)
-            model.use_decode_kernels(ops)
+            layout.use_decode_kernels(model, ops)
             torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
             assert want.flatten()[got.argmax()] >= want.max() - 0.05, t  # greedy picks a token as likely
     for (k1, v1, s1), (k2, v2, s2) in zip(caches[0].layers, caches[1].layers):

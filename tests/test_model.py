@@ -191,6 +191,7 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     """load_model's default layout (q/k/v and gate/up fused; on CPU every float linear packed for oneDNN) against
     the checkpoint's own modules (inference=False): the same logits for a prompt and for cached decode steps."""
     from cohere_cli.model import Linear
+    from cohere_cli.weights import layout
 
     make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16")
     if not tied:
@@ -198,7 +199,7 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     fast = load_model(tmp_path, dtype=dtype).model
     plain = load_model(tmp_path, dtype=dtype, inference=False).model
     block = fast.model.layers[0]
-    assert type(block.in_proj) is Linear and block.in_proj.out_features == sum(p.out_features for p in block.parts())
+    assert type(block.in_proj) is Linear and block.in_proj.out_features == sum(p.out_features for p in layout.inputs(block))
     assert plain.model.layers[0].in_proj is None
     packs = torch.backends.mkldnn.is_available() and (dtype == "float32" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if packs:  # the packed fused matrix is the only copy: the projections' views of the plain one are gone

@@ -441,7 +441,7 @@ def test_quality_report_recomputed_independently(tmp_path):
     assert report.kl_mean > 0 and 0.5 < report.top1_agreement < 1.0  # quantization did change something
 
 
-# ---- fused modules (model.fuse_rows) --------------------------------------------------------------------------------
+# ---- fused modules (layout.fuse_rows) --------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,kernel_layout", [("nf4", True), ("nf4", False), ("fp4-b128", True), ("int8", True)])
 def test_fused_quantized_modules_equal_their_parts(spec, kernel_layout, monkeypatch):
     """cat() of q/k/v-shaped parts computes each part's output side by side, on every path, and leaves the parts

@@ -101,13 +101,13 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
 
 def module_bytes(model) -> int:
     """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views), except an
-    embedding read from the checkpoint file (model.pack(embedding=...)): only the rows of tokens seen are ever in
+    embedding read from the checkpoint file (layout.pack(embedding=...)): only the rows of tokens seen are ever in
     memory, and its packed copy, the head, is counted."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
         if getattr(t, "file_backed", False):
             continue
-        if t.is_mkldnn:  # a packed weight (model.pack_weight): its own opaque memory, never shared
+        if t.is_mkldnn:  # a packed weight (layout.pack_weight): its own opaque memory, never shared
             total += t.numel() * t.element_size()
             continue
         key = (t.device, t.untyped_storage().data_ptr())

@@ -143,9 +143,9 @@ class LayerStream:
 
         with torch.device("meta"):
             b = Block(self.cfg, i)
-        b = self.load(f"model.layers.{i}", b)
-        b.fuse()  # the inference layout load_model gives the model core
-        return b
+        from cohere_cli.weights.layout import fuse_block
+
+        return fuse_block(self.load(f"model.layers.{i}", b))  # the inference layout load_model gives the model core
 
     def embedding(self):
         import torch

@@ -17,6 +17,7 @@ import torch
 from cohere_cli.errors import CheckpointError, CohereWarning, UsageError
 from cohere_cli.config import ModelConfig, read_config
 from cohere_cli.model import CohereForCausalLM
+from cohere_cli.weights import layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,8 +82,8 @@ class Loaded:
 
 def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "cpu", inference: bool = True) -> Loaded:
     """Build the model for `folder` and fill it tensor by tensor. Raises CheckpointError on any mismatch.
-    With `inference` (the default) it comes out in the decode layout: fused q/k/v and gate/up (model.fuse()) and,
-    on CPU, weights packed for oneDNN (model.pack()); inference=False keeps the checkpoint's modules as they are
+    With `inference` (the default) it comes out in the decode layout: fused q/k/v and gate/up (layout.fuse) and,
+    on CPU, weights packed for oneDNN (layout.pack); inference=False keeps the checkpoint's modules as they are
     (what bench_child.quantize_in_memory needs)."""
     from safetensors import SafetensorError, safe_open
 
@@ -141,7 +142,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
 
 def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
                      int8_head: float | None = None) -> None:
-    """The decode layout: model.fuse(), then model.pack(); with the checkpoint's `files`, a tied head is packed and
+    """The decode layout (weights/layout.py): fuse, then pack; with the checkpoint's `files`, a tied head is packed and
     the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
     the head as LLM.int8() with this outlier threshold instead, on CPU (quantized checkpoints, quant.int8_head).
     bf16 on CPU: each block's decode step through the native kernels where they build (kernels.decode_ops)."""
@@ -153,13 +154,13 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
         from cohere_cli.weights.quant import int8_head as build
 
         head = build(model.lm_head.weight, int8_head)
-    model.fuse().pack(embedding=emb, head=head)
+    layout.pack(layout.fuse(model), embedding=emb, head=head)
     if w.device.type == "cpu" and w.dtype == torch.bfloat16:
         from cohere_cli.weights import kernels
 
         ops = kernels.decode_ops()
         if ops is not None:
-            model.use_decode_kernels(ops)
+            layout.use_decode_kernels(model, ops)
 
 
 def mapped_tensor(files: list[Path], key: str, dtype: torch.dtype) -> torch.Tensor | None:

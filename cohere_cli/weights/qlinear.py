@@ -8,7 +8,7 @@ LLM.int8()) with its pointers bound once (`_bound`), or bitsandbytes' fused 4-bi
 directly, `gemv_4bit_cpu`) and torch's int8 kernels where those do not build; a few rows take bitsandbytes' 4-bit
 kernel or torch's weight-only int8 kernel. Many rows (prefill) either run bitsandbytes' kernels or dequantize the weight
 once per call and run one bf16 GEMM, whichever is faster on this CPU (benchmarks/quant_paths.py, gemv_paths.py;
-numbers below). `cat` fuses modules that read the same input (model.fuse_rows); `force_path` pins one path (tests,
+numbers below). `cat` fuses modules that read the same input (layout.fuse_rows); `force_path` pins one path (tests,
 benchmarks).
 
 bitsandbytes' CPU plumbing (its import, the 4-bit kernel's layout and C function) is in cohere_cli/weights/bnb_cpu.py."""
@@ -182,7 +182,7 @@ class QuantLinear4bit(_PlanFree, nn.Module):
 
     @classmethod
     def cat(cls, parts: list["QuantLinear4bit"]) -> "QuantLinear4bit | None":
-        """One module computing the parts' outputs side by side (model.fuse_rows), from their bytes as they are:
+        """One module computing the parts' outputs side by side (layout.fuse_rows), from their bytes as they are:
         4-bit rows are independent (blocks never straddle rows when in_features % blocksize == 0) and the CPU
         layout interleaves rows within 32-row groups only. The parts keep views of the fused buffers."""
         p0 = parts[0]
@@ -322,7 +322,7 @@ class QuantLinear8bit(_PlanFree, nn.Module):
 
     @classmethod
     def cat(cls, parts: list["QuantLinear8bit"]) -> "QuantLinear8bit | None":
-        """One module computing the parts' outputs side by side (model.fuse_rows): int8 rows and their scales are
+        """One module computing the parts' outputs side by side (layout.fuse_rows): int8 rows and their scales are
         independent, so this is a concatenation; the parts keep views of the fused buffers."""
         p0 = parts[0]
         if any((p.in_features, p.threshold, p.bias is None) != (p0.in_features, p0.threshold, p0.bias is None)
@@ -453,7 +453,7 @@ def _f32(v: float) -> float:
     return struct.unpack("f", struct.pack("f", v))[0]
 
 
-FUSED_NAMES = ("in_proj", "qkv_proj", "gate_up_proj")  # modules model.fuse() adds (views of the checkpoint's modules)
+FUSED_NAMES = ("in_proj", "qkv_proj", "gate_up_proj")  # modules layout.fuse adds (views of the checkpoint's modules)
 
 
 def quantized_modules(model: nn.Module, fused: bool = False) -> dict[str, nn.Module]:

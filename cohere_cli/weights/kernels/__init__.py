@@ -9,7 +9,7 @@
 - `decode_ops()` is the rest of a bf16 decode step of a block besides its matmuls, decode.c: the LayerNorm, the
   attention after the q/k/v projection (rotary, cache write, grouped-query attention over the cache) and the
   SwiGLU activation, one call each instead of F.scaled_dot_product_attention and ~25 small ops
-  (model.Block.native).
+  (model.Block.native, set by weights/layout.py).
 
 Each is built once per machine with the system C compiler into the store's `kernels/` folder (~1 s: one small C
 file and bf16.h, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import functools
+import math
 import hashlib
 import os
 import shutil
@@ -67,7 +68,7 @@ def gemv_4bit_row():
 
 @dataclass(frozen=True)
 class DecodeOps:
-    """decode.c's functions for model.Block's native decode step, each taking and returning torch tensors, or
+    """decode.c's functions for model.Block's native decode step (`step`, installed by weights/layout.py), each taking and returning torch tensors, or
     returning None to decline (the block then takes its torch path; nothing is written before declining).
 
     attend(qkv, rope, kc, vc, slot, S, slot_pos, qpos, window, nh, nkv, hd, scale) -> (nh*hd,): rotary on the new
@@ -79,6 +80,26 @@ class DecodeOps:
     attend: Callable
     norm: Callable
     silu_mul: Callable
+
+    def step(self, block, x, start: int, rope, cache_layer):
+        """model.Block.forward for one token through these ops: norm, the fused input projection, then rotary +
+        cache write + attention in one call and the SwiGLU activation in another, the two output projections and
+        the residual. The same computation as the block's torch path, written to the cache the same way
+        (Attention._update_cache); None where an op declines before anything is written (its dtype, its shapes)."""
+        a, norm = block.self_attn, block.input_layernorm
+        h = self.norm(x, norm.weight, norm.eps)
+        if h is None:
+            return None
+        qkv, gate_up = block.in_proj(h).split(block.split, dim=-1)  # (1, 1, (nh+2nkv)*hd), (1, 1, 2I)
+        kc, vc, slot_pos = cache_layer
+        R = kc.shape[2]
+        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
+        o = self.attend(qkv, rope if a.use_rope else None, kc, vc, slot, S, slot_pos, start, a.window or 0, a.nh,
+                        a.nkv, a.hd, 1.0 / math.sqrt(a.hd))  # (nh*hd,)
+        if o is None:
+            return None
+        act = self.silu_mul(gate_up)  # (1, 1, I); bf16 like qkv, so it never declines where attend did not
+        return x + a.o_proj(o.view(x.shape[:-1] + (-1,))) + block.mlp.down_proj(act)
 
 
 @functools.cache

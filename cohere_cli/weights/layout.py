@@ -1,0 +1,151 @@
+"""The inference layout of the model core on top of its architecture (model.py holds the architecture only):
+
+- fuse: the inputs projections that read the same input become one module, so decode runs one matmul (one pass
+  over the weights, one call) instead of several: q/k/v/gate/up of the parallel block as `in_proj` (or q/k/v as
+  `qkv_proj` and gate/up as `gate_up_proj` where the types differ, e.g. a bias on q/k/v only). The parts' weights
+  become views of the fused one: memory, module names and state_dict keys stay the checkpoint's.
+- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight);
+- the native decode step: bf16 on CPU, each block's one-token step through weights/kernels' DecodeOps.
+
+checkpoint.load_model applies them (inference_layout); bench/quality.py fuses each block it streams."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cohere_cli.model import Block, CohereForCausalLM, Linear
+
+
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """A CPU weight reordered once into oneDNN's blocked layout for one-row (decode) matmuls, or `w` itself where
+    oneDNN cannot take it. Why (benchmarks/gemv_paths.py, the 213M model's shapes, 2 threads, weights from
+    memory): one-row bf16 F.linear reads a row-major weight at 18-24 GB/s, the packed weight at 29-53 GB/s (the
+    32000x1024 head: 3.4 -> 1.2 ms); fp32 19-22 -> 25-40 GB/s; 512-row prefill matmuls are 5-20% faster too; bf16
+    results are bit-identical to F.linear."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 1) if packable(w) else w
+
+
+def packable(w: torch.Tensor) -> bool:
+    """Whether pack_weight reorders `w`: plain CPU fp32, or bf16 where oneDNN has bf16 kernels (fp16 on CPU, never
+    picked by --dtype auto, stays on F.linear)."""
+    if w.device.type != "cpu" or w.is_mkldnn or not torch.backends.mkldnn.is_available():
+        return False
+    return w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cat_linears(parts: list[Linear]) -> Linear | None:
+    """One Linear computing the outputs of `parts` (same input) side by side; the parts' weights become views
+    of its weight, so memory, module names and state_dict keys stay the checkpoint's."""
+    if len({p.bias is None for p in parts}) > 1:
+        return None
+    w = torch.cat([p.weight.detach() for p in parts])  # (sum of out, in)
+    b = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
+    with torch.device("meta"):
+        fused = Linear(w.shape[1], w.shape[0], bias=b is not None)
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if b is not None:
+        fused.bias = nn.Parameter(b, requires_grad=False)
+    o = 0
+    for p in parts:
+        n = p.weight.shape[0]
+        p.weight = nn.Parameter(w[o : o + n], requires_grad=False)
+        if b is not None:
+            p.bias = nn.Parameter(b[o : o + n], requires_grad=False)
+        o += n
+    return fused
+
+
+def fuse_rows(parts: list[nn.Module]) -> nn.Module | None:
+    """One module computing the outputs of `parts` (linears reading the same input) concatenated: cat_linears for
+    float ones, their type's `cat` for the bitsandbytes modules of weights/qlinear.py. None where the types differ
+    or cannot."""
+    kind = type(parts[0])
+    if any(type(p) is not kind for p in parts):
+        return None
+    if kind is Linear:
+        return cat_linears(parts)
+    return kind.cat(parts) if hasattr(kind, "cat") else None
+
+
+def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[nn.Module]) -> None:
+    """Pack every float Linear forward runs: the fused module (or, where fusing failed, its parts themselves)
+    and the linears beside it. Once a fused weight is packed it is the only copy: the parts' views of the plain
+    matrix are dropped (forward never reads them again)."""
+    for lin in ([fused] if fused is not None else parts) + others:
+        if type(lin) is Linear:
+            lin.weight = nn.Parameter(pack_weight(lin.weight), requires_grad=False)
+    if type(fused) is Linear and fused.weight.is_mkldnn:
+        for p in parts:
+            p.weight = p.bias = None
+
+
+def inputs(block: Block) -> list[nn.Module]:
+    """The block's five input projections, in in_proj's order: q, k, v, gate, up."""
+    a, m = block.self_attn, block.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
+
+
+def fuse_block(block: Block) -> Block:
+    """The parallel block's five input projections as one module: decode reads them in one matmul call instead of
+    five (or two, fused per branch, where the types differ)."""
+    a, m = block.self_attn, block.mlp
+    block.in_proj = fuse_rows(inputs(block))
+    if block.in_proj is None:
+        a.qkv_proj = fuse_rows([a.q_proj, a.k_proj, a.v_proj])
+        m.gate_up_proj = fuse_rows([m.gate_proj, m.up_proj])
+    return block
+
+
+def fuse(model: CohereForCausalLM) -> CohereForCausalLM:
+    """Fused q/k/v and gate/up matmuls in every block (weights become views; nothing is copied twice)."""
+    for layer in model.model.layers:
+        fuse_block(layer)
+    return model
+
+
+def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
+         head: nn.Module | None = None) -> CohereForCausalLM:
+    """CPU decode layout, after fuse(): every float linear's weight reordered once for oneDNN (pack_weight;
+    1.4-2.8x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
+    embedding lookup needs its plain rows: given `embedding`, the same matrix in memory the model does not own
+    (checkpoint.mapped_tensor: the checkpoint file, memory-mapped), the head is packed from the model's copy and
+    the lookups then read the map, where only the rows of tokens actually seen become resident. Without it a
+    tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
+    the 213M benchmark model, whose whole bf16 decode step takes ~13 ms). `head`: a module to run as the head
+    instead (built by the caller from the head's weight, e.g. int8 for quantized models); the embedding then
+    reads `embedding` in the same way."""
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        if layer.in_proj is None:
+            pack_linears(a.qkv_proj, [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
+            pack_linears(m.gate_up_proj, [m.gate_proj, m.up_proj], [m.down_proj])
+        else:
+            pack_linears(layer.in_proj, inputs(layer), [a.o_proj, m.down_proj])
+    emb = model.model.embed_tokens
+    tied = model.lm_head.weight is emb.weight
+    if head is not None:
+        model.lm_head = head
+    elif type(model.lm_head) is not Linear:
+        return model
+    elif not tied:
+        pack_linears(None, [model.lm_head], [])
+    elif embedding is not None and packable(emb.weight):
+        model.lm_head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
+        pack_linears(None, [model.lm_head], [])
+    else:
+        return model
+    if tied and embedding is not None:
+        assert embedding.shape == emb.weight.shape and embedding.dtype == emb.weight.dtype
+        emb.weight = nn.Parameter(embedding, requires_grad=False)
+        emb.weight.file_backed = True  # not memory of the model's own (bench/child.module_bytes)
+    return model
+
+
+def use_decode_kernels(model: CohereForCausalLM, ops) -> CohereForCausalLM:
+    """Run each block's decode step (one token, batch 1, with a cache, fused input projections) through `ops`
+    (weights/kernels.decode_ops: DecodeOps.step, bf16 on CPU), or None to stop. Not for R+'s q/k norms, which sit
+    between projection and rotary."""
+    for layer in model.model.layers:
+        layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
+    return model
