@@ -104,7 +104,7 @@ class LayerStream:
         """Fill `module` (built on meta) with the tensors under `path`; returns it (quantized linears swapped in)."""
         from safetensors import safe_open
 
-        from cohere_cli.weights.checkpoint import _assign
+        from cohere_cli.weights.checkpoint import assign_tensor
 
         shell = _shell(path, module)
         params = dict(shell.named_parameters(remove_duplicate=True))
@@ -127,7 +127,7 @@ class LayerStream:
                         continue
                     if key not in params:
                         raise CheckpointError(f"{f.name} has unexpected tensor {key!r}")
-                    _assign(shell, key, sf.get_tensor(key), params[key], self.dtype, self.device, f)
+                    assign_tensor(shell, key, sf.get_tensor(key), params[key], self.dtype, self.device, f)
                     seen.add(key)
         if loader is not None:
             loader.finish()

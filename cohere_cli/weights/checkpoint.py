@@ -118,7 +118,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
                             f"config (quantized checkpoints need `cohere quantize` support)"
                         )
                     t = sf.get_tensor(key)
-                    _assign(model, key, t, params[key], torch_dtype, device, f)
+                    assign_tensor(model, key, t, params[key], torch_dtype, device, f)
                     seen.add(key)
         except SafetensorError as e:
             raise CheckpointError(f"{f} is corrupt or truncated ({e}): re-download it") from None
@@ -209,7 +209,10 @@ def _no_init():
             setattr(torch.nn.init, n, f)
 
 
-def _assign(model, key: str, t: torch.Tensor, meta_param, dtype, device, f: Path) -> None:
+def assign_tensor(model, key: str, t: torch.Tensor, meta_param, dtype, device, f: Path) -> None:
+    """Put checkpoint tensor `key` (read from file `f`) into `model`, built on meta, in `dtype` on `device`; a shape
+    other than the architecture's (`meta_param`) is a CheckpointError. load_model and bench's quality streaming
+    (one block at a time) both load through it."""
     if tuple(t.shape) != tuple(meta_param.shape):
         raise CheckpointError(
             f"{f.name}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies {tuple(meta_param.shape)}"
