@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cohere_cli.config import ModelConfig
+from cohere_cli.store import bnb_format
 
 # bytes per element of each safetensors dtype
 DTYPE_BYTES = {
@@ -34,8 +35,6 @@ NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
 INT8_BYTES_PER_PARAM = 1.0
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 
-# tensors that hold quantization state rather than parameters (transformers' bitsandbytes serialization)
-_QUANT_AUX_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB", ".weight_format")
 _MAX_HEADER = 100_000_000
 
 
@@ -95,7 +94,7 @@ def tensor_stats(files: Iterable[Path]) -> TensorStats:
                 numel *= int(d)
             dtype = t.get("dtype", "?")
             by_dtype[dtype] = by_dtype.get(dtype, 0) + int(numel * DTYPE_BYTES.get(dtype, 1))
-            if name.endswith(_QUANT_AUX_SUFFIXES) or ".quant_state." in name:
+            if name.endswith(bnb_format.AUX_SUFFIXES) or ".quant_state." in name:
                 continue
             packed_4bit = dtype == "U8" and any(n.startswith(name + ".quant_state.") for n in names)
             params += numel * 2 if packed_4bit else numel

@@ -3,10 +3,8 @@
 Two jobs, both with bitsandbytes' own functions (no re-implementation of its number formats):
 
 1. Quantize one weight, row chunk by row chunk, into the tensors transformers writes for bitsandbytes models
-   (`Quantizer4bit` / `Quantizer8bit`, `quantize_weight`; used by the streaming `cohere quantize`):
-     4-bit: `weight` (U8 [n*k/2, 1]), `weight.absmax`, `weight.quant_map`, [`weight.nested_absmax`,
-            `weight.nested_quant_map`], `weight.quant_state.bitsandbytes__nf4` (U8 bytes of a JSON)
-     8-bit: `weight` (I8 [n, k]), `SCB` (F32 [n]), `weight_format` (U8 scalar 0 = row-major)
+   (`Quantizer4bit` / `Quantizer8bit`, `quantize_weight`; used by the streaming `cohere quantize`); the format is
+   spelled once, in cohere_cli/store/bnb_format.py.
    Chunks are aligned to quantization blocks, so the result equals bitsandbytes' one-shot `quantize_4bit` /
    `int8_vectorwise_quant` bit for bit (tests/test_quant.py checks it) while memory stays at one chunk.
 2. Build quantized linear modules from those stored tensors (`QuantLinear4bit.from_stored`,
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from cohere_cli.errors import CheckpointError
+from cohere_cli.store import bnb_format
 from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit, bnb
 
 # The linears bitsandbytes quantizes in a Cohere model: attention and MLP projections. Embeddings, norms and the
@@ -40,7 +39,6 @@ BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # layers; llama.cpp's 4- and 8-bit files and mlx-lm quantize it too (llama.cpp keeps it at 6-8 bits, as here).
 HEAD_KEY = "cohere_cli_lm_head"
 HEADS = ("int8", "float")
-NESTED_BLOCKSIZE = 256  # bitsandbytes' double quantization of absmax (fixed in quantize_4bit)
 
 # ---- what to quantize -----------------------------------------------------------------------------------------------
 @dataclass
@@ -152,7 +150,7 @@ class Quantizer4bit:
                       quant_type=self.spec.quant_type)
         if self.spec.double_quant:  # as quantize_4bit(compress_statistics=True) does it
             offset = absmax.mean()
-            qabsmax, state2 = F_.quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
+            qabsmax, state2 = F_.quantize_blockwise(absmax - offset, blocksize=bnb_format.NESTED_BLOCKSIZE)
             state = F_.QuantState(absmax=qabsmax, offset=offset, state2=state2, **common)
         else:
             state = F_.QuantState(absmax=absmax, **common)
@@ -181,10 +179,8 @@ def quantizer(shape, dtype, spec: QuantSpec):
 
 def weight_shape_on_disk(shape: tuple[int, int], spec: QuantSpec) -> tuple[list[int], str]:
     """Shape and safetensors dtype of the stored `weight` of a quantized linear of `shape`."""
-    n, k = shape
-    if spec.bits == 4:
-        return [(n * k + 1) // 2, 1], "U8"
-    return [n, k], "I8"
+    _, dtype, stored = bnb_format.stored_tensors(shape, spec.bits)[0]
+    return stored, dtype
 
 
 def quantize_weight(w: torch.Tensor, spec: QuantSpec, rows: int | None = None) -> dict[str, torch.Tensor]:
@@ -200,7 +196,6 @@ def quantize_weight(w: torch.Tensor, spec: QuantSpec, rows: int | None = None) -
 
 
 # ---- loading quantized checkpoints (the hook in checkpoint.load_model) ----------------------------------------------
-_QS_KEY = re.compile(r"^(?P<mod>.+)\.weight\.quant_state\.bitsandbytes__(nf4|fp4)$")
 
 
 def is_quantized_config(raw: dict) -> bool:
@@ -278,7 +273,7 @@ class QuantizedLoader:
         for n in names:
             if not n.startswith(prefix):
                 continue
-            m = _QS_KEY.match(n)
+            m = bnb_format.QUANT_STATE.match(n)
             if m:
                 mod = m.group("mod")
                 self.kind[mod] = 4

@@ -33,6 +33,7 @@ import torch
 from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
 from cohere_cli.errors import QuantizeError, UsageError
+from cohere_cli.store import bnb_format
 from cohere_cli.store.atomic import publish_folder
 from cohere_cli.weights.safetensors import ELEM, ST_DTYPES, MappedFiles, OutTensor, ShardWriter, Src, scan
 
@@ -41,7 +42,6 @@ DEFAULT_SHARD_BYTES = 2 * 10**9
 COPY_SLICE = 64 << 20
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "manifest.json"}
-QS_JSON_MAX = 999  # upper bound on the quant_state JSON length (it is ~180 bytes)
 
 
 # ---- planning the output --------------------------------------------------------------------------------------------
@@ -60,23 +60,9 @@ class Item:
 
 
 def plan_outputs(src: Src, spec: quant.QuantSpec) -> list[OutTensor]:
-    n, k = src.shape
     mod = src.name[: -len(".weight")]
-    wshape, wdtype = quant.weight_shape_on_disk((n, k), spec)
-    outs = [OutTensor(f"{mod}.weight", wdtype, wshape)]
-    if spec.bits == 8:
-        return outs + [OutTensor(f"{mod}.SCB", "F32", [n]), OutTensor(f"{mod}.weight_format", "U8", [])]
-    blocks = -(-n * k // spec.blocksize)
-    if spec.double_quant:
-        outs += [OutTensor(f"{mod}.weight.absmax", "U8", [blocks]),
-                 OutTensor(f"{mod}.weight.quant_map", "F32", [16]),
-                 OutTensor(f"{mod}.weight.nested_absmax", "F32", [-(-blocks // quant.NESTED_BLOCKSIZE)]),
-                 OutTensor(f"{mod}.weight.nested_quant_map", "F32", [256])]
-    else:
-        outs += [OutTensor(f"{mod}.weight.absmax", "F32", [blocks]),
-                 OutTensor(f"{mod}.weight.quant_map", "F32", [16])]
-    outs.append(OutTensor(f"{mod}.weight.quant_state.bitsandbytes__{spec.quant_type}", "U8", [QS_JSON_MAX]))
-    return outs
+    return [OutTensor(f"{mod}.{name}", dtype, shape) for name, dtype, shape in
+            bnb_format.stored_tensors(src.shape, spec.bits, spec.quant_type, spec.blocksize, spec.double_quant)]
 
 
 @dataclass
@@ -373,7 +359,7 @@ def _quantize_item(it: Item, spec: quant.QuantSpec, maps: MappedFiles, writer: S
     for o in it.outs[1:]:
         t = rest[o.name[len(prefix):]]
         if ".quant_state.bitsandbytes__" in o.name:
-            if t.numel() > QS_JSON_MAX:
+            if t.numel() > bnb_format.QS_JSON_MAX:
                 raise AssertionError("quant_state JSON longer than planned")
             o.shape = [t.numel()]
         elif list(t.shape) != o.shape:
