@@ -169,12 +169,13 @@ def chat(
     Sampling defaults come from the model's generation_config.json; the options here override them.
     With --endpoint the answers come from that server; documents (--doc) are rendered here with MODEL's template."""
     from cohere_cli.commands.chat import ChatOptions, run_chat
+    from cohere_cli.engine.sampling import SamplingOverrides
 
     run_chat(ChatOptions(
         model=model, prompt=prompt, system=system, history=history, template=template, docs=doc or [],
         citations=citations, plain=plain, on_overflow=on_overflow, ctx=ctx, max_tokens=max_tokens, dtype=dtype,
-        json_out=json_out, sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                         repetition_penalty=repetition_penalty, seed=seed),
+        json_out=json_out, sampling=SamplingOverrides(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                                      repetition_penalty=repetition_penalty, seed=seed),
         endpoint=endpoint, api_key=api_key, served_model=served_model, timeout=timeout,
     ))
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from cohere_cli.chat.conversation import Conversation
 from cohere_cli.errors import CohereWarning, ContextOverflow, TemplateError, UsageError
 from cohere_cli.engine.response import Response
-from cohere_cli.engine.sampling import SamplingParams, check_bounds
+from cohere_cli.engine.sampling import SamplingOverrides, SamplingParams, check_bounds
 
 if TYPE_CHECKING:  # LocalChat runs a local model; the remote chat (remote.py) shares the rest without torch
     from cohere_cli.engine.runtime import Runtime
@@ -64,13 +64,14 @@ def generation_defaults(folder: Path) -> dict:
     return out
 
 
-def settings_from(folder: Path | None, sampling: dict, *, max_tokens: int | None = None, template: str | None = None,
-                  citations: str = "accurate", on_overflow: str = "drop") -> tuple[ChatSettings, set[str]]:
+def settings_from(folder: Path | None, sampling: SamplingOverrides, *, max_tokens: int | None = None,
+                  template: str | None = None, citations: str = "accurate",
+                  on_overflow: str = "drop") -> tuple[ChatSettings, set[str]]:
     """A chat's settings: the checkpoint's generation_config.json (what its authors recommend) < the command line
-    (`sampling`: None = not given). Also the sampling fields either one set: a server applies its own defaults to the
-    others, so only these are sent."""
+    (`sampling`). Also the sampling fields either one set: a server applies its own defaults to the others, so only
+    these are sent."""
     defaults = generation_defaults(folder) if folder is not None else {}
-    given = {k: v for k, v in sampling.items() if v is not None}
+    given = sampling.given()
     merged = {k: v for k, v in {**defaults, **given}.items() if k != "max_tokens"}
     settings = ChatSettings(params=SamplingParams(**merged),
                             max_tokens=max_tokens or defaults.get("max_tokens") or DEFAULT_MAX_TOKENS,

@@ -10,6 +10,7 @@ from pathlib import Path
 from cohere_cli.chat.conversation import Conversation, read_document, read_messages
 from cohere_cli.chat.session import LocalChat, settings_from
 from cohere_cli.commands.stream import Local, Remote, print_stream
+from cohere_cli.engine.sampling import SamplingOverrides
 from cohere_cli.remote.http import DEFAULT_TIMEOUT
 from cohere_cli.ui.console import info
 
@@ -29,7 +30,7 @@ class ChatOptions:
     max_tokens: int | None = None
     dtype: str = "auto"
     json_out: bool = False
-    sampling: dict = field(default_factory=dict)  # None = not given on the command line
+    sampling: SamplingOverrides = field(default_factory=SamplingOverrides)
     endpoint: str | None = None  # an OpenAI-compatible server instead of a local model (MODEL: its tokenizer)
     api_key: str | None = None
     served_model: str | None = None

@@ -46,6 +46,26 @@ class SamplingParams:
         return asdict(self)
 
 
+@dataclass
+class SamplingOverrides:
+    """The sampling options given on a command line (None: not given, so the checkpoint's generation_config.json,
+    or the server's default, applies), checked against the same BOUNDS."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_bounds(f.name, getattr(self, f.name))
+
+    def given(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 class Sampler:
     """Stateful only in its random generator, so a seeded run is reproducible token for token.
     `n_valid` masks embedding rows past the tokenizer's vocabulary: the real models have 256000 rows for
