@@ -88,26 +88,34 @@ class ModelConfig:
         return self.layer_types[i] == SLIDING and self.sliding_window is not None
 
 
+def read_json_object(path: Path, max_bytes: int) -> dict:
+    """A checkpoint's (or the store's) small JSON file as a dict: the one bounded reader. FileNotFoundError when it
+    is absent, OSError when unreadable, ValueError (saying why, as "is ...") when it is over `max_bytes`, not JSON,
+    or not an object."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"is over {max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"is over {max_bytes} bytes")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError("is not a JSON object")
+    return raw
+
+
 def read_config_json(folder: Path) -> dict:
     """The folder's config.json as a dict; CheckpointError when it is missing, too big, not JSON or not an object."""
     path = Path(folder) / "config.json"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        return read_json_object(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise CheckpointError(f"{folder} is not a checkpoint: it has no config.json") from None
     except OSError as e:
         raise CheckpointError(f"{path} is unreadable ({e.strerror or e}): re-download the checkpoint") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path} is over {MAX_CONFIG_BYTES >> 20} MiB, not a model config: re-download the "
-                              f"checkpoint")
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}): re-download the checkpoint") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a JSON object: re-download the checkpoint")
-    return raw
+    except ValueError as e:
+        raise CheckpointError(f"{path} {e}: re-download the checkpoint") from None
 
 
 def read_config(folder: Path) -> tuple[dict, ModelConfig]:

@@ -4,7 +4,6 @@ The REPL and `cohere chat --prompt` both drive this; a remote endpoint can stand
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -12,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
+from cohere_cli.config import read_json_object
 from cohere_cli.errors import CohereWarning, ContextOverflow, TemplateError, UsageError
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import SamplingOverrides, SamplingParams, check_bounds
+from cohere_cli.store.manifest import read_manifest
 
 if TYPE_CHECKING:  # LocalChat runs a local model; the remote chat (remote.py) shares the rest without torch
     from cohere_cli.engine.runtime import Runtime
@@ -35,12 +36,10 @@ class ChatSettings:
 def generation_defaults(folder: Path) -> dict:
     """Sampling defaults from the checkpoint's generation_config.json (what its authors recommend)."""
     try:
-        with open(folder / "generation_config.json", "rb") as f:
-            g = json.loads(f.read(1 << 20))  # ~200 bytes in every release: more is not a generation config
+        g = read_json_object(folder / "generation_config.json", 1 << 20)  # ~200 bytes in every release
     except (OSError, ValueError):
         return {}
-    if not isinstance(g, dict):
-        return {}
+
     def number(v) -> bool:  # JSON allows NaN and 1e999 (inf): neither is a setting
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -183,11 +182,7 @@ class LocalChat:
 
     def describe(self) -> dict:
         cfg, rt = self.rt.loaded.config, self.rt
-        manifest_precision = None
-        try:
-            manifest_precision = json.loads((rt.folder / "manifest.json").read_text()).get("precision")
-        except (OSError, json.JSONDecodeError):
-            pass
+        manifest_precision = (read_manifest(rt.folder) or {}).get("precision")
         dtype = str(rt.loaded.dtype).removeprefix("torch.")
         return {
             "model": f"{self.name} ({rt.folder})",

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cohere_cli.config import read_config_json
+from cohere_cli.config import read_config_json, read_json_object
 from cohere_cli.errors import CheckpointError
 from cohere_cli.store.atomic import write_atomic
 
@@ -22,11 +22,9 @@ _HASH_BLOCK = 8 << 20
 def read_manifest(folder: Path) -> dict | None:
     """folder/manifest.json as a dict, or None when absent or unreadable (size-bounded: a manifest lists files)."""
     try:
-        with open(Path(folder) / MANIFEST, "rb") as f:
-            m = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
+        return read_json_object(Path(folder) / MANIFEST, MAX_MANIFEST_BYTES)
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) else None
 
 
 # ---- manifests --------------------------------------------------------------------------------------------------
