@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cohere_cli.weights import qlinear
+from cohere_cli.weights import qlinear, qpath
 from cohere_cli.weights import quant  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     q4, q8_0, q8_6 = build(w16)
     copies = a.copies or max(1, -(-(256 << 20) // (n * k * 2)))  # >= 256 MB of bf16 weights: 8x this L3
     print(f"# {n}x{k} weight ({copies} copies cycled), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"cpu {torch.backends.cpu.get_cpu_capability()}, AMX: {qlinear.cpu_has_amx()}, "
+          f"cpu {torch.backends.cpu.get_cpu_capability()}, AMX: {qpath.cpu_has_amx()}, "
           f"bnb cpu kernel: {qlinear.cpu_has_bnb_kernel()}")
     with torch.inference_mode():
         unpack = min(timed(lambda: qlinear.unpack_from_cpu(q4.packed), a.reps) for _ in range(a.runs))

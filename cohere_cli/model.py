@@ -1,9 +1,9 @@
 """The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya) and Cohere2ForCausalLM
 (`cohere2`: Command R7B, Command A). Read top to bottom: config, KV cache, norm and rotary helpers, attention, MLP,
 block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
-table. The architecture only: the inference layout (fused projections, packed weights, the native decode step) is
-weights/layout.py, which fills the hooks forward reads (`in_proj`, `qkv_proj`, `gate_up_proj`, `native`). This file
-imports only torch and its config (cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
+table. The architecture only, one route per module: the inference layout (fused projections, packed weights, the
+native decode step) is weights/layout.py, whose subclasses reuse the pieces below (Attention.position and .attend,
+MLP.down). This file imports only torch and its config (cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
 
 Shapes: B batch, T new tokens this call, S keys attended, H hidden, nh/nkv query/kv heads, hd head dim, V vocab.
 """
@@ -118,32 +118,31 @@ class Attention(nn.Module):
             self.q_norm = LayerNorm((nh, hd), cfg.norm_eps)
             self.k_norm = LayerNorm((nkv, hd), cfg.norm_eps)
         self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, cfg.norm_eps
-        self.register_module("qkv_proj", None)  # q/k/v in one module, set for inference (weights/layout.py)
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
         self.use_rope = cfg.model_type == "cohere" or self.window is not None
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None, masks: dict | None = None,
-                qkv: torch.Tensor | None = None) -> torch.Tensor:
-        """qkv: q/k/v projections already computed by the block's fused in_proj (B, T, (nh+2nkv)*hd), if any."""
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None, masks: dict | None = None):
         B, T, _ = x.shape
-        nh, nkv, hd = self.nh, self.nkv, self.hd
-        if qkv is None and self.qkv_proj is not None:  # inference: one matmul reads q, k and v weights at once
-            qkv = self.qkv_proj(x)
-        if qkv is not None:
-            qkv = qkv.unflatten(-1, (nh + 2 * nkv, hd))  # (B, T, nh+2nkv, hd)
-            q, k, v = qkv.split((nh, nkv, nkv), dim=2)  # (B, T, nh|nkv|nkv, hd)
-        else:
-            q = self.q_proj(x).view(B, T, nh, hd)  # (B, T, nh, hd)
-            k = self.k_proj(x).view(B, T, nkv, hd)  # (B, T, nkv, hd)
-            v = self.v_proj(x).view(B, T, nkv, hd)  # (B, T, nkv, hd)
+        q = self.q_proj(x).view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        q, k = self.position(q, k, rope)
+        return self.attend(q, k, v, pos, cache_layer, masks)
+
+    def position(self, q: torch.Tensor, k: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, T, nh, hd) and k (B, T, nkv, hd) made position-aware: R+'s per-head norms, then RoPE."""
         if hasattr(self, "q_norm"):  # before RoPE, normalised over hd per head
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
-            if qkv is not None and not hasattr(self, "q_norm"):  # q and k adjacent: rotate both at once
-                q, k = apply_rope(qkv[:, :, : nh + nkv], rope).split((nh, nkv), dim=2)
-            else:
-                q, k = apply_rope(q, rope), apply_rope(k, rope)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q, k
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, cache_layer=None,
+               masks: dict | None = None) -> torch.Tensor:
+        """Attention of positioned q, k and v (B, T, heads, hd) at positions `pos` (T,), through the cache if
+        any, and the output projection: (B, T, H)."""
+        B, T, nh, hd = q.shape
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         if cache_layer is None:  # training / reference path: the whole sequence at once
@@ -238,16 +237,11 @@ class MLP(nn.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-        self.register_module("gate_up_proj", None)  # gate and up in one module, set for inference (layout.py)
+    def forward(self, x):
+        return self.down(self.gate_proj(x), self.up_proj(x))
 
-    def forward(self, x, gate_up: torch.Tensor | None = None):
-        """gate_up: gate and up projections already computed by the block's fused in_proj (B, T, 2I), if any."""
-        if gate_up is None and self.gate_up_proj is not None:
-            gate_up = self.gate_up_proj(x)  # one matmul for both
-        if gate_up is not None:
-            g, u = gate_up.chunk(2, dim=-1)  # (B, T, I) each
-            return self.down_proj(F.silu(g) * u)  # SwiGLU
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+    def down(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(g) * u)  # SwiGLU
 
 
 class Block(nn.Module):
@@ -256,22 +250,12 @@ class Block(nn.Module):
         self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
         self.self_attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
-        self.register_module("in_proj", None)  # q, k, v, gate and up in one module, set for inference (layout.py)
-        self.split = ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, 2 * cfg.intermediate_size)
-        self.native = None  # a decode step of its own (weights/kernels DecodeOps.step), see weights/layout.py
 
     def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
-        if self.native is not None and x.numel() == x.shape[-1] and cache_layer is not None \
-                and self.in_proj is not None:  # one token: the decode step
-            out = self.native.step(self, x, int(pos[0]), rope, cache_layer)  # None: it declined, before writing
-            if out is not None:
-                return out
         # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
         h = self.input_layernorm(x)
-        if self.in_proj is not None:  # so one matmul can compute all five input projections of both branches
-            qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (B, T, (nh+2nkv)*hd), (B, T, 2I)
-            return x + self.self_attn(h, pos, rope, cache_layer, masks, qkv) + self.mlp(h, gate_up)
         return x + self.self_attn(h, pos, rope, cache_layer, masks) + self.mlp(h)
+
 
 class Decoder(nn.Module):
     """`model.*` in the checkpoint."""

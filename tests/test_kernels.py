@@ -54,11 +54,10 @@ def test_decode_attention_kernel_matches_torch(nh, nkv, hd, keys, window, ring, 
     a.use_rope = rope
     pos = torch.tensor([qpos])
     cis = rope_cos_sin(pos, hd, 10000.0, torch.bfloat16)
-    x = torch.zeros(1, 1, nh * hd, dtype=torch.bfloat16)
-    a.o_proj = torch.nn.Identity()  # forward's output is then the attention itself, (1, 1, nh*hd)
+    a.o_proj = torch.nn.Identity()  # attend's output is then the attention itself, (1, 1, nh*hd)
     caches = [(kc0.clone(), vc0.clone(), None if slot_pos0 is None else slot_pos0.clone()) for _ in range(2)]
     with torch.inference_mode():
-        want = a(x, pos, cis, caches[0], None, qkv)
+        want = a.attend(*layout.split_heads(a, qkv, cis), pos, caches[0], None)
         got = attend(qkv, cis if rope else None, caches[1][0], caches[1][1], slot, n if ring else qpos + 1,
                      caches[1][2], qpos, window or 0, nh, nkv, hd, 1.0 / math.sqrt(hd))
     assert got is not None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_LINES = 600  # ~400 is the aim; past this a module is surely two things
+MAX_LINES = 420  # "no module over ~400 lines": past this a module is probably two things
 
 
 def test_import_contracts_hold():

@@ -199,7 +199,7 @@ def test_not_enough_disk_space_leaves_nothing(parent, tmp_path, monkeypatch):
 
     home = tmp_path / "home"
     monkeypatch.setenv("COHERE_CLI_HOME", str(home))
-    monkeypatch.setattr(quantize, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(quantize, "free_bytes", lambda path: (1000, path))
     opts = dict(bits=4, quant_type="nf4", blocksize=64, double_quant=True, keep=[], force=False, no_eval=True)
     with pytest.raises(QuantizeError, match=r"not enough disk space in .*needs about .* is free"):
         run_quantize(str(parent), output=None, **opts)
@@ -210,7 +210,7 @@ def test_not_enough_disk_space_leaves_nothing(parent, tmp_path, monkeypatch):
     # the disk fills up half way through anyway (another process took the space): one clear error, nothing left
     import errno
 
-    monkeypatch.setattr(quantize, "free_bytes", lambda path: 1 << 50)
+    monkeypatch.setattr(quantize, "free_bytes", lambda path: (1 << 50, path))
     calls = []
 
     def full(self, buf):

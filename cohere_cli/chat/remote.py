@@ -4,12 +4,11 @@ the REPL and `chat --prompt` drive it unchanged. The HTTP side is cohere_cli.rem
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.chat.session import ChatSettings, TurnStats, fit_context, grounded_template, render_text
+from cohere_cli.chat.session import ChatBackend, ChatSettings, TurnStats, fit_context
 from cohere_cli.engine.response import Response
 from cohere_cli.errors import TemplateError
 from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
@@ -22,7 +21,7 @@ NO_TOKENIZER = ("{what} renders the prompt here with the model's own template, a
                 "download REPO --include 'tokenizer*' --include '*.json'`")
 
 
-class RemoteChat:
+class RemoteChat(ChatBackend):
     """LocalChat's interface over an OpenAI-compatible server. `fit` opens the request (so that the failures that
     come before any answer, refused, 401, unknown model, surface where the REPL drops the unanswered message);
     `stream` reads it."""
@@ -47,25 +46,15 @@ class RemoteChat:
         """Render here and send a raw completion: documents, or a template other than the server's default."""
         return bool(conv.documents) or self.settings.template not in (None, "default")
 
-    def render(self, conv: Conversation) -> list[int]:
-        return self._encode(conv)[1]
-
-    def _encode(self, conv: Conversation) -> tuple[str, list[int]]:
-        text = self.render_text(conv)
-        return text, self.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
-
     def render_text(self, conv: Conversation) -> str:
         if self.tokenizer is None:
             raise TemplateError(NO_TOKENIZER.format(what="this"))
-        return render_text(self.tokenizer, conv, self.settings, self.name)
-
-    def _grounded(self, template: str | None) -> tuple[str | None, dict]:
-        if self.tokenizer is None:
-            raise TemplateError(NO_TOKENIZER.format(what="a grounded answer (--doc)"))
-        return grounded_template(self.tokenizer, template, self.settings, self.name)
+        return super().render_text(conv)
 
     def check_grounding(self) -> None:
-        self._grounded(self.settings.template)
+        if self.tokenizer is None:
+            raise TemplateError(NO_TOKENIZER.format(what="a grounded answer (--doc)"))
+        super().check_grounding()
 
     def fit(self, conv: Conversation) -> tuple[list[int], int]:
         dropped = 0
@@ -160,6 +149,6 @@ class RemoteChat:
         self._close_pending()  # the server's prefix cache, if any, is its own business
 
     def with_params(self, **changes) -> None:
-        self.settings.params = replace(self.settings.params, **changes)
+        super().with_params(**changes)
         if self.send is not None:
             self.send |= set(changes)

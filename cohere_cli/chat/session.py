@@ -138,7 +138,44 @@ def fit_context(conv: Conversation, settings: ChatSettings, context: int,
         dropped += 1
 
 
-class LocalChat:
+class ChatBackend:
+    """What the REPL and `chat --prompt` drive, local or remote: the settings, the conversation rendered with the
+    model's own template and fitted into the context, the per-turn stats. LocalChat and RemoteChat (chat/remote.py)
+    differ only in where the answer comes from."""
+
+    settings: ChatSettings
+    context: int
+    history: list[TurnStats]
+    tokenizer = None
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def render_text(self, conv: Conversation) -> str:
+        return render_text(self.tokenizer, conv, self.settings, self.name)
+
+    def render(self, conv: Conversation) -> list[int]:
+        return self._encode(conv)[1]
+
+    def _encode(self, conv: Conversation) -> tuple[str, list[int]]:
+        text = self.render_text(conv)
+        return text, self.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
+
+    def fit(self, conv: Conversation) -> tuple[list[int], int]:
+        """The prompt ids for this turn and how many old exchanges were dropped to make room (fit_context)."""
+        _, ids, dropped = fit_context(conv, self.settings, self.context, self._encode)
+        return ids, dropped
+
+    def check_grounding(self) -> None:
+        """Raise now (not at the next turn) if this model cannot render documents."""
+        grounded_template(self.tokenizer, self.settings.template, self.settings, self.name)
+
+    def with_params(self, **changes) -> None:
+        self.settings.params = replace(self.settings.params, **changes)
+
+
+class LocalChat(ChatBackend):
     def __init__(self, rt: Runtime, settings: ChatSettings, ctx: int | None = None):
         from cohere_cli.engine.generate import Session
 
@@ -151,17 +188,9 @@ class LocalChat:
     def name(self) -> str:
         return self.rt.name
 
-    # ---- rendering ------------------------------------------------------------------------------------------------
-    def render(self, conv: Conversation) -> list[int]:
-        return self._encode(conv)[1]
-
-    def _encode(self, conv: Conversation) -> tuple[str, list[int]]:
-        text = render_text(self.rt.tokenizer, conv, self.settings, self.name)
-        return text, self.rt.tokenizer.encode(text, add_bos=False)  # the template wrote BOS itself
-
-    def fit(self, conv: Conversation) -> tuple[list[int], int]:
-        _, ids, dropped = fit_context(conv, self.settings, self.context, self._encode)
-        return ids, dropped
+    @property
+    def tokenizer(self):
+        return self.rt.tokenizer
 
     # ---- one turn ------------------------------------------------------------------------------------------------
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
@@ -176,10 +205,6 @@ class LocalChat:
             self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
                                           last.ttft_s, last.decode_tokens_per_s))
 
-    def check_grounding(self) -> None:
-        """Raise now (not at the next turn) if this model cannot render documents."""
-        grounded_template(self.rt.tokenizer, self.settings.template, self.settings, self.name)
-
     def describe(self) -> dict:
         cfg, rt = self.rt.loaded.config, self.rt
         manifest_precision = (read_manifest(rt.folder) or {}).get("precision")
@@ -193,6 +218,3 @@ class LocalChat:
 
     def reset(self) -> None:
         self.session.reset()
-
-    def with_params(self, **changes) -> None:
-        self.settings.params = replace(self.settings.params, **changes)

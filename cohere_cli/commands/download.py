@@ -13,7 +13,8 @@ from rich.markup import escape
 
 from cohere_cli import store
 from cohere_cli.store import hub, sizes
-from cohere_cli.store.download import FileSpec, Progress
+from cohere_cli.store.download import Progress
+from cohere_cli.store.partfile import FileSpec
 from cohere_cli.store.fetch import KV_SEQ, Plan, fetch, plan_download, plan_record
 from cohere_cli.store.staging import staged_bytes
 from cohere_cli.ui.console import err, info, warn

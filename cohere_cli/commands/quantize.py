@@ -30,13 +30,6 @@ def _entry_of(folder: Path) -> store.Entry | None:
         return None
 
 
-def _existing_dir(p: Path) -> Path:
-    p = p.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
 def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, double_quant: bool, keep: list[str],
                  output: str | None, force: bool, no_eval: bool, head: str = "int8") -> None:
     from cohere_cli import __version__
@@ -71,7 +64,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
             raise QuantizeError(f"the store already has '{name}': pass --force to replace it, or --output to "
                                 f"choose another name")
         ctx = store.entry_tmpdir(name, replace=force)
-    check_disk(plan, parent, _existing_dir(where.parent))
+    check_disk(plan, parent, where.parent)
 
     four = spec.bits == 4
     what = (f"{spec.quant_type}, blocksize {spec.blocksize}, double quant {'on' if spec.double_quant else 'off'}"

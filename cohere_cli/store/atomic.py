@@ -27,6 +27,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def free_bytes(path: Path) -> tuple[int, Path]:
+    """Free bytes on the disk that holds `path` (or would: its nearest existing parent), and that existing folder."""
+    q = Path(path).absolute()
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    return shutil.disk_usage(q).free, q
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

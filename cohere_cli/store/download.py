@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import http.client
 import os
 import queue
@@ -40,11 +38,11 @@ from pathlib import Path
 
 from cohere_cli.errors import DownloadError
 from cohere_cli.store.httppool import Fatal, HttpPool
+from cohere_cli.store.partfile import FileResult, FileSpec, PartFile
 from cohere_cli.store.staging import VERIFIED, atomic_json, read_json
 
 ENV_PREFIX = "COHERE_CLI_DL_"
 _READ_BLOCK = 1 << 20
-_HASH_BLOCK = 8 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -76,32 +74,6 @@ class Options:
         return o
 
 
-@dataclass(frozen=True)
-class FileSpec:
-    path: str  # where it goes in the entry (posix, relative)
-    url: str
-    size: int
-    sha256: str | None = None  # expected content sha256 (LFS files)
-    blob_id: str | None = None  # expected git blob sha1 (small files)
-
-    @property
-    def expect(self) -> str:
-        return expect_id(self.size, self.sha256, self.blob_id)
-
-
-def expect_id(size: int, sha256: str | None, blob_id: str | None) -> str:
-    """What identifies a file's expected contents in the part states: its sha256, else its git blob id."""
-    return sha256 or blob_id or f"size:{size}"
-
-
-@dataclass
-class FileResult:
-    path: str
-    size: int
-    sha256: str
-    blob_id: str | None = None
-
-
 class Progress:
     """What the engine reports; every method may be called from worker threads. The default does nothing."""
 
@@ -128,132 +100,6 @@ class _Aborted(Exception):
     pass
 
 
-def git_blob_sha1_prefix(size: int) -> bytes:
-    return b"blob %d\0" % size
-
-
-def _fsync(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-# ---- per-file state ----------------------------------------------------------------------------------------------
-class _Job:
-    """One file: its part file, the bytes on disk per chunk, and the hashing that follows them."""
-
-    def __init__(self, spec: FileSpec, staging: Path, chunk_size: int):
-        self.spec = spec
-        self.final = staging / spec.path
-        self.part = self.final.with_name(self.final.name + ".part")
-        self.state_path = self.final.with_name(self.final.name + ".part.json")
-        self.chunk_size = chunk_size
-        self.done: list[int] = []
-        self.cond = threading.Condition()
-        self.save_lock = threading.Lock()
-        self.fd: int | None = None
-        self.closed = False
-        self.saved: list[int] | None = None
-        self.last_save = 0.0
-        self.hasher: threading.Thread | None = None
-        self.result: FileResult | None = None
-        self.status = "fetch"  # fetch | verified | recheck
-
-    # layout
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.spec.size // self.chunk_size) if self.spec.size else 0
-
-    def bounds(self, i: int) -> tuple[int, int]:
-        start = i * self.chunk_size
-        return start, min(start + self.chunk_size, self.spec.size)
-
-    def on_disk(self) -> int:
-        return self.spec.size if self.status != "fetch" else sum(self.done)
-
-    def contiguous(self) -> int:
-        """Bytes from offset 0 that are all on disk (call with cond held)."""
-        total = 0
-        for i, d in enumerate(self.done):
-            total += d
-            start, end = self.bounds(i)
-            if start + d < end:
-                break
-        return total
-
-    def load(self) -> None:
-        """Read the saved per-chunk progress, trusting it only for the same expected file and never beyond what
-        the part file physically holds."""
-        st = read_json(self.state_path)
-        try:
-            size_on_disk = self.part.stat().st_size
-        except OSError:
-            size_on_disk = -1
-        if (st.get("expect") == self.spec.expect and st.get("size") == self.spec.size
-                and isinstance(st.get("chunk_size"), int) and st["chunk_size"] > 0 and size_on_disk >= 0):
-            self.chunk_size = st["chunk_size"]
-            done = st.get("done") or []
-            if len(done) == self.n_chunks and all(isinstance(d, int) and d >= 0 for d in done):
-                self.done = []
-                for i, d in enumerate(done):
-                    start, end = self.bounds(i)
-                    self.done.append(max(0, min(d, end - start, size_on_disk - start)))
-                self.saved = list(self.done)
-                return
-        self.done = [0] * self.n_chunks
-
-    def open(self) -> None:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        if self.saved is None:  # nothing trustworthy on disk: start clean
-            with contextlib.suppress(FileNotFoundError):
-                self.part.unlink()
-        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
-        self.save(force=True)
-
-    def write(self, data: memoryview, offset: int) -> None:
-        while data:
-            try:
-                n = os.pwrite(self.fd, data, offset)  # type: ignore[arg-type]
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
-                                 "command again (the bytes so far are kept)") from None
-                raise Fatal(f"cannot write {self.part} ({e.strerror or e})") from None
-            data = data[n:]
-            offset += n
-
-    def advance(self, i: int, n: int) -> None:
-        with self.cond:
-            self.done[i] += n
-            self.cond.notify_all()
-
-    def save(self, force: bool = False) -> None:
-        with self.save_lock:
-            if self.closed or self.fd is None:
-                return
-            with self.cond:
-                done = list(self.done)
-            if done == self.saved and not force:
-                return
-            _fsync(self.fd)
-            atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
-                                           "chunk_size": self.chunk_size, "done": done})
-            self.saved = done
-            self.last_save = time.monotonic()
-
-    def close(self) -> None:
-        with self.save_lock:
-            self.closed = True
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-
-    def discard(self) -> None:
-        self.close()
-        for p in (self.part, self.state_path):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
 # ---- the transfer ------------------------------------------------------------------------------------------------
 class Transfer:
     """Fetch `files` into `staging` (see the module docstring). prepare() reads what is already on disk without
@@ -266,7 +112,7 @@ class Transfer:
         self.headers = dict(headers)
         self.opts = options
         self.describe = describe_http_error or (lambda status, h, path: f"the server answered {status} for {path}")
-        self.jobs = [_Job(f, self.staging, options.chunk_size) for f in self.files]
+        self.jobs = [PartFile(f, self.staging, options.chunk_size) for f in self.files]
         self._abort = threading.Event()  # Ctrl-C: stop now, unblock every socket
         self._drain = threading.Event()  # a fatal error: start nothing new, finish the ranges being received
         self._workers_done = threading.Event()
@@ -386,7 +232,7 @@ class Transfer:
                 self._fatal = message
         self._drain.set()
 
-    def _ensure_hasher(self, job: _Job) -> None:
+    def _ensure_hasher(self, job: PartFile) -> None:
         with self._lock:
             if job.hasher is None:
                 job.hasher = threading.Thread(target=self._hash, args=(job,), name=f"hash-{job.spec.path}",
@@ -413,7 +259,7 @@ class Transfer:
         finally:
             self._http.close_thread()
 
-    def _chunk(self, job: _Job, i: int) -> None:
+    def _chunk(self, job: PartFile, i: int) -> None:
         start, end = job.bounds(i)
         failures = 0
         while True:
@@ -445,7 +291,7 @@ class Transfer:
                 if self._abort.wait(delay) or self._drain.is_set():
                     return
 
-    def _transfer(self, job: _Job, i: int, pos: int, end: int) -> None:
+    def _transfer(self, job: PartFile, i: int, pos: int, end: int) -> None:
         spec = job.spec
         headers = {**self.headers, "Range": f"bytes={pos}-{end - 1}"}
         resp, origin = self._http.get(spec.url, headers)
@@ -506,36 +352,13 @@ class Transfer:
             if not complete:
                 self._http.drop(origin)
 
-    def _hash(self, job: _Job) -> None:
+    def _hash(self, job: PartFile) -> None:
         spec = job.spec
         try:
-            sha = hashlib.sha256()
-            git = hashlib.sha1(git_blob_sha1_prefix(spec.size)) if spec.blob_id and not spec.sha256 else None
-            pos = 0
-            with open(job.part, "rb", buffering=0) as f:
-                while pos < spec.size:
-                    with job.cond:
-                        while (avail := job.contiguous()) <= pos:
-                            if self._abort.is_set() or self._workers_done.is_set():
-                                return  # stopped, or the rest of this file will not come in this run
-                            job.cond.wait(0.5)
-                    while pos < avail:
-                        data = os.pread(f.fileno(), min(_HASH_BLOCK, avail - pos), pos)
-                        if not data:
-                            raise OSError(f"{job.part} is shorter than its recorded progress")
-                        sha.update(data)
-                        if git is not None:
-                            git.update(data)
-                        pos += len(data)
-            digest = sha.hexdigest()
-            problem = None
-            if os.stat(job.part).st_size != spec.size:
-                problem = f"{spec.path} has {os.stat(job.part).st_size} bytes, expected {spec.size}"
-            elif spec.sha256 and digest != spec.sha256.lower():
-                problem = f"{spec.path} failed verification (sha256 {digest[:12]}... instead of {spec.sha256[:12]}...)"
-            elif git is not None and git.hexdigest() != spec.blob_id.lower():  # type: ignore[union-attr]
-                problem = (f"{spec.path} failed verification (git blob id {git.hexdigest()[:12]}... instead of "
-                           f"{spec.blob_id[:12]}...)")  # type: ignore[index]
+            checked = job.hash_following(lambda: self._abort.is_set() or self._workers_done.is_set())
+            if checked is None:
+                return  # stopped, or the rest of this file will not come in this run
+            digest, problem = checked
             if problem:
                 job.discard()
                 with self._lock:

@@ -15,8 +15,10 @@ from pathlib import Path
 from cohere_cli import store
 from cohere_cli.errors import DownloadError
 from cohere_cli.store import hub, sizes
-from cohere_cli.store.download import FileSpec, Options, Progress, Transfer, expect_id
+from cohere_cli.store.download import Options, Progress, Transfer
+from cohere_cli.store.atomic import free_bytes
 from cohere_cli.store.httppool import fetch_bytes
+from cohere_cli.store.partfile import FileSpec, expect_id
 from cohere_cli.store.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
 
 KV_SEQ = 8192  # the context the plan's memory estimate is for
@@ -97,7 +99,8 @@ def fetch(p: Plan, progress: Progress, say: Callable[[str], None] = lambda msg: 
                 if s.path in p.reuse:
                     adopt_verified(staging, s, p.reuse[s.path][0], p.reuse[s.path][1]["sha256"])
             transfer.prepare()
-            free, where = free_bytes(store.store_root())
+            where = store.store_root()
+            free, _ = free_bytes(where)
             if transfer.remaining_bytes > free:
                 if not existed:  # only links to files already in the store were made: undo them
                     shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +129,8 @@ def plan_record(p: Plan) -> tuple[dict, sizes.Dims | None]:
     on_disk = transfer.on_disk
     total = sum(s.size for s in p.specs)
     have = sum(s.size if s.path in p.reuse else on_disk.get(s.path, 0) for s in p.specs)
-    free, where = free_bytes(store.store_root())
+    where = store.store_root()
+    free, _ = free_bytes(where)
     need = total - have
     config, note = None, None
     cfg_spec = next((s for s in p.specs if s.path == "config.json"), None)
@@ -162,14 +166,6 @@ def plan_record(p: Plan) -> tuple[dict, sizes.Dims | None]:
         "total_bytes": total, "to_fetch_bytes": need, "free_bytes": free, "store": str(where),
         "fits": need <= free, "memory": memory, "note": note,
     }, dims
-
-
-def free_bytes(path: Path) -> tuple[int, Path]:
-    """Free bytes on the disk that holds `path` (or would: its nearest existing parent), and `path`."""
-    q = path
-    while not q.exists() and q != q.parent:
-        q = q.parent
-    return shutil.disk_usage(q).free, path
 
 
 def _same_file(record: dict, spec: FileSpec) -> bool:

@@ -16,7 +16,7 @@ from cohere_cli.errors import DownloadError
 from cohere_cli.store.atomic import write_atomic
 
 if TYPE_CHECKING:
-    from cohere_cli.store.download import FileResult, FileSpec
+    from cohere_cli.store.partfile import FileResult, FileSpec
 
 VERIFIED = "verified.json"
 PLAN = "plan.json"

@@ -17,6 +17,7 @@ from rich.table import Table
 from cohere_cli.chat.citations import CitationStream
 from cohere_cli.ui.console import err, error, info, warn
 from cohere_cli.chat.conversation import Conversation, read_document
+from cohere_cli.chat.session import ChatBackend
 from cohere_cli.engine.sampling import check_bounds
 from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
@@ -44,7 +45,7 @@ SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, 
 
 
 class Repl:
-    def __init__(self, engine, conv: Conversation, *, plain: bool, history_file: Path | None):
+    def __init__(self, engine: ChatBackend, conv: Conversation, *, plain: bool, history_file: Path | None):
         self.engine, self.conv = engine, conv
         self.tty = sys.stdin.isatty() and sys.stdout.isatty()
         self.plain = plain or not sys.stdout.isatty()

@@ -1,9 +1,11 @@
 """The inference layout of the model core on top of its architecture (model.py holds the architecture only):
 
-- fuse: the inputs projections that read the same input become one module, so decode runs one matmul (one pass
+- fuse: the input projections that read the same input become one module, so decode runs one matmul (one pass
   over the weights, one call) instead of several: q/k/v/gate/up of the parallel block as `in_proj` (or q/k/v as
   `qkv_proj` and gate/up as `gate_up_proj` where the types differ, e.g. a bias on q/k/v only). The parts' weights
-  become views of the fused one: memory, module names and state_dict keys stay the checkpoint's.
+  become views of the fused one: memory, module names and state_dict keys stay the checkpoint's. The fused modules
+  run through subclasses of model.py's (FusedBlock, FusedAttention, FusedMLP: the instance's class is swapped),
+  which reuse its pieces, so model.py keeps one route per module.
 - pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight);
 - the native decode step: bf16 on CPU, each block's one-token step through weights/kernels' DecodeOps.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cohere_cli.model import Block, CohereForCausalLM, Linear
+from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, Linear, apply_rope
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -86,14 +88,71 @@ def inputs(block: Block) -> list[nn.Module]:
     return [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
 
 
+def split_heads(a: Attention, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v from fused projections (B, T, (nh+2nkv)*hd), positioned as Attention.position does."""
+    qkv = qkv.unflatten(-1, (a.nh + 2 * a.nkv, a.hd))  # (B, T, nh+2nkv, hd)
+    q, k, v = qkv.split((a.nh, a.nkv, a.nkv), dim=2)  # (B, T, nh|nkv|nkv, hd)
+    if a.use_rope and not hasattr(a, "q_norm"):  # q and k adjacent: rotate both in one call
+        q, k = apply_rope(qkv[:, :, : a.nh + a.nkv], rope).split((a.nh, a.nkv), dim=2)
+        return q, k, v
+    q, k = a.position(q, k, rope)
+    return q, k, v
+
+
+class FusedAttention(Attention):
+    """Attention whose q/k/v are one module, `qkv_proj` (where the block's five projections could not fuse)."""
+
+    def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
+        q, k, v = split_heads(self, self.qkv_proj(x), rope)
+        return self.attend(q, k, v, pos, cache_layer, masks)
+
+
+class FusedMLP(MLP):
+    """The MLP whose gate and up projections are one module, `gate_up_proj`."""
+
+    def forward(self, x):
+        g, u = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, I) each
+        return self.down(g, u)
+
+
+class FusedBlock(Block):
+    """The parallel block whose five input projections are one module, `in_proj`; with `native` (DecodeOps, set by
+    use_decode_kernels) a one-token step with a cache runs through the native kernels instead."""
+
+    native = None
+
+    def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
+        if self.native is not None and x.numel() == x.shape[-1] and cache_layer is not None:  # one token: decode
+            out = self.native.step(self, x, int(pos[0]), rope, cache_layer)  # None: it declined, before writing
+            if out is not None:
+                return out
+        h = self.input_layernorm(x)
+        qkv, gate_up = self.in_proj(h).split(self.split, dim=-1)  # (B, T, (nh+2nkv)*hd), (B, T, 2I)
+        q, k, v = split_heads(self.self_attn, qkv, rope)
+        g, u = gate_up.chunk(2, dim=-1)  # (B, T, I) each
+        return x + self.self_attn.attend(q, k, v, pos, cache_layer, masks) + self.mlp.down(g, u)
+
+
 def fuse_block(block: Block) -> Block:
     """The parallel block's five input projections as one module: decode reads them in one matmul call instead of
     five (or two, fused per branch, where the types differ)."""
+    if isinstance(block, FusedBlock) or isinstance(block.self_attn, FusedAttention):
+        return block
     a, m = block.self_attn, block.mlp
-    block.in_proj = fuse_rows(inputs(block))
-    if block.in_proj is None:
-        a.qkv_proj = fuse_rows([a.q_proj, a.k_proj, a.v_proj])
-        m.gate_up_proj = fuse_rows([m.gate_proj, m.up_proj])
+    parts = inputs(block)
+    fused = fuse_rows(parts)
+    if fused is not None:
+        block.in_proj = fused
+        block.split = (sum(p.out_features for p in parts[:3]), sum(p.out_features for p in parts[3:]))
+        block.__class__ = FusedBlock
+        return block
+    qkv, gate_up = fuse_rows(parts[:3]), fuse_rows(parts[3:])
+    if qkv is not None:
+        a.qkv_proj = qkv
+        a.__class__ = FusedAttention
+    if gate_up is not None:
+        m.gate_up_proj = gate_up
+        m.__class__ = FusedMLP
     return block
 
 
@@ -117,11 +176,11 @@ def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
     reads `embedding` in the same way."""
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
-        if layer.in_proj is None:
-            pack_linears(a.qkv_proj, [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
-            pack_linears(m.gate_up_proj, [m.gate_proj, m.up_proj], [m.down_proj])
-        else:
+        if isinstance(layer, FusedBlock):
             pack_linears(layer.in_proj, inputs(layer), [a.o_proj, m.down_proj])
+        else:
+            pack_linears(getattr(a, "qkv_proj", None), [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
+            pack_linears(getattr(m, "gate_up_proj", None), [m.gate_proj, m.up_proj], [m.down_proj])
     emb = model.model.embed_tokens
     tied = model.lm_head.weight is emb.weight
     if head is not None:
@@ -147,5 +206,6 @@ def use_decode_kernels(model: CohereForCausalLM, ops) -> CohereForCausalLM:
     (weights/kernels.decode_ops: DecodeOps.step, bf16 on CPU), or None to stop. Not for R+'s q/k norms, which sit
     between projection and rotary."""
     for layer in model.model.layers:
-        layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
+        if isinstance(layer, FusedBlock):
+            layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
     return model

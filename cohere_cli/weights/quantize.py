@@ -34,7 +34,7 @@ from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
 from cohere_cli.errors import QuantizeError, UsageError
 from cohere_cli.store import bnb_format
-from cohere_cli.store.atomic import publish_folder
+from cohere_cli.store.atomic import free_bytes, publish_folder
 from cohere_cli.weights.safetensors import ELEM, ST_DTYPES, MappedFiles, OutTensor, ShardWriter, Src, scan
 
 FLOATS = ("F16", "BF16", "F32")
@@ -179,10 +179,6 @@ def check_parent(folder: Path) -> dict:
     return raw
 
 
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free
-
-
 def other_files(folder: Path) -> list[Path]:
     """Files copied next to the quantized weights: config, generation config, tokenizer, templates, README..."""
     out = []
@@ -195,7 +191,7 @@ def other_files(folder: Path) -> list[Path]:
 
 def check_disk(plan: Plan, parent: Path, dest_dir: Path) -> None:
     need = plan.out_bytes + sum(p.stat().st_size for p in other_files(parent)) + (16 << 20)
-    free = free_bytes(dest_dir)
+    free, dest_dir = free_bytes(dest_dir)
     if free < need:
         from cohere_cli.store.sizes import human_bytes
 

@@ -9,7 +9,7 @@
 - `decode_ops()` is the rest of a bf16 decode step of a block besides its matmuls, decode.c: the LayerNorm, the
   attention after the q/k/v projection (rotary, cache write, grouped-query attention over the cache) and the
   SwiGLU activation, one call each instead of F.scaled_dot_product_attention and ~25 small ops
-  (model.Block.native, set by weights/layout.py).
+  (layout.FusedBlock.native, set by weights/layout.py).
 
 Each is built once per machine with the system C compiler into the store's `kernels/` folder (~1 s: one small C
 file and bf16.h, no torch headers) and loaded with ctypes; their OpenMP is torch's (libgomp.so.1 is already
@@ -82,7 +82,7 @@ class DecodeOps:
     silu_mul: Callable
 
     def step(self, block, x, start: int, rope, cache_layer):
-        """model.Block.forward for one token through these ops: norm, the fused input projection, then rotary +
+        """layout.FusedBlock.forward for one token through these ops: norm, the fused input projection, then rotary +
         cache write + attention in one call and the SwiGLU activation in another, the two output projections and
         the residual. The same computation as the block's torch path, written to the cache the same way
         (Attention._update_cache); None where an op declines before anything is written (its dtype, its shapes)."""

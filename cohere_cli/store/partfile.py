@@ -1,0 +1,203 @@
+"""One file of a download: what is expected of it, and its `.part` on disk with the per-chunk progress that lets
+any later run resume it (see cohere_cli/store/download.py for the engine that fills it)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohere_cli.store.httppool import Fatal
+from cohere_cli.store.staging import atomic_json, read_json
+
+_HASH_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str  # where it goes in the entry (posix, relative)
+    url: str
+    size: int
+    sha256: str | None = None  # expected content sha256 (LFS files)
+    blob_id: str | None = None  # expected git blob sha1 (small files)
+
+    @property
+    def expect(self) -> str:
+        return expect_id(self.size, self.sha256, self.blob_id)
+
+
+def expect_id(size: int, sha256: str | None, blob_id: str | None) -> str:
+    """What identifies a file's expected contents in the part states: its sha256, else its git blob id."""
+    return sha256 or blob_id or f"size:{size}"
+
+
+@dataclass
+class FileResult:
+    path: str
+    size: int
+    sha256: str
+    blob_id: str | None = None
+
+
+def git_blob_sha1_prefix(size: int) -> bytes:
+    return b"blob %d\0" % size
+
+
+def _fsync(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+class PartFile:
+    """One file: its part file, the bytes on disk per chunk, and the hashing that follows them."""
+
+    def __init__(self, spec: FileSpec, staging: Path, chunk_size: int):
+        self.spec = spec
+        self.final = staging / spec.path
+        self.part = self.final.with_name(self.final.name + ".part")
+        self.state_path = self.final.with_name(self.final.name + ".part.json")
+        self.chunk_size = chunk_size
+        self.done: list[int] = []
+        self.cond = threading.Condition()
+        self.save_lock = threading.Lock()
+        self.fd: int | None = None
+        self.closed = False
+        self.saved: list[int] | None = None
+        self.last_save = 0.0
+        self.hasher: threading.Thread | None = None
+        self.result: FileResult | None = None
+        self.status = "fetch"  # fetch | verified | recheck
+
+    # layout
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.spec.size // self.chunk_size) if self.spec.size else 0
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk_size
+        return start, min(start + self.chunk_size, self.spec.size)
+
+    def on_disk(self) -> int:
+        return self.spec.size if self.status != "fetch" else sum(self.done)
+
+    def contiguous(self) -> int:
+        """Bytes from offset 0 that are all on disk (call with cond held)."""
+        total = 0
+        for i, d in enumerate(self.done):
+            total += d
+            start, end = self.bounds(i)
+            if start + d < end:
+                break
+        return total
+
+    def load(self) -> None:
+        """Read the saved per-chunk progress, trusting it only for the same expected file and never beyond what
+        the part file physically holds."""
+        st = read_json(self.state_path)
+        try:
+            size_on_disk = self.part.stat().st_size
+        except OSError:
+            size_on_disk = -1
+        if (st.get("expect") == self.spec.expect and st.get("size") == self.spec.size
+                and isinstance(st.get("chunk_size"), int) and st["chunk_size"] > 0 and size_on_disk >= 0):
+            self.chunk_size = st["chunk_size"]
+            done = st.get("done") or []
+            if len(done) == self.n_chunks and all(isinstance(d, int) and d >= 0 for d in done):
+                self.done = []
+                for i, d in enumerate(done):
+                    start, end = self.bounds(i)
+                    self.done.append(max(0, min(d, end - start, size_on_disk - start)))
+                self.saved = list(self.done)
+                return
+        self.done = [0] * self.n_chunks
+
+    def open(self) -> None:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        if self.saved is None:  # nothing trustworthy on disk: start clean
+            with contextlib.suppress(FileNotFoundError):
+                self.part.unlink()
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        self.save(force=True)
+
+    def write(self, data: memoryview, offset: int) -> None:
+        while data:
+            try:
+                n = os.pwrite(self.fd, data, offset)  # type: ignore[arg-type]
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
+                                 "command again (the bytes so far are kept)") from None
+                raise Fatal(f"cannot write {self.part} ({e.strerror or e})") from None
+            data = data[n:]
+            offset += n
+
+    def advance(self, i: int, n: int) -> None:
+        with self.cond:
+            self.done[i] += n
+            self.cond.notify_all()
+
+    def save(self, force: bool = False) -> None:
+        with self.save_lock:
+            if self.closed or self.fd is None:
+                return
+            with self.cond:
+                done = list(self.done)
+            if done == self.saved and not force:
+                return
+            _fsync(self.fd)
+            atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
+                                           "chunk_size": self.chunk_size, "done": done})
+            self.saved = done
+            self.last_save = time.monotonic()
+
+    def close(self) -> None:
+        with self.save_lock:
+            self.closed = True
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def discard(self) -> None:
+        self.close()
+        for p in (self.part, self.state_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def hash_following(self, stopped: Callable[[], bool]) -> tuple[str, str | None] | None:
+        """Hash the part as its bytes arrive (from offset 0, waiting on `cond` for more) and check it against the
+        spec: (sha256 hex, problem or None), or None when stopped() says the rest will not come in this run."""
+        spec = self.spec
+        sha = hashlib.sha256()
+        git = hashlib.sha1(git_blob_sha1_prefix(spec.size)) if spec.blob_id and not spec.sha256 else None
+        pos = 0
+        with open(self.part, "rb", buffering=0) as f:
+            while pos < spec.size:
+                with self.cond:
+                    while (avail := self.contiguous()) <= pos:
+                        if stopped():
+                            return None
+                        self.cond.wait(0.5)
+                while pos < avail:
+                    data = os.pread(f.fileno(), min(_HASH_BLOCK, avail - pos), pos)
+                    if not data:
+                        raise OSError(f"{self.part} is shorter than its recorded progress")
+                    sha.update(data)
+                    if git is not None:
+                        git.update(data)
+                    pos += len(data)
+        digest = sha.hexdigest()
+        problem = None
+        if os.stat(self.part).st_size != spec.size:
+            problem = f"{spec.path} has {os.stat(self.part).st_size} bytes, expected {spec.size}"
+        elif spec.sha256 and digest != spec.sha256.lower():
+            problem = f"{spec.path} failed verification (sha256 {digest[:12]}... instead of {spec.sha256[:12]}...)"
+        elif git is not None and git.hexdigest() != spec.blob_id.lower():  # type: ignore[union-attr]
+            problem = (f"{spec.path} failed verification (git blob id {git.hexdigest()[:12]}... instead of "
+                       f"{spec.blob_id[:12]}...)")  # type: ignore[index]
+        return digest, problem
