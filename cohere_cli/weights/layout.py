@@ -136,7 +136,7 @@ class FusedBlock(Block):
 def fuse_block(block: Block) -> Block:
     """The parallel block's five input projections as one module: decode reads them in one matmul call instead of
     five (or two, fused per branch, where the types differ)."""
-    if isinstance(block, FusedBlock) or isinstance(block.self_attn, FusedAttention):
+    if isinstance(block, FusedBlock) or isinstance(block.self_attn, FusedAttention) or isinstance(block.mlp, FusedMLP):
         return block
     a, m = block.self_attn, block.mlp
     parts = inputs(block)
