@@ -49,3 +49,8 @@ class QuantizeError(CohereError):
 class CohereWarning(UserWarning):
     """Something the user should know that does not stop the command: library code warns with this category and the
     CLI boundary (cli.py) shows it as one "warning:" line on stderr."""
+
+
+class UnsafeInput(CohereError):
+    """Something from outside (a Hub listing, a checkpoint's file, a server's answer) names a path outside where it
+    belongs, or is too big, too deep or not the kind of file it must be."""

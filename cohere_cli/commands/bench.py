@@ -37,11 +37,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.markup import escape
 
 from cohere_cli.bench import run as bench
 from cohere_cli.store import sizes
-from cohere_cli.ui.console import err, info, warn
+from cohere_cli.ui.console import err, info, warn, shown
 from cohere_cli.errors import UsageError
 
 # (key in a result, label, +1 when higher is better / -1 when lower is better)
@@ -183,8 +182,8 @@ def print_table(record: dict) -> None:
     peak = m.get("device_peak_bandwidth_bytes_per_s")
     peak_txt = f", device peak {peak / 1e9:.0f} GB/s" if peak else ""
     threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
-    err.print(f"[bold]{escape(mod['name'])}[/bold] ({mod['model_type']}, {sizes.human_params(mod['parameters'])} "
-              f"parameters, context {mod['context']}) on {escape(str(where))}, {threads}; "
+    err.print(f"[bold]{shown(mod['name'])}[/bold] ({mod['model_type']}, {sizes.human_params(mod['parameters'])} "
+              f"parameters, context {mod['context']}) on {shown(str(where))}, {threads}; "
               f"memory bandwidth {bw / 1e9:.1f} GB/s measured{peak_txt}", soft_wrap=True)
     seq = s["seq"]
     t = Table(box=None, pad_edge=False, header_style="bold")
@@ -219,10 +218,10 @@ def print_table(record: dict) -> None:
 def print_comparison(comp: dict) -> None:
     from rich.table import Table
 
-    err.print(f"[bold]change against {escape(comp['file'])}[/bold] "
-              f"({escape(str((comp['baseline'] or {}).get('created_at')))})", soft_wrap=True)
+    err.print(f"[bold]change against {shown(comp['file'])}[/bold] "
+              f"({shown(str((comp['baseline'] or {}).get('created_at')))})", soft_wrap=True)
     for d in comp["differences"]:
-        warn(f"differs: {escape(d)}")
+        warn(f"differs: {d}")
     t = Table(box=None, pad_edge=False, header_style="bold")
     for c in ("precision", "figure", "before", "after", "change"):
         t.add_column(c, justify="left" if c in ("precision", "figure") else "right")
@@ -263,7 +262,7 @@ def print_remote_table(record: dict) -> None:
     from rich.table import Table
 
     s, mod = record["settings"], record["model"]
-    err.print(f"[bold]{escape(str(mod['name']))}[/bold] at {escape(s['endpoint'])}: prompt ~{s['seq']} tokens, "
+    err.print(f"[bold]{shown(str(mod['name']))}[/bold] at {shown(s['endpoint'])}: prompt ~{s['seq']} tokens, "
               f"{s['gen']} generated per request", soft_wrap=True)
     t = Table(box=None, pad_edge=False, header_style="bold")
     for c in ("concurrency", "requests", "errors", "prompt", "TTFT median", "TTFT p90", "decode/request",
@@ -280,4 +279,4 @@ def print_remote_table(record: dict) -> None:
          "of the level")
     for r in record["results"]:
         for m in r["error_messages"]:
-            warn(f"concurrency {r['concurrency']}: {escape(m)}")
+            warn(f"concurrency {r['concurrency']}: {m}")

@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-from rich.markup import escape
 
 from cohere_cli import store
 from cohere_cli.store import hub, sizes
@@ -17,7 +16,7 @@ from cohere_cli.store.download import Progress
 from cohere_cli.store.partfile import FileSpec
 from cohere_cli.store.fetch import KV_SEQ, Plan, fetch, plan_download, plan_record
 from cohere_cli.store.staging import staged_bytes
-from cohere_cli.ui.console import err, info, warn
+from cohere_cli.ui.console import err, info, warn, shown
 
 
 # ---- progress displays -------------------------------------------------------------------------------------------
@@ -53,7 +52,7 @@ class RichProgress(Progress):
             tid = self.tasks.get(path)
             if tid is None:
                 label = path if len(path) <= 40 else "…" + path[-39:]
-                tid = self.tasks[path] = self.bars.add_task(escape(label), total=self.sizes.get(path, 0),
+                tid = self.tasks[path] = self.bars.add_task(shown(label), total=self.sizes.get(path, 0),
                                                            completed=self.on_disk.get(path, 0))
             return tid
 
@@ -67,13 +66,13 @@ class RichProgress(Progress):
         if tid is not None:
             self.bars.remove_task(tid)
         size = sizes.human_bytes(self.sizes.get(path, 0))
-        self.bars.console.print(f"  [green]✓[/green] {escape(path)} [dim]({size}, verified)[/dim]")
+        self.bars.console.print(f"  [green]✓[/green] {shown(path)} [dim]({size}, verified)[/dim]")
 
     def failed(self, path: str, message: str) -> None:
-        self.bars.console.print(f"  [red]✗[/red] {escape(message)}")
+        self.bars.console.print(f"  [red]✗[/red] {shown(message)}")
 
     def retrying(self, path: str, error: str, delay: float) -> None:
-        self.bars.console.print(f"  [yellow]retrying[/yellow] {escape(path)} in {delay:.1f}s ({escape(error)})")
+        self.bars.console.print(f"  [yellow]retrying[/yellow] {shown(path)} in {delay:.1f}s ({shown(error)})")
 
     def end(self) -> None:
         self.bars.stop()
@@ -161,14 +160,14 @@ def run_download(
     except KeyboardInterrupt:
         kept = staged_bytes(plan.staging)
         if kept:
-            err.print(f"[yellow]stopped[/yellow]: {sizes.human_bytes(kept)} kept in {escape(str(plan.staging))}; "
+            err.print(f"[yellow]stopped[/yellow]: {sizes.human_bytes(kept)} kept in {shown(str(plan.staging))}; "
                       f"run the same command to resume", highlight=False)
         raise
     seconds = time.monotonic() - t0
     store.remember_last_used(name)
     transfer = plan.transfer
     rate = f" at {sizes.human_bytes(transfer.fetched_bytes / max(seconds, 1e-9))}/s" if transfer.fetched_bytes else ""
-    err.print(f"[green]downloaded[/green] {escape(name)} (commit {repo.commit[:12]}, {len(plan.specs)} files, "
+    err.print(f"[green]downloaded[/green] {shown(name)} (commit {repo.commit[:12]}, {len(plan.specs)} files, "
               f"{sizes.human_bytes(transfer.total_bytes)}) in {seconds:.1f}s{rate}", highlight=False)
     _report(json_out, path, repo, plan.specs, fetched=transfer.fetched_bytes, seconds=seconds)
     return path

@@ -7,11 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from rich.markup import escape
 
 from cohere_cli import store
 from cohere_cli.store import sizes
-from cohere_cli.ui.console import err, info, warn
+from cohere_cli.ui.console import err, info, warn, shown
 from cohere_cli.errors import ModelNotFound, StoreError, UsageError
 
 
@@ -56,9 +55,9 @@ def run_list(json_out: bool = False) -> None:
             t.add_column(col, **kw)
         for e in entries:
             m = e.manifest
-            t.add_row(escape(e.name), escape(str(m.get("architecture") or m.get("model_type") or "?")),
-                      sizes.human_params(m.get("parameters")), escape(str(m.get("precision") or "?")),
-                      sizes.human_bytes(e.size_on_disk()), escape(_revision(e)))
+            t.add_row(shown(e.name), shown(str(m.get("architecture") or m.get("model_type") or "?")),
+                      sizes.human_params(m.get("parameters")), shown(str(m.get("precision") or "?")),
+                      sizes.human_bytes(e.size_on_disk()), shown(_revision(e)))
         _stdout_console().print(t)
     else:
         info(f"the store ({store.store_root()}) is empty: `cohere download CohereForAI/c4ai-command-r7b-12-2024` "
@@ -96,7 +95,7 @@ def run_rm(name: str, yes: bool = False) -> None:
         import shutil
 
         shutil.rmtree(partial.path, ignore_errors=True)  # type: ignore[union-attr]
-    err.print(f"removed {escape(what)} ({sizes.human_bytes(size)} freed)", highlight=False)
+    err.print(f"removed {shown(what)} ({sizes.human_bytes(size)} freed)", highlight=False)
 
 
 # ---- info ----------------------------------------------------------------------------------------------------------
@@ -257,5 +256,5 @@ def run_verify(model: str, json_out: bool = False) -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise StoreError(f"{name} does not match its manifest: {problems[0]}{more}; to repair: {fix}")
     if not json_out:
-        err.print(f"[green]ok[/green]: {escape(name)}: {len(files)} files, {sizes.human_bytes(total)} match the "
+        err.print(f"[green]ok[/green]: {shown(name)}: {len(files)} files, {sizes.human_bytes(total)} match the "
                   "manifest", highlight=False)

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from cohere_cli.chat.citations import CitationStream
-from cohere_cli.ui.console import err, error, info, warn
+from cohere_cli.ui.console import err, error, info, warn, shown
 from cohere_cli.chat.conversation import Conversation, read_document
 from cohere_cli.chat.session import ChatBackend
 from cohere_cli.engine.sampling import check_bounds
@@ -182,7 +181,7 @@ class Repl:
         if cites:
             self.last_footnotes = cites.footnote_lines()
             for line in self.last_footnotes:
-                err.print(f"[cyan]{escape(line)}[/cyan]", soft_wrap=True)
+                err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
         if interrupted:
             info("[interrupted: the partial answer stays in the conversation; /regen to answer again]")
         elif last is not None:
@@ -203,7 +202,7 @@ class Repl:
     def cmd_help(self, arg):
         t = Table(show_header=False, box=None, pad_edge=False)
         for k, v in HELP:
-            t.add_row(f"[bold]{escape(k)}[/bold]", escape(v))
+            t.add_row(f"[bold]{shown(k)}[/bold]", shown(v))
         t.add_row("Alt-Enter", 'new line (or wrap a block in """ ... """)')
         t.add_row("Ctrl-C", "stop the answer (twice on an empty prompt: leave)")
         err.print(t)
@@ -325,7 +324,7 @@ class Repl:
         if not self.last_footnotes:
             info("the last answer cited no documents")
         for line in self.last_footnotes:
-            err.print(f"[cyan]{escape(line)}[/cyan]", soft_wrap=True)
+            err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
 
     def cmd_stats(self, arg):
         t = Table("turn", "prompt", "prefilled", "generated", "first token", "tok/s")
