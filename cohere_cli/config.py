@@ -4,11 +4,12 @@ every failure is one CheckpointError line that says what to do. Reference: ../sh
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohere_cli.errors import CheckpointError
+from cohere_cli.untrusted import parse_json
 
 MAX_CONFIG_BYTES = 1 << 20  # real ones are ~1 kB; anything this big is not a config
 
@@ -43,49 +44,92 @@ class ModelConfig:
         mt = d.get("model_type")
         if mt not in ("cohere", "cohere2"):
             raise ValueError(f"model_type {mt!r} is not a Cohere architecture (expected 'cohere' or 'cohere2')")
-        try:
-            H, nh, L = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
-            I, V = int(d["intermediate_size"]), int(d["vocab_size"])
-        except KeyError as e:
-            raise ValueError(f"config.json lacks {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"a dimension is not an integer ({e})") from None
-        if min(H, nh, L, I, V) <= 0:
-            raise ValueError("hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size "
-                             "must be positive")
-        nkv = int(d.get("num_key_value_heads") or nh)
+        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
+            if key not in d:
+                raise ValueError(f"config.json lacks {key!r}")
+        H, nh = dim(d, "hidden_size"), dim(d, "num_attention_heads")
+        L, I, V = dim(d, "num_hidden_layers"), dim(d, "intermediate_size"), dim(d, "vocab_size")
+        nkv = dim(d, "num_key_value_heads", nh)
+        if nh % nkv:
+            raise ValueError(f"num_attention_heads ({nh}) is not a multiple of num_key_value_heads ({nkv})")
+        if H < nh:
+            raise ValueError(f"hidden_size ({H}) is smaller than num_attention_heads ({nh})")
         # Cohere2Config forces head_dim = H // nh whatever config.json says (all releases: 128).
-        hd = H // nh if mt == "cohere2" else int(d.get("head_dim") or H // nh)
+        hd = H // nh if mt == "cohere2" else dim(d, "head_dim", H // nh)
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         if not isinstance(rope, dict):
             raise ValueError("rope_parameters / rope_scaling must be an object")
         rtype = rope.get("rope_type", rope.get("type", "default"))
         if rtype not in ("default", None):
             raise ValueError(f"rope type {rtype!r} is not supported (Cohere releases use plain RoPE)")
-        theta = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
+        theta = _real(rope, "rope_theta", _real(d, "rope_theta", 10000.0))
         window, types = None, [FULL] * L
         if mt == "cohere2":
-            window = d.get("sliding_window", 4096)
+            # null, false or 0: no window (every layer sees everything); absent: transformers' default.
+            window = dim(d, "sliding_window", 4096) if d.get("sliding_window", 4096) else None
             if d.get("layer_types"):
-                types = list(d["layer_types"])
+                types = d["layer_types"]
+                if not isinstance(types, list):
+                    raise ValueError("layer_types must be a list")
             else:  # released configs: layer i is sliding unless (i+1) is a multiple of the pattern (default 4)
-                pat = int(d.get("sliding_window_pattern", 4))
+                pat = dim(d, "sliding_window_pattern", 4)
                 types = [SLIDING if (i + 1) % pat else FULL for i in range(L)]
-            if len(types) != L or set(types) - {FULL, SLIDING}:
+            if len(types) != L or any(t not in (FULL, SLIDING) for t in types):
                 raise ValueError("layer_types must name 'full_attention' or 'sliding_attention' for every layer")
         return cls(
             model_type=mt, vocab_size=V, hidden_size=H, intermediate_size=I, n_layers=L, n_heads=nh,
-            n_kv_heads=nkv, head_dim=hd, max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
-            norm_eps=float(d.get("layer_norm_eps", 1e-5)), rope_theta=theta,
-            logit_scale=float(d.get("logit_scale", 0.0625)),
-            use_qk_norm=bool(d.get("use_qk_norm", False)) and mt == "cohere",
-            attention_bias=bool(d.get("attention_bias", False)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),  # absent in most configs: tied
-            sliding_window=int(window) if window else None, layer_types=types,
+            n_kv_heads=nkv, head_dim=hd, max_position_embeddings=dim(d, "max_position_embeddings", 8192),
+            norm_eps=_real(d, "layer_norm_eps", 1e-5), rope_theta=theta,
+            logit_scale=_real(d, "logit_scale", 0.0625),
+            use_qk_norm=_flag(d, "use_qk_norm", False) and mt == "cohere",
+            attention_bias=_flag(d, "attention_bias", False),
+            tie_word_embeddings=_flag(d, "tie_word_embeddings", True),  # absent in most configs: tied
+            sliding_window=window, layer_types=list(types),
         )
 
     def is_sliding(self, i: int) -> bool:
         return self.layer_types[i] == SLIDING and self.sliding_window is not None
+
+
+# config.json is untrusted: every dimension is bounded, far above any real model (Command A: hidden 12288, 64
+# layers, 96 heads, vocab 256000, 256K positions) and far below what would make planning or loading allocate
+# gigabytes from a 1 kB file (num_hidden_layers = 10**9 once built a billion-entry list).
+LIMITS = {
+    "hidden_size": 1 << 17, "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12,
+    "num_hidden_layers": 1 << 12, "intermediate_size": 1 << 20, "vocab_size": 1 << 22, "head_dim": 1 << 12,
+    "max_position_embeddings": 1 << 24, "sliding_window": 1 << 24, "sliding_window_pattern": 1 << 12,
+}
+
+
+def dim(d: dict, key: str, default: int = 0) -> int:
+    """A positive integer field within LIMITS (a float such as 4096.0 is accepted, as JSON writers produce)."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise ValueError(f"{key} must be an integer, not {str(v)[:40]!r}")
+    v = int(v)
+    if not 0 < v <= LIMITS[key]:
+        raise ValueError(f"{key} = {v} is out of range (1 to {LIMITS[key]})")
+    return v
+
+
+def _real(d: dict, key: str, default: float) -> float:
+    v = d.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{key} must be a finite number, not {str(v)[:40]!r}")
+    return float(v)
+
+
+def _flag(d: dict, key: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):  # bool("false") is True: refuse rather than guess
+        raise ValueError(f"{key} must be true or false, not {str(v)[:40]!r}")
+    return v
 
 
 def read_json_object(path: Path, max_bytes: int) -> dict:
@@ -96,10 +140,7 @@ def read_json_object(path: Path, max_bytes: int) -> dict:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"is over {max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"is over {max_bytes} bytes")
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"is not valid JSON ({e})") from None
+    raw = parse_json(data)
     if not isinstance(raw, dict):
         raise ValueError("is not a JSON object")
     return raw

@@ -270,3 +270,26 @@ def test_no_chat_template(tmp_path):
     tok = Tokenizer.from_dir(tmp_path)
     with pytest.raises(TemplateError, match="no chat template: use `cohere generate`"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("hostile", ["fifo", "deep", "huge_template", "template_fifo"])
+def test_hostile_tokenizer_files_are_one_error_never_a_hang_or_a_memory_bomb(tmp_path, hostile):
+    """A checkpoint's tokenizer files are untrusted: a FIFO (would block forever), JSON nested 100,000 deep, a
+    chat template over its bound: each is one TokenizerError."""
+    import os
+
+    from cohere_cli.engine import tokenizer as tk
+
+    make_tokenizer(tmp_path)
+    if hostile == "fifo":
+        (tmp_path / "tokenizer.json").unlink()
+        os.mkfifo(tmp_path / "tokenizer.json")  # nobody ever writes: opening it blocking would hang
+    elif hostile == "deep":
+        (tmp_path / "tokenizer_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif hostile == "huge_template":
+        (tmp_path / "chat_template.jinja").write_text("x" * (tk.MAX_TEMPLATE_BYTES + 1))
+    else:  # a named template that is a FIFO
+        (tmp_path / "additional_chat_templates").mkdir()
+        os.mkfifo(tmp_path / "additional_chat_templates" / "rag.jinja")
+    with pytest.raises(TokenizerError, match="not a regular file|nests too deep|over the"):
+        Tokenizer.from_dir(tmp_path)

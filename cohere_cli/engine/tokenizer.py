@@ -15,7 +15,6 @@ Cohere quirks handled here (see the spec, section 4 and pitfalls 10/14):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders
 
 from cohere_cli.engine import template as _template
-from cohere_cli.errors import TemplateError, TokenizerError
+from cohere_cli.errors import TemplateError, TokenizerError, UnsafeInput
+from cohere_cli.untrusted import parse_json, read_bounded
 
 # transformers' CohereTokenizer constructor defaults, used for any special token tokenizer_config.json leaves out.
 # The order is transformers' SPECIAL_TOKENS_ATTRIBUTES order (the order the template variables are built in).
@@ -49,14 +49,25 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+MAX_TOKENIZER_JSON = 64 << 20  # Command R's tokenizer.json is 12.8 MB, Command A's 20 MB
+
+
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = parse_json(read_bounded(path, MAX_TOKENIZER_JSON, "tokenizer file"))
+    except (OSError, ValueError, UnsafeInput) as e:
         raise TokenizerError(f"cannot read {path}: {e}; re-download the model's tokenizer files") from None
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} is not a JSON object; re-download the model's tokenizer files")
     return data
+
+
+MAX_TEMPLATE_BYTES = 1 << 20  # Command R's three templates together are 25 kB
+MAX_TEMPLATES = 64
+
+
+def _read_template(file: Path) -> str:
+    return read_bounded(file, MAX_TEMPLATE_BYTES, "chat template").decode("utf-8")
 
 
 def _load_chat_templates(path: Path, config: dict) -> dict[str, str]:
@@ -68,12 +79,12 @@ def _load_chat_templates(path: Path, config: dict) -> dict[str, str]:
     templates: dict[str, str] = {}
     try:
         if (path / "chat_template.jinja").is_file():
-            templates["default"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
+            templates["default"] = _read_template(path / "chat_template.jinja")
         extra = path / "additional_chat_templates"
         if extra.is_dir():
-            for file in sorted(extra.glob("*.jinja")):
-                templates[file.name.removesuffix(".jinja")] = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+            for file in sorted(extra.glob("*.jinja"))[:MAX_TEMPLATES]:
+                templates[file.name.removesuffix(".jinja")] = _read_template(file)
+    except (OSError, UnicodeDecodeError, UnsafeInput) as e:
         raise TokenizerError(f"cannot read the chat template files in {path}: {e}") from None
     if templates:
         return templates
@@ -138,10 +149,12 @@ class Tokenizer:
         the chat templates from a model folder."""
         path = Path(path)
         file = path / "tokenizer.json"
-        if not file.is_file():
+        if not file.exists():
             raise TokenizerError(f"{file} not found: the model folder needs its tokenizer.json (re-download the model)")
-        try:
-            backend = _Backend.from_file(str(file))
+        try:  # bounded read first: tokenizers' from_file would read a 50 GB (or endless /dev/zero) file whole
+            backend = _Backend.from_str(read_bounded(file, MAX_TOKENIZER_JSON, "tokenizer.json").decode("utf-8"))
+        except (OSError, UnicodeDecodeError, UnsafeInput) as e:
+            raise TokenizerError(f"cannot read {file}: {e}; re-download the model's tokenizer.json") from None
         except Exception as e:  # the Rust side raises a bare Exception for malformed files
             raise TokenizerError(f"cannot load {file}: {e}; re-download the model's tokenizer.json") from None
         config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}

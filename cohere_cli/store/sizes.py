@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cohere_cli.config import ModelConfig
+from cohere_cli.config import ModelConfig, dim
 from cohere_cli.store import bnb_format
 
 # bytes per element of each safetensors dtype
@@ -147,24 +147,20 @@ class Dims:
                 return cls._from_model_config(cfg, ModelConfig.from_hf(cfg))
             except (TypeError, ValueError, AttributeError):
                 pass  # one we cannot run: the plain reading below still sizes it
-        try:
-            hidden = int(cfg["hidden_size"])
-            layers = int(cfg["num_hidden_layers"])
-            heads = int(cfg["num_attention_heads"])
-            intermediate = int(cfg["intermediate_size"])
-            vocab = int(cfg["vocab_size"])
-        except KeyError as e:
-            raise ValueError(f"config.json lacks {e.args[0]}") from None
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"config.json has a non-integer dimension ({e})") from None
-        kv = int(cfg.get("num_key_value_heads") or heads)
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+            if key not in cfg:
+                raise ValueError(f"config.json lacks {key}")
+        # Bounded as the Cohere parser bounds them: a 1 kB file must not make sizing allocate gigabytes.
+        hidden, layers, heads = dim(cfg, "hidden_size"), dim(cfg, "num_hidden_layers"), dim(cfg, "num_attention_heads")
+        intermediate, vocab = dim(cfg, "intermediate_size"), dim(cfg, "vocab_size")
+        kv = dim(cfg, "num_key_value_heads", heads)
+        head_dim = dim(cfg, "head_dim", max(1, hidden // heads))
         model_type = str(cfg.get("model_type", "?"))
         window = cfg.get("sliding_window")
         sliding = layer_is_sliding(cfg, layers)
         return cls(
             model_type=model_type, hidden=hidden, layers=layers, heads=heads, kv_heads=kv, head_dim=head_dim,
-            intermediate=intermediate, vocab=vocab, max_position_embeddings=cfg.get("max_position_embeddings"),
+            intermediate=intermediate, vocab=vocab, max_position_embeddings=dim(cfg, "max_position_embeddings", 0) or None,
             sliding_window=int(window) if window and any(sliding) else None, sliding=sliding,
             qk_norm=bool(cfg.get("use_qk_norm", False)), tied=bool(cfg.get("tie_word_embeddings", True)),
         )
@@ -175,7 +171,7 @@ class Dims:
         sliding = [mc.is_sliding(i) for i in range(mc.n_layers)]
         return cls(model_type=mc.model_type, hidden=mc.hidden_size, layers=mc.n_layers, heads=mc.n_heads,
                    kv_heads=mc.n_kv_heads, head_dim=mc.head_dim, intermediate=mc.intermediate_size,
-                   vocab=mc.vocab_size, max_position_embeddings=cfg.get("max_position_embeddings"),
+                   vocab=mc.vocab_size, max_position_embeddings=dim(cfg, "max_position_embeddings", 0) or None,
                    sliding_window=mc.sliding_window if any(sliding) else None, sliding=sliding,
                    qk_norm=mc.use_qk_norm, tied=mc.tie_word_embeddings)
 
@@ -189,7 +185,7 @@ def layer_is_sliding(cfg: dict, layers: int) -> list[bool]:
         return [t == "sliding_attention" for t in types]
     if cfg.get("model_type") != "cohere2" or cfg.get("sliding_window") in (None, 0):
         return [False] * layers
-    pattern = int(cfg.get("sliding_window_pattern") or 4)
+    pattern = dim(cfg, "sliding_window_pattern", 4)
     return [(i + 1) % pattern != 0 for i in range(layers)]
 
 
