@@ -14,7 +14,10 @@ model was trained on exactly that rendering:
   extra keywords overriding special tokens.
 
 Every failure (a template's own `raise_exception`, a syntax error, a runtime error inside the template) becomes a
-`TemplateError` with a one-line message.
+`TemplateError` with a one-line message (inert: the template's words never reach a terminal raw).
+
+A template is untrusted code, so the sandbox also bounds what it may cost in memory, steps and time
+(cohere_cli/engine/template_bounds.py): past a bound, a TemplateError saying the template is broken or hostile.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from cohere_cli.engine.template_bounds import (
+    MAX_INDENT, MAX_SIZE, BoundedSandbox, TemplateLimit, add_step_counting, budget, bounded_filter, concat,
+    count_steps, finalize, sized)
 from cohere_cli.errors import TemplateError
+from cohere_cli.untrusted import inert
 
 # Names of the templates bundled in cohere_cli/data/templates (file stem = name).
 BUILTIN_TEMPLATES = (
@@ -69,7 +76,17 @@ def _raise_exception(message: str) -> None:
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False):
     # transformers overrides jinja's tojson: no HTML escaping ('<' stays '<'), UTF-8 kept, json.dumps options exposed.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    # Encoded piece by piece so that a big indent or a structure of shared references stops at MAX_SIZE.
+    if isinstance(indent, int) and indent > MAX_INDENT or isinstance(indent, str) and len(indent) > MAX_INDENT:
+        raise TemplateLimit(f"tojson(indent=...) over {MAX_INDENT}")
+    pieces, n = [], 0
+    for piece in json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                                  sort_keys=sort_keys).iterencode(x):
+        n += len(piece)
+        if n > MAX_SIZE:
+            raise TemplateLimit(f"tojson output over {MAX_SIZE:,} characters")
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _strftime_now(fmt: str) -> str:
@@ -121,10 +138,15 @@ class _GenerationTag(jinja2.ext.Extension):
 
 
 def _make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    env: ImmutableSandboxedEnvironment = BoundedSandbox(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+        finalize=finalize,
     )
     env.filters["tojson"] = _tojson
+    env.filters = {name: bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters["_cohere_steps"] = count_steps
+    env.filters["_cohere_concat"] = concat
+    env.filters["_cohere_sized"] = sized
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
@@ -139,9 +161,9 @@ _ENV = _make_environment()
 def compile_template(source: str) -> jinja2.Template:
     """Compile (once per distinct source) a chat template; syntax errors become TemplateError."""
     try:
-        return _ENV.from_string(source)
+        return _ENV.from_string(add_step_counting(_ENV.parse(source), _ENV))
     except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"the chat template has a syntax error (line {e.lineno}): {e.message}") from None
+        raise TemplateError(f"the chat template has a syntax error (line {e.lineno}): {_said(e.message)}") from None
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -205,16 +227,34 @@ def render_chat(
         raise TemplateError("documents must be dicts (for example with 'title' and 'text' keys)")
     variables = {**(special_tokens or {}), **kwargs}
     try:
-        return template.render(
-            messages=_prepare_messages(messages),
-            tools=_plain(tools),
-            documents=_plain(documents),
-            add_generation_prompt=add_generation_prompt,
-            **_plain(variables),
-        )
+        with budget():
+            return _render(template, {
+                "messages": _prepare_messages(messages), "tools": _plain(tools), "documents": _plain(documents),
+                "add_generation_prompt": add_generation_prompt, **_plain(variables)})
     except _TemplateRaised as e:
-        raise TemplateError(f"the chat template rejected the conversation: {e}") from None
+        raise TemplateError(f"the chat template rejected the conversation: {_said(e)}") from None
+    except TemplateLimit as e:
+        raise TemplateError(f"the chat template was stopped: {e}; a model's template never needs that, so this "
+                            f"one is broken or hostile (--template NAME or another checkpoint)") from None
     except TemplateError:
         raise
+    except RecursionError:
+        raise TemplateError("the chat template failed: it recursed too deep") from None
     except Exception as e:  # the template is foreign code: any error inside it is the template's, not ours
-        raise TemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
+        raise TemplateError(f"the chat template failed: {type(e).__name__}: {_said(e)}") from None
+
+
+def _render(template: jinja2.Template, variables: dict) -> str:
+    out, n = [], 0
+    for piece in template.generate(**variables):
+        n += len(piece)
+        if n > MAX_SIZE:  # measured as it is written: many small outputs add up too
+            raise TemplateLimit(f"a rendered prompt over {MAX_SIZE:,} characters")
+        out.append(piece)
+    return "".join(out)
+
+
+def _said(text: Any, limit: int = 300) -> str:
+    """What a template says (its raise_exception text, an error quoting it) as part of one line: inert, cut."""
+    text = " ".join(inert(str(text)[: limit * 4]).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
