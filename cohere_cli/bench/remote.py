@@ -128,7 +128,8 @@ class Load:
             count = (lambda t: len(self.tok.encode(t, add_bos=False))) if self.tok is not None else None
             last = None
             for r in responses(self.api, call, t0=t0, filt=TextFilter(stop=(), drop=()),
-                               prompt_tokens=len(self.ids) if self.ids else None, count_tokens=count):
+                               prompt_tokens=len(self.ids) if self.ids else None, count_tokens=count,
+                               max_tokens=max_tokens or self.gen):
                 last = r
             s.end = time.perf_counter()
             if last is not None:

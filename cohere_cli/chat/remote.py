@@ -91,7 +91,7 @@ class RemoteChat(ChatBackend):
                                          prompt_text=text)
         except KeyboardInterrupt:
             raise RemoteError("cancelled before the server answered") from None
-        self._pending = (call, t0, ids, raw and not as_ids)
+        self._pending = (call, t0, ids, raw and not as_ids, max_tokens)
 
     def _close_pending(self) -> None:
         if self._pending is not None:
@@ -103,12 +103,12 @@ class RemoteChat(ChatBackend):
         """One answer; RemoteError (after what arrived) when the stream breaks."""
         if self._pending is None:
             self._open(conv, ids)
-        call, t0, ids, sent_text = self._pending
+        call, t0, ids, sent_text, max_tokens = self._pending
         self._pending = None
         count = (lambda s: len(self.tokenizer.encode(s, add_bos=False))) if self.tokenizer else None
         last = None
         for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
-                           prompt_tokens=len(ids) or None, count_tokens=count):
+                           prompt_tokens=len(ids) or None, count_tokens=count, max_tokens=max_tokens):
             last = r
             yield r
         if sent_text and ids and last.prompt_tokens != len(ids):

@@ -7,8 +7,11 @@
   `/v1/completions` as raw text: token ids when the server takes them (vLLM, llama.cpp), else the text without the
   BOS the server adds itself. A server that tokenizes it differently is reported once.
 * Streaming is Server-Sent Events (cohere_cli/remote/http.py); a response that is not an event stream, a stream that
-  stops before its finish chunk, a silence longer than --timeout, a refused connection, a 401 or an unknown model
-  each become one line (`RemoteError`). Ctrl-C closes the connection (the server then drops the request).
+  stops before its finish chunk, longer than --timeout without a chunk of text, a refused connection, a 401 or an
+  unknown model each become one line (`RemoteError`). Ctrl-C closes the connection (the server then drops the request).
+* Nothing the server sends is taken on trust: a field of the wrong type (usage counts that are not whole numbers,
+  choices that are not a list, text that is not a string) is ignored, never a traceback; an answer that runs past
+  max_tokens (a server that ignores it) is cut here, finish_reason "length".
 * `cohere_cli.chat.remote.RemoteChat` is the chat backend on top of this."""
 
 from __future__ import annotations
@@ -33,6 +36,18 @@ OPTIONAL_FIELDS = EXTRA_SAMPLING + ("stream_options",)
 STOP_MARKERS = ("<|END_OF_TURN_TOKEN|>", "<|END_RESPONSE|>", "<EOS_TOKEN>")
 DROP_MARKERS = ("<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|START_RESPONSE|>")
 FINISH = {"eos_token": "stop", "eos": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+SHOWN_IDS = 8  # served model ids quoted in one error line
+
+
+def count_field(value) -> int | None:
+    """A count from the server (usage, context length): a whole number >= 0, else None (ignored)."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def _ids_text(ids: list[str]) -> str:
+    """Served ids for one line: each repr'd and cut (they are the server's words), at most SHOWN_IDS of them."""
+    shown = ", ".join(repr(i[:80]) for i in ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
 
 
 # ---- what the server serves ----------------------------------------------------------------------------------------
@@ -72,24 +87,27 @@ def discover(client: Client, served_model: str | None) -> ServerInfo:
         if e.status in (401, 403):
             raise
         listing = None
-    entries = [m for m in (listing or {}).get("data") or [] if isinstance(m, dict) and m.get("id")] \
-        if isinstance(listing, dict) else []
-    ids = [str(m["id"]) for m in entries]
+    data = listing.get("data") if isinstance(listing, dict) else None
+    # an id is sent back as "model" verbatim, so it is kept as is; it is only ever shown inert (ui) or repr'd
+    entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]] \
+        if isinstance(data, list) else []
+    ids = [m["id"] for m in entries]
     if served_model is not None:
         if ids and served_model not in ids:
-            raise RemoteError(f"{client.url} does not serve {served_model!r}; it serves: {', '.join(ids)}")
+            raise RemoteError(f"{client.url} does not serve {served_model!r}; it serves: {_ids_text(ids)}")
         served = served_model
     elif len(ids) == 1:
         served = ids[0]
     elif len(ids) > 1:
-        raise RemoteError(f"{client.url} serves several models ({', '.join(ids)}): pick one with --served-model NAME")
+        raise RemoteError(f"{client.url} serves several models ({_ids_text(ids)}): pick one with --served-model "
+                          f"NAME")
     else:
         served = None
     entry = next((m for m in entries if m["id"] == served), None)
     context = None
     if entry is not None:
         for key in ("max_model_len", "context_length", "max_context_length"):
-            if isinstance(entry.get(key), int) and entry[key] > 0:
+            if count_field(entry.get(key)):
                 context = entry[key]
                 break
     if context is None:
@@ -106,7 +124,7 @@ def _probe_context(client: Client) -> int | None:
             continue
         for k in keys:
             obj = obj.get(k) if isinstance(obj, dict) else None
-        if isinstance(obj, int) and obj > 0:
+        if count_field(obj):
             return obj
     return None
 
@@ -278,17 +296,21 @@ def sampling_fields(params, send: Iterable[str] | None = None) -> dict:
 
 
 def _choice_text(choice: dict) -> str:
+    """The text of a completion choice, a chat delta or a whole chat message; "" for anything else."""
     if "text" in choice:
-        return choice.get("text") or ""
-    part = choice.get("delta") or choice.get("message") or {}
-    return part.get("content") or "" if isinstance(part, dict) else ""
+        text = choice.get("text")
+    else:
+        part = choice.get("delta") or choice.get("message")
+        text = part.get("content") if isinstance(part, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_tokens: int | None,
-              count_tokens=None) -> Iterator[Response]:
+              count_tokens=None, max_tokens: int | None = None) -> Iterator[Response]:
     """The Responses of one call, as stream_generate yields them: one per chunk of text, then a closing one with
     finish_reason and the figures (token counts from the server's usage when it sends them, else counted here).
-    Raises RemoteError, after the text that did arrive, when the stream breaks off."""
+    Raises RemoteError, after the text that did arrive, when the stream breaks off. A server that sends more than
+    `max_tokens` chunks of text (each is at least one token) is cut off there: finish_reason "length"."""
     usage, finish, n_chunks, t_first, t_last, parts = None, None, 0, None, None, []
     prompt = prompt_tokens or 0
 
@@ -306,13 +328,19 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
             if isinstance(obj.get("usage"), dict):
                 usage = obj["usage"]
             text = ""
-            for choice in obj.get("choices") or []:
+            choices = obj.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 text += _choice_text(choice)
-                if choice.get("finish_reason"):
-                    finish = FINISH.get(choice["finish_reason"], choice["finish_reason"])
+                reason = choice.get("finish_reason")
+                if reason and isinstance(reason, str):
+                    finish = FINISH.get(reason, reason[:40])
+            if text and max_tokens is not None and n_chunks >= max_tokens and not call.whole:
+                finish = "length"  # the server ignores max_tokens: the answer ends here, the connection closes
+                break
             if text:
+                call.progress()
                 t_last = time.perf_counter()
                 t_first = t_first or t_last
                 n_chunks += 1
@@ -330,11 +358,11 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
     parts.append(tail)
     cached = 0
     if usage:
-        prompt = usage.get("prompt_tokens") or prompt
+        prompt = count_field(usage.get("prompt_tokens")) or prompt
         details = usage.get("prompt_tokens_details")
-        cached = (details or {}).get("cached_tokens") or 0 if isinstance(details, dict) else 0
-    n = (usage or {}).get("completion_tokens") if not filt.stopped else None
-    if not isinstance(n, int):
+        cached = count_field(details.get("cached_tokens")) or 0 if isinstance(details, dict) else 0
+    n = count_field((usage or {}).get("completion_tokens")) if not filt.stopped else None
+    if n is None:
         n = count_tokens("".join(parts)) if count_tokens else n_chunks
     yield make(tail, n, finish or "stop", cached)
 
@@ -356,7 +384,7 @@ def generate_stream(api: Api, prompt: str, params, max_tokens: int, *, served_mo
     def run():
         last = None
         for r in responses(api, call, t0=t0, filt=TextFilter.for_tokenizer(tokenizer),
-                           prompt_tokens=len(ids) if ids else None, count_tokens=count):
+                           prompt_tokens=len(ids) if ids else None, count_tokens=count, max_tokens=max_tokens):
             last = r
             yield r
         if ids and not as_ids and last.prompt_tokens != len(ids):
