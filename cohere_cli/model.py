@@ -1,6 +1,7 @@
-"""The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya) and Cohere2ForCausalLM
-(`cohere2`: Command R7B, Command A). Read top to bottom: config, KV cache, norm and rotary helpers, attention, MLP,
-block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
+"""The Cohere Command-R family in one file: CohereForCausalLM (`cohere`: Command R, R+, Aya), Cohere2ForCausalLM
+(`cohere2`: Command R7B, Command A) and Cohere2MoeForCausalLM (`cohere2_moe`: Command A+, North), also inside a
+`cohere2_vision` wrapper (config.weight_prefix). Read top to bottom: config, KV cache, norm and rotary helpers,
+attention, MLP and experts, block, model. Module names follow the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no key
 table. The architecture only, one route per module: the inference layout (fused projections, packed weights, the
 native decode step) is weights/layout.py, whose subclasses reuse the pieces below (Attention.position and .attend,
 MLP.down). This file imports only torch and its config (cohere_cli/config.py). Reference: ../shared/cohere-spec.md, sections 1 and 5.
@@ -73,6 +74,20 @@ class LayerNorm(nn.Module):
         return layer_norm(x, self.weight, self.eps)
 
 
+class RMSNorm(LayerNorm):
+    """cohere2_moe with rms_norm_eps (Llama's RMSNorm): x / rms(x) in float32, rounded to the input dtype BEFORE
+    the weight multiplies it (transformers' order; multiplying in float32 differs in the last bf16 bit)."""
+
+    def forward(self, x):
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return self.weight * y
+
+
+def block_norm(cfg: ModelConfig) -> LayerNorm:
+    return (RMSNorm if cfg.rms_norm else LayerNorm)(cfg.hidden_size, cfg.norm_eps)
+
+
 def rope_cos_sin(pos: torch.Tensor, hd: int, theta: float, dtype: torch.dtype) -> torch.Tensor:
     """The rotations for positions `pos` (T,) as complex numbers cos + i sin, (T, 1, hd/2) complex64. Frequencies
     in float32, cos/sin rounded to the model dtype exactly as transformers does (bit-level parity in bf16/fp16)."""
@@ -120,7 +135,7 @@ class Attention(nn.Module):
         self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, cfg.norm_eps
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         # Cohere2: RoPE only on sliding layers; its global layers use no positional encoding at all (pitfall 2).
-        self.use_rope = cfg.model_type == "cohere" or self.window is not None
+        self.use_rope = cfg.uses_rope(layer)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, rope, cache_layer=None, masks: dict | None = None):
         B, T, _ = x.shape
@@ -231,11 +246,12 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 # ---- MLP, block, model ----------------------------------------------------------------------------------------------
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, intermediate: int | None = None):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        H, I = cfg.hidden_size, intermediate or cfg.intermediate_size
+        self.gate_proj = Linear(H, I, bias=False)
+        self.up_proj = Linear(H, I, bias=False)
+        self.down_proj = Linear(I, H, bias=False)
 
     def forward(self, x):
         return self.down(self.gate_proj(x), self.up_proj(x))
@@ -244,12 +260,78 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(g) * u)  # SwiGLU
 
 
+class Router(nn.Module):
+    """`mlp.gate`: scores of the top `k` of E experts per token. Kept in float by quantization (it is tiny, and a
+    flipped choice changes the whole layer's output)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.n_experts, cfg.hidden_size))  # (E, H)
+        self.k, self.fn, self.norm_topk = cfg.n_experts_per_tok, cfg.router_fn, cfg.norm_topk_prob
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, H) -> scores (N, k) in x's dtype and expert ids (N, k)."""
+        top, ids = torch.topk(F.linear(x, self.weight), self.k, dim=-1)  # (N, k) logits of the chosen experts
+        if self.fn == "softmax":  # over the k chosen logits only (not all E, unlike Mixtral), in float32
+            scores = F.softmax(top, dim=-1, dtype=torch.float)
+        else:
+            scores = torch.sigmoid(top)
+            if self.norm_topk:  # only sigmoid scores are renormalised; softmax ones already sum to 1
+                scores = scores / scores.sum(dim=-1, keepdim=True)
+        return scores.to(x.dtype), ids
+
+
+class SparseMoE(nn.Module):
+    """cohere2_moe's sparse MLP: `gate` (the router), `experts.N` (SwiGLU MLPs, one per expert as on disk) and
+    `shared_experts` (one MLP of intermediate * num_shared_experts that every token runs)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = Router(cfg)
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.n_experts))
+        if cfg.n_shared_experts:
+            self.shared_experts = MLP(cfg, cfg.intermediate_size * cfg.n_shared_experts)
+        self.average = cfg.shared_combine == "average"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, H): every token of every sequence
+        scores, ids = self.gate(x)  # (N, k), (N, k)
+        out = self.routed(x, scores, ids)  # (N, H)
+        if hasattr(self, "shared_experts"):
+            out = out + self.shared_experts(x)
+            if self.average:  # "average": (routed + shared) / 2
+                out = out / 2
+        return out.reshape(shape)
+
+    def routed(self, x: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """sum over each token's k experts of score * expert(token), tokens grouped by expert: one batched call
+        per expert that any token chose (a Python loop over experts, never over tokens)."""
+        out = torch.zeros_like(x)  # (N, H)
+        flat = ids.flatten()  # (N*k,) expert of each (token, slot)
+        order = flat.argsort(stable=True)  # (token, slot) pairs grouped by expert
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        tokens = order // ids.shape[1]  # (N*k,) the token of each pair, in expert order
+        w = scores.flatten()[order]  # (N*k,)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                t = tokens[start : start + n]
+                y = self.experts[e](x[t]) * w[start : start + n, None]  # (n, H)
+                out.index_add_(0, t, y.to(out.dtype))
+                start += n
+        return out
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
+        self.input_layernorm = block_norm(cfg)
         self.self_attn = Attention(cfg, layer)
-        self.mlp = MLP(cfg)
+        if cfg.is_sparse(layer):
+            self.mlp = SparseMoE(cfg)
+        else:  # cohere2_moe's dense prefix layers have their own width
+            self.mlp = MLP(cfg, cfg.dense_intermediate_size if cfg.mlp_types else None)
 
     def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
         # Parallel block with ONE norm: attention and MLP both read the same normed input, one residual add.
@@ -264,7 +346,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # no sqrt(H) scaling, unlike Gemma
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = LayerNorm(cfg.hidden_size, cfg.norm_eps)
+        self.norm = block_norm(cfg)
 
 
 class CohereForCausalLM(nn.Module):

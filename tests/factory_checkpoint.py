@@ -36,6 +36,8 @@ def make_checkpoint(
     init_std: float = 0.08,
     tokenizer: bool = True,
     templates: str | None = "command-r",
+    moe: dict | None = None,
+    vision: bool = False,
 ) -> Path:
     """A random checkpoint folder: config.json + safetensors (+ tokenizer files).
 
@@ -44,8 +46,11 @@ def make_checkpoint(
     `torch_dtype`, `sliding_window_pattern`, no `tie_word_embeddings`, no `layer_types`/`head_dim`).
     `extra_rows` makes the embedding larger than the tokenizer, as in the real models (256000 rows, 255029 tokens).
     init_std is larger than transformers' 0.02 so that random models have decisive argmaxes (stable greedy tests).
+    model_type="cohere2_moe" takes Cohere2MoeConfig's own fields in `moe` (num_experts, first_k_dense_replace, ...);
+    vision=True wraps the text model in a cohere2_vision checkpoint (a tiny SigLIP tower and projector beside it).
     """
-    from transformers import Cohere2Config, Cohere2ForCausalLM, CohereConfig, CohereForCausalLM
+    from transformers import (Cohere2Config, Cohere2ForCausalLM, Cohere2MoeConfig, Cohere2MoeForCausalLM,
+                              CohereConfig, CohereForCausalLM)
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -69,6 +74,10 @@ def make_checkpoint(
     if model_type == "cohere":
         cfg = CohereConfig(use_qk_norm=qk_norm, **common)
         model = CohereForCausalLM(cfg)
+    elif model_type == "cohere2_moe":
+        cfg = Cohere2MoeConfig(sliding_window=sliding_window or 4096, sliding_window_pattern=sliding_window_pattern,
+                               **{**common, **(moe or {})})
+        model = Cohere2MoeForCausalLM(cfg)
     else:
         cfg = Cohere2Config(
             sliding_window=sliding_window or 4096,
@@ -82,12 +91,32 @@ def make_checkpoint(
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    if vision:
+        model = _vision_wrapper(model, seed)
     model = model.to(TRANSFORMERS_DTYPES[dtype])
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kw)
     if spelling == "released":
         _respell_released(path / "config.json", sliding_window_pattern)
     return path
+
+
+def _vision_wrapper(text_model, seed: int):
+    """Cohere2VisionForConditionalGeneration around `text_model` (its weights as they are), with a tiny tower."""
+    from transformers import Cohere2VisionConfig, Cohere2VisionForConditionalGeneration
+
+    tc = text_model.config
+    cfg = Cohere2VisionConfig(
+        text_config=tc.to_dict(), tie_word_embeddings=tc.tie_word_embeddings, alignment_intermediate_size=64,
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        image_token_id=min(tc.vocab_size - 1, 255036))
+    torch.manual_seed(seed + 1)
+    wrapped = Cohere2VisionForConditionalGeneration(cfg)
+    wrapped.model.language_model.load_state_dict(text_model.model.state_dict())
+    if not tc.tie_word_embeddings:
+        wrapped.lm_head.load_state_dict(text_model.lm_head.state_dict())
+    return wrapped
 
 
 def _respell_released(config_path: Path, pattern: int) -> None:
@@ -108,9 +137,11 @@ def _respell_released(config_path: Path, pattern: int) -> None:
 
 def reference_model(path: Path, dtype=torch.float32):
     """The transformers model for a checkpoint folder, eager attention, in `dtype`."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, Cohere2VisionForConditionalGeneration
 
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    wrapped = json.loads((Path(path) / "config.json").read_text())["model_type"] == "cohere2_vision"
+    cls = Cohere2VisionForConditionalGeneration if wrapped else AutoModelForCausalLM
+    m = cls.from_pretrained(path, dtype=dtype, attn_implementation="eager")
     return m.eval()
 
 

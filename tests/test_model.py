@@ -24,6 +24,25 @@ CASES = {
     "cohere2-window": dict(model_type="cohere2", sliding_window=12, layers=4),
     "cohere2-released-bf16": dict(model_type="cohere2", sliding_window=12, layers=8, spelling="released",
                                   dtype="bfloat16"),
+    # cohere2_moe: softmax router, shared experts summed, a dense prefix layer under pattern 1 (full attention WITH
+    # RoPE), RMSNorm, head_dim 24 != hidden / heads
+    "moe-softmax-sum-rms": dict(model_type="cohere2_moe", sliding_window=12, layers=4, moe=dict(
+        num_experts=8, num_experts_per_tok=2, num_shared_experts=1, shared_expert_combination_strategy="sum",
+        first_k_dense_replace=1, prefix_dense_intermediate_size=96, rms_norm_eps=1e-6, head_dim=24)),
+    # sigmoid router (renormalised), two shared experts averaged, two dense layers under pattern 2 (the full one
+    # without RoPE), Cohere LayerNorm, experts' own pattern counted from 0 after the prefix
+    "moe-sigmoid-average-ln": dict(model_type="cohere2_moe", sliding_window=12, layers=6, sliding_window_pattern=3,
+                                   moe=dict(num_experts=6, num_experts_per_tok=3, num_shared_experts=2,
+                                            expert_selection_fn="sigmoid", first_k_dense_replace=2,
+                                            prefix_dense_sliding_window_pattern=2, prefix_dense_intermediate_size=64,
+                                            head_dim=16)),
+    "moe-sigmoid-unnormalised-bf16": dict(model_type="cohere2_moe", sliding_window=12, layers=4, dtype="bfloat16",
+                                          moe=dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+                                                   expert_selection_fn="sigmoid", head_dim=16)),
+    # cohere2_vision wrappers around a dense cohere2 and a cohere2_moe: the text model only, from model.language_model
+    "vision-cohere2": dict(model_type="cohere2", sliding_window=12, layers=4, vision=True),
+    "vision-moe": dict(model_type="cohere2_moe", sliding_window=12, layers=4, vision=True,
+                       moe=dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, rms_norm_eps=1e-6)),
 }
 
 
@@ -36,11 +55,17 @@ def ckpt(request, tmp_path_factory):
 
 def test_logits_match_transformers(ckpt):
     ref = reference_model(ckpt)
-    ours = load_model(ckpt, dtype="float32").model
+    loaded = load_model(ckpt, dtype="float32")
+    ours = loaded.model
     ids = torch.randint(0, VOCAB, (1, 50), generator=torch.Generator().manual_seed(1))  # > sliding window
     with torch.no_grad():
-        r = ref(ids).logits
+        r = ref(input_ids=ids).logits
         o = ours(ids)
+    if loaded.config.weight_prefix != "model.":
+        # transformers' Cohere2VisionForConditionalGeneration drops the text model's logit_scale; vLLM's keeps it
+        # (its compute_logits is the language model's), as training did: we keep it. Same argmax, scaled logits.
+        assert torch.equal(o.argmax(-1), r.argmax(-1))
+        r = r * loaded.config.logit_scale
     assert o.shape == r.shape
     assert (o[:, -1] - r[:, -1]).abs().max().item() < 1e-4
     assert (o - r).abs().max().item() < 1e-4
@@ -239,3 +264,33 @@ def test_mapped_tensor_reads_the_checkpoint_file(tmp_path):
         assert t is not None and torch.equal(t, stored[key]), key
     assert mapped_tensor(files, "model.embed_tokens.weight", torch.float32) is None
     assert mapped_tensor(files, "lm_head.weight", torch.bfloat16) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_moe_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype):
+    """A cohere2_moe checkpoint in the decode layout: q/k/v fused and each expert's gate/up fused (the router picks
+    the MLPs after the norm, so the block's five projections cannot be one matmul), packed on CPU; the same logits
+    as the checkpoint's modules for a prompt and for cached decode steps. The dense prefix layer fuses whole."""
+    from cohere_cli.model import SparseMoE
+    from cohere_cli.weights import layout
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16", model_type="cohere2_moe",
+                    sliding_window=8, moe=dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                                               first_k_dense_replace=1, prefix_dense_intermediate_size=96,
+                                               rms_norm_eps=1e-6))
+    fast = load_model(tmp_path, dtype=dtype).model
+    plain = load_model(tmp_path, dtype=dtype, inference=False).model
+    dense, sparse = fast.model.layers[0], fast.model.layers[1]
+    assert isinstance(dense, layout.FusedBlock) and isinstance(sparse.mlp, SparseMoE)
+    assert isinstance(sparse.self_attn, layout.FusedAttention)
+    assert all(isinstance(e, layout.FusedMLP) for e in layout.mlps(sparse))
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(ids), plain(ids), atol=tol, rtol=tol)
+        caches = [KVCache(m.config, 32, getattr(torch, dtype)) for m in (fast, plain)]
+        for m, c in zip((fast, plain), caches):
+            prefill(m, ids[0, :12], c)
+        for t in range(12, 20):
+            a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)

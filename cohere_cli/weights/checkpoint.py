@@ -5,7 +5,6 @@ model built on the meta device: peak memory stays near the model's size in its c
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from contextlib import contextmanager
@@ -14,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from cohere_cli.errors import CheckpointError, CohereWarning, UsageError
+from cohere_cli.errors import CheckpointError, CohereWarning, UnsafeInput, UsageError
 from cohere_cli.config import ModelConfig, read_config
 from cohere_cli.model import CohereForCausalLM
+from cohere_cli.untrusted import confine, parse_json, read_bounded
 from cohere_cli.weights import layout
 
+MAX_INDEX_BYTES = 64 << 20  # a shard index maps tensor names to shards: ~100 bytes a tensor
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -26,14 +27,19 @@ def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint: from the shard index if there is one, else every *.safetensors."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
+        try:  # untrusted: bounded, parsed safely, and every shard it names confined to the folder
+            weight_map = parse_json(read_bounded(index, MAX_INDEX_BYTES, "shard index"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index} is unreadable ({e}): re-download the checkpoint") from None
-        missing = [n for n in names if not (folder / n).is_file()]
+        try:
+            paths = [confine(folder, n, f"the shard named in {index}") for n in names]
+        except UnsafeInput as e:
+            raise CheckpointError(f"{e}: re-download the checkpoint") from None
+        missing = [n for n, p in zip(names, paths) if not p.is_file()]
         if missing:
             raise CheckpointError(f"{folder} lacks shard {missing[0]} named in its index: re-download the checkpoint")
-        return [folder / n for n in names]
+        return paths
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{folder} has no *.safetensors weights (.bin and GGUF are not supported)")
@@ -67,6 +73,15 @@ def _cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+def model_key(key: str, cfg: ModelConfig) -> str | None:
+    """The model's name for checkpoint tensor `key`, or None for a tensor text generation never reads: a
+    cohere2_vision wrapper keeps its text model under `model.language_model.*` (-> `model.*`) beside the vision
+    tower and projector (`model.vision_tower.*`, `model.multi_modal_projector.*`), which stay on disk."""
+    if cfg.weight_prefix == "model." or not key.startswith("model."):
+        return key
+    return "model." + key[len(cfg.weight_prefix):] if key.startswith(cfg.weight_prefix) else None
 
 
 @dataclass
@@ -106,18 +121,19 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
     for f in files:
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
-                for key in sf.keys():
-                    if key == "lm_head.weight" and tied:
-                        continue  # some exports write the tied head too; it is the embedding
-                    if quant is not None and quant.take(key, sf):
+                for file_key in sf.keys():
+                    key = model_key(file_key, cfg)
+                    if key is None or (key == "lm_head.weight" and tied):
+                        continue  # the tied head some exports write; a wrapper's vision tower (never read)
+                    if quant is not None and quant.take(key, sf, file_key):
                         seen.add(key)
                         continue
                     if key not in expected:
                         raise CheckpointError(
-                            f"{f.name} has unexpected tensor {key!r}: not a {cfg.model_type} checkpoint of this "
+                            f"{f.name} has unexpected tensor {file_key!r}: not a {cfg.model_type} checkpoint of this "
                             f"config (quantized checkpoints need `cohere quantize` support)"
                         )
-                    t = sf.get_tensor(key)
+                    t = sf.get_tensor(file_key)
                     assign_tensor(model, key, t, params[key], torch_dtype, device, f)
                     seen.add(key)
         except SafetensorError as e:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, Linear, apply_rope
+from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -133,12 +133,39 @@ class FusedBlock(Block):
         return x + self.self_attn.attend(q, k, v, pos, cache_layer, masks) + self.mlp.down(g, u)
 
 
+def mlps(block: Block) -> list[MLP]:
+    """The SwiGLU MLPs of a block: its MLP, or a sparse layer's experts and shared experts."""
+    m = block.mlp
+    if isinstance(m, SparseMoE):
+        return [*m.experts, *([m.shared_experts] if hasattr(m, "shared_experts") else [])]
+    return [m]
+
+
+def fuse_mlp(m: MLP) -> None:
+    if not isinstance(m, FusedMLP):
+        gate_up = fuse_rows([m.gate_proj, m.up_proj])
+        if gate_up is not None:
+            m.gate_up_proj = gate_up
+            m.__class__ = FusedMLP
+
+
 def fuse_block(block: Block) -> Block:
     """The parallel block's five input projections as one module: decode reads them in one matmul call instead of
-    five (or two, fused per branch, where the types differ)."""
-    if isinstance(block, FusedBlock) or isinstance(block.self_attn, FusedAttention) or isinstance(block.mlp, FusedMLP):
+    five (or two, fused per branch, where the types differ). A sparse (MoE) block's router decides which MLPs run
+    after the norm, so only its q/k/v fuse, and each expert's gate/up."""
+    if isinstance(block, FusedBlock) or isinstance(block.self_attn, FusedAttention):
         return block
     a, m = block.self_attn, block.mlp
+    if isinstance(m, SparseMoE):
+        qkv = fuse_rows([a.q_proj, a.k_proj, a.v_proj])
+        if qkv is not None:
+            a.qkv_proj = qkv
+            a.__class__ = FusedAttention
+        for e in mlps(block):
+            fuse_mlp(e)
+        return block
+    if isinstance(m, FusedMLP):
+        return block
     parts = inputs(block)
     fused = fuse_rows(parts)
     if fused is not None:
@@ -180,7 +207,8 @@ def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
             pack_linears(layer.in_proj, inputs(layer), [a.o_proj, m.down_proj])
         else:
             pack_linears(getattr(a, "qkv_proj", None), [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
-            pack_linears(getattr(m, "gate_up_proj", None), [m.gate_proj, m.up_proj], [m.down_proj])
+            for e in mlps(layer):
+                pack_linears(getattr(e, "gate_up_proj", None), [e.gate_proj, e.up_proj], [e.down_proj])
     emb = model.model.embed_tokens
     tied = model.lm_head.weight is emb.weight
     if head is not None:
@@ -204,8 +232,9 @@ def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
 def use_decode_kernels(model: CohereForCausalLM, ops) -> CohereForCausalLM:
     """Run each block's decode step (one token, batch 1, with a cache, fused input projections) through `ops`
     (weights/kernels.decode_ops: DecodeOps.step, bf16 on CPU), or None to stop. Not for R+'s q/k norms, which sit
-    between projection and rotary."""
+    between projection and rotary, nor for cohere2_moe's RMSNorm (the kernel's norm is Cohere's LayerNorm)."""
     for layer in model.model.layers:
         if isinstance(layer, FusedBlock):
-            layer.native = None if hasattr(layer.self_attn, "q_norm") else ops
+            plain = type(layer.input_layernorm) is LayerNorm and not hasattr(layer.self_attn, "q_norm")
+            layer.native = ops if plain else None
     return model

@@ -309,14 +309,15 @@ class QuantizedLoader:
                 return mod, key[suffix_start + 1 :]
         return None
 
-    def take(self, key: str, sf) -> bool:
-        """If `key` belongs to a quantized module, read it from `sf` and return True (load_model then skips it)."""
+    def take(self, key: str, sf, file_key: str | None = None) -> bool:
+        """If `key` (the model's name; `file_key` in the file, if different) belongs to a quantized module, read it
+        from `sf` and return True (load_model then skips it)."""
         owner = self._owner(key)
         if owner is None:
             return False
         mod, suffix = owner
         comps = self.pending.setdefault(mod, {})
-        comps[suffix] = sf.get_tensor(key)
+        comps[suffix] = sf.get_tensor(file_key or key)
         if self.need[mod] <= comps.keys():
             self._build(mod, self.pending.pop(mod))
         return True
