@@ -47,6 +47,55 @@ def test_weights_read_per_token_by_hand():
         LINEAR + 4 * rows + 2 * (OTHER - head) + 2 * 1024 + head + 4 * 32000)
 
 
+# North-shaped cohere2_moe: 32 experts of 512, top-4, a shared expert, one dense prefix layer of 2048, RMSNorm
+CFG_MOE = {"model_type": "cohere2_moe", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 16,
+           "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 512, "vocab_size": 32000,
+           "num_experts": 32, "num_experts_per_tok": 4, "num_shared_experts": 1, "first_k_dense_replace": 1,
+           "prefix_dense_intermediate_size": 2048, "rms_norm_eps": 1e-5, "sliding_window": 4096}
+
+
+def test_moe_reads_only_its_chosen_experts_by_hand():
+    """A MoE token reads attention, its 4 chosen experts and the shared one (and the router, kept in float), not
+    all 32: the roofline and the FLOPs count those; memory and downloads count everything."""
+    d = sizes.Dims.from_config(CFG_MOE)
+    attn = 1024 * 1024 * 2 + 2 * 1024 * 256  # q and o (16 x 64 = 1024 wide), k and v (4 x 64)
+    expert = 3 * 1024 * 512
+    dense_layer, sparse_all = attn + 3 * 1024 * 2048, attn + 32 * expert + expert
+    other = 32000 * 1024 + 4 * 1024 + 1024 + 3 * 32 * 1024  # embedding, norms, 3 routers
+    c = sizes.param_counts(d)
+    assert c.linear == dense_layer + 3 * sparse_all and c.other == other
+    active = dense_layer + 3 * (attn + 4 * expert + expert)
+    assert c.active().linear == active
+    assert roofline.weights_read_per_token(d, "bf16") == 2 * (active + other)
+    assert sizes.weights_bytes(d, "bf16") == 2 * (c.linear + other)
+    assert roofline.prefill_flops(d, 1, logits_positions=0) == 2 * active + 4 * 1024 * 4
+
+
+def test_moe_param_count_is_the_checkpoint_s(tmp_path):
+    """The sizing of a cohere2_moe config, and of a cohere2_vision wrapper around it (the text model only), equals
+    the tensors transformers writes."""
+    from safetensors import safe_open
+
+    from factory_checkpoint import make_checkpoint
+
+    for vision in (False, True):
+        folder = make_checkpoint(tmp_path / str(vision), tokenizer=False, vocab=256, model_type="cohere2_moe",
+                                 vision=vision, moe=dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=2,
+                                                         first_k_dense_replace=1, prefix_dense_intermediate_size=96))
+        d = sizes.Dims.from_config(json.loads((folder / "config.json").read_text()))
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            n = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys()
+                    if "vision" not in k and "projector" not in k)
+        assert sizes.param_counts(d).total == n
+
+
+def _prod(shape) -> int:
+    out = 1
+    for x in shape:
+        out *= x
+    return out
+
+
 def test_kv_read_and_roofline_by_hand():
     per_position = 16 * 2 * 4 * 64 * 2  # layers x (K, V) x kv heads x head dim x bf16 bytes = 16 KiB
     assert roofline.kv_read_per_token(D, 8192) == per_position * 8192 == 134_217_728

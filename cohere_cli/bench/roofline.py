@@ -22,11 +22,12 @@ PROBE_REPEATS = 5
 
 # ---- 1. the limit: pure arithmetic ----------------------------------------------------------------------------------
 def weights_read_per_token(d: sizes.Dims, precision: str, int8_head: bool = False) -> int:
-    """Bytes of weights one decode step reads at `precision`: every linear (attention, MLP, lm_head) once. With tied
+    """Bytes of weights one decode step reads at `precision`: every linear (attention, MLP or a MoE's chosen and
+    shared experts, lm_head) once. With tied
     embeddings the table is read as lm_head; an untied input embedding contributes one row only. `int8_head`: the
     head runs as LLM.int8() (quantized checkpoints on CPU, quant.HEAD_KEY): 1 byte per weight + a float32 scale
     per row instead of the float table."""
-    total = sizes.weights_bytes(d, precision)
+    total = sizes.weights_bytes(d, precision, active=True)
     elem = 4 if precision == "fp32" else 2  # embeddings stay 16-bit under bitsandbytes
     if not d.tied:
         total -= (d.vocab - 1) * d.hidden * elem
@@ -69,7 +70,7 @@ def prefill_flops(d: sizes.Dims, tokens: int, start: int = 0, logits_positions: 
     (2 x linear params per token), attention (QK^T and PV: 4 x heads x head_dim per attended key, causal, windows
     respected) and the lm_head for `logits_positions` positions (prefill and decode ask for the last one only).
     Norms, RoPE and activations are left out (<1%)."""
-    c = sizes.param_counts(d)
+    c = sizes.param_counts(d).active()  # a MoE token runs its k experts (and the shared ones) only
     linear = 2 * c.linear * tokens
     qdim = d.heads * d.head_dim
     attn = 0

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohere_cli.config import ModelConfig, dim
+from cohere_cli.config import ARCHITECTURES, WRAPPERS, ModelConfig, dim
 from cohere_cli.store import bnb_format
 
 # bytes per element of each safetensors dtype
@@ -136,17 +136,25 @@ class Dims:
     sliding: list[bool]  # per layer: True when the layer only attends to the last `sliding_window` positions
     qk_norm: bool
     tied: bool
+    # cohere2_moe: per layer whether its MLP is routed experts; their count, how many a token runs, their width,
+    # the shared experts' total width and the dense layers' width (dense models: sparse == [], intermediate)
+    sparse: list[bool] = field(default_factory=list)
+    experts: int = 0
+    experts_per_tok: int = 0
+    shared_intermediate: int = 0
+    dense_intermediate: int = 0
 
     @classmethod
     def from_config(cls, cfg: dict) -> Dims:
         """Raises ValueError naming the missing key when the config lacks the dimensions."""
-        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
-            cfg = cfg["text_config"]
-        if cfg.get("model_type") in ("cohere", "cohere2"):
+        if cfg.get("model_type") in ARCHITECTURES + WRAPPERS:
             try:
-                return cls._from_model_config(cfg, ModelConfig.from_hf(cfg))
+                text = cfg.get("text_config") if cfg.get("model_type") in WRAPPERS else cfg
+                return cls._from_model_config(text if isinstance(text, dict) else cfg, ModelConfig.from_hf(cfg))
             except (TypeError, ValueError, AttributeError):
                 pass  # one we cannot run: the plain reading below still sizes it
+        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = cfg["text_config"]
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             if key not in cfg:
                 raise ValueError(f"config.json lacks {key}")
@@ -173,7 +181,11 @@ class Dims:
                    kv_heads=mc.n_kv_heads, head_dim=mc.head_dim, intermediate=mc.intermediate_size,
                    vocab=mc.vocab_size, max_position_embeddings=dim(cfg, "max_position_embeddings", 0) or None,
                    sliding_window=mc.sliding_window if any(sliding) else None, sliding=sliding,
-                   qk_norm=mc.use_qk_norm, tied=mc.tie_word_embeddings)
+                   qk_norm=mc.use_qk_norm, tied=mc.tie_word_embeddings,
+                   sparse=[mc.is_sparse(i) for i in range(mc.n_layers)] if mc.mlp_types else [],
+                   experts=mc.n_experts, experts_per_tok=mc.n_experts_per_tok,
+                   shared_intermediate=mc.intermediate_size * mc.n_shared_experts,
+                   dense_intermediate=mc.dense_intermediate_size)
 
 
 def layer_is_sliding(cfg: dict, layers: int) -> list[bool]:
@@ -193,27 +205,55 @@ def layer_is_sliding(cfg: dict, layers: int) -> list[bool]:
 class ParamCounts:
     linear: int  # attention + MLP projection weights: what bitsandbytes quantizes
     linear_rows: int  # their output rows (one int8 scale each)
-    other: int  # embeddings and norms (stay 16-bit when quantized); lm_head is tied and not stored
+    other: int  # embeddings, norms and MoE routers (stay 16-bit when quantized); a tied lm_head is not stored
+    active_linear: int = -1  # the linear weights one token runs (MoE: the chosen and shared experts only)
+    active_rows: int = -1
 
     @property
     def total(self) -> int:
         return self.linear + self.other
 
+    def active(self) -> ParamCounts:
+        """The parameters one token reads: every one in a dense model, the routed few in a MoE."""
+        if self.active_linear < 0:
+            return self
+        return ParamCounts(self.active_linear, self.active_rows, self.other)
+
 
 def param_counts(d: Dims) -> ParamCounts:
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    per_layer = d.hidden * q + 2 * d.hidden * kv + q * d.hidden + 3 * d.hidden * d.intermediate
-    rows = q + 2 * kv + d.hidden + 2 * d.intermediate + d.hidden
+    attn, attn_rows = d.hidden * q + 2 * d.hidden * kv + q * d.hidden, q + 2 * kv + d.hidden
     norms = d.hidden + ((d.heads + d.kv_heads) * d.head_dim if d.qk_norm else 0)
     other = d.vocab * d.hidden + d.layers * norms + d.hidden
     if not d.tied:
         other += d.vocab * d.hidden
-    return ParamCounts(linear=d.layers * per_layer, linear_rows=d.layers * rows, other=other)
+
+    def mlp(width: int) -> tuple[int, int]:  # SwiGLU: gate, up, down; rows 2 x width + hidden
+        return 3 * d.hidden * width, 2 * width + d.hidden
+
+    if not d.sparse:
+        w, r = mlp(d.intermediate)
+        return ParamCounts(linear=d.layers * (attn + w), linear_rows=d.layers * (attn_rows + r), other=other)
+    total, active = [0, 0], [0, 0]  # (linear params, rows): all of them, and what one token runs
+    for sparse in d.sparse:
+        if sparse:
+            (ew, er), (sw, sr) = mlp(d.intermediate), mlp(d.shared_intermediate) if d.shared_intermediate else (0, 0)
+            total[0] += attn + d.experts * ew + sw
+            total[1] += attn_rows + d.experts * er + sr
+            active[0] += attn + d.experts_per_tok * ew + sw
+            active[1] += attn_rows + d.experts_per_tok * er + sr
+            other += d.experts * d.hidden  # the router, kept in float
+        else:
+            w, r = mlp(d.dense_intermediate)
+            for c in (total, active):
+                c[0], c[1] = c[0] + attn + w, c[1] + attn_rows + r
+    return ParamCounts(total[0], total[1], other, active[0], active[1])
 
 
-def weights_bytes(d: Dims, precision: str) -> int:
-    """Bytes the weights take in memory at `precision` (fp32, bf16, fp16, int8 or nf4)."""
-    c = param_counts(d)
+def weights_bytes(d: Dims, precision: str, active: bool = False) -> int:
+    """Bytes the weights take in memory at `precision` (fp32, bf16, fp16, int8 or nf4); with `active`, the bytes
+    one token reads (a MoE's chosen experts, not all of them)."""
+    c = param_counts(d).active() if active else param_counts(d)
     if precision == "fp32":
         return 4 * c.total
     if precision in ("bf16", "fp16"):

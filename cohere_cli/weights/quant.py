@@ -31,7 +31,10 @@ from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit, bnb
 
 # The linears bitsandbytes quantizes in a Cohere model: attention and MLP projections. Embeddings, norms and the
 # (tied) lm_head stay in the parent's dtype, as in transformers' bitsandbytes integration.
-QUANTIZABLE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$")
+# cohere2_moe: every expert's and the shared experts' projections too; the router (`mlp.gate`, not a *_proj) stays
+# in float: it is E x H (tiny), and a rounding that flips an expert choice changes the layer's whole output.
+QUANTIZABLE = re.compile(
+    r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj)$")
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The output head is stored in float (transformers never quantizes it), but the model core runs it as LLM.int8() on
 # CPU, built at load from that float weight, unless config.json says otherwise under this key. Why: the head reads a
