@@ -240,11 +240,13 @@ def models(ctx: typer.Context, json_out: JsonReport = False) -> None:
 def models_rm(
     name: StoreName,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="Remove only the kept parts of an incomplete download "
+                                          "of NAME (never the published entry).")] = False,
 ) -> None:
-    """Delete an entry (or an incomplete download) from the store."""
+    """Delete a published entry from the store (with --partial: an incomplete download's parts)."""
     from cohere_cli.commands.models import run_rm
 
-    run_rm(name, yes=yes)
+    run_rm(name, yes=yes, partial=partial)
 
 
 @models_app.command("info")

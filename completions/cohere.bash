@@ -81,7 +81,7 @@ _cohere_complete() {
         "generate") COMPREPLY=($(compgen -W "--max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
         "models") COMPREPLY=($(compgen -W "info rm verify --json --help" -- "$cur")) ;;
         "models info") COMPREPLY=($(compgen -W "--seq --json --help" -- "$cur")) ;;
-        "models rm") COMPREPLY=($(compgen -W "--yes -y --help" -- "$cur")) ;;
+        "models rm") COMPREPLY=($(compgen -W "--yes -y --partial --help" -- "$cur")) ;;
         "models verify") COMPREPLY=($(compgen -W "--json --help" -- "$cur")) ;;
         "quantize") COMPREPLY=($(compgen -W "--bits --quant-type --blocksize --double-quant --no-double-quant --keep --head --output -o --force --no-eval --help" -- "$cur")) ;;
     esac

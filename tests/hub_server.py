@@ -23,6 +23,10 @@ at)` flips that byte in every response; `fail(path, status, times)`; `rate` (byt
 until `release()` (they go on) or `end_holds()` (they end, sending nothing more): a transfer that a test interrupts
 can never finish before the interrupt arrives.
 `bytes_sent[path]` counts the body bytes actually written to sockets for each file; `requests` logs every request.
+
+Hostile metadata (`hostile_metadata(repo_id, ...)`, what a tampered mirror or an ordinary web server at HF_ENDPOINT
+sends for `/api/models/{repo}`): bogus `siblings` appended to the real ones, a raw `body` instead of the JSON, an
+`endless` body, or `silent`: the request is accepted and never answered (until stop()).
 """
 
 from __future__ import annotations
@@ -252,6 +256,8 @@ class HubServer:
         self._lock = threading.Lock()
         self._blobs: dict[str, HostedFile] = {}
         self._servers: list[_Listener] = []
+        self.hostile: dict[str, dict] = {}
+        self._stopping = threading.Event()
 
     # ---- lifecycle
     def start(self) -> HubServer:
@@ -263,6 +269,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self.faults.end_holds()
         for s in self._servers:
             s.shutdown()
@@ -310,6 +317,14 @@ class HubServer:
             for f in files.values():
                 self._blobs.setdefault(f.sha256, f)
         return commit
+
+    def hostile_metadata(self, repo_id: str, *, siblings: list | None = None, body: bytes | None = None,
+                         ctype: str = "application/json", endless: bool = False, silent: bool = False) -> None:
+        """Serve `repo_id`'s listing made hostile (see the module docstring) until clear_hostile()."""
+        self.hostile[repo_id] = dict(siblings=siblings or [], body=body, ctype=ctype, endless=endless, silent=silent)
+
+    def clear_hostile(self) -> None:
+        self.hostile.clear()
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -471,13 +486,16 @@ class _Handler(BaseHTTPRequestHandler):
             blobs = query.get("blobs", ["false"])[0].lower() in ("1", "true")
             files = repo.commits[commit]
             ns = repo.repo_id.split("/")[0]
+            bad = self.hub.hostile.get(repo.repo_id)
+            if bad is not None and self._hostile(bad):
+                return
             return self._json({
                 "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
                 "modelId": repo.repo_id, "author": ns, "sha": commit, "lastModified": "2024-12-13T00:00:00.000Z",
                 "createdAt": "2024-12-01T00:00:00.000Z", "private": repo.private, "gated": repo.gated,
                 "disabled": False, "downloads": 0, "likes": 0, "library_name": "transformers",
                 "tags": ["transformers", "safetensors", "cohere"],
-                "siblings": [f.sibling(blobs) for f in files.values()],
+                "siblings": [f.sibling(blobs) for f in files.values()] + (bad["siblings"] if bad else []),
             })
         if kind in ("tree", "paths-info"):
             commit = repo.resolve(rev)
@@ -508,6 +526,28 @@ class _Handler(BaseHTTPRequestHandler):
             out += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": d} for d in sorted(dirs)]
             return self._json(out)
         return self._error(404, None, "Not found")
+
+    def _hostile(self, bad: dict) -> bool:
+        """Answer a listing request the hostile way, if `bad` says one (True when answered)."""
+        if bad["silent"]:
+            self.hub._stopping.wait()  # accepted, never answered
+            self.close_connection = True
+            return True
+        if bad["endless"]:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            block = b'{"siblings": [' + b" " * 65536
+            for _ in range(1 << 16):  # 4 GiB at most, until the client hangs up
+                if self.hub._stopping.is_set():
+                    break
+                self.wfile.write(block)
+            self.close_connection = True
+            return True
+        if bad["body"] is not None:
+            self._reply(200, bad["body"], ctype=bad["ctype"])
+            return True
+        return False
 
     def _resolve(self, repo: Repo, rev: str, path: str):
         if self._auth_problem(repo, content=False):

@@ -301,3 +301,26 @@ def test_peak_memory_is_a_few_chunks_not_the_model(big, tmp_path, bits):
     assert m["parent"] > 1e9 and n_in > 1
     assert grew < 6 * m["largest"], "peak memory is not a small multiple of the largest tensor"
     assert grew < m["parent"] / 5, "peak memory grows with the model"
+
+
+def test_force_never_replaces_a_folder_that_is_not_ours(tmp_path):
+    """`quantize -o DIR --force` replaces an empty folder or a checkpoint we wrote (manifest.json), nothing else."""
+    from cohere_cli.errors import QuantizeError
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    (tmp_path / "link").symlink_to(mine)
+    for dest in (mine, tmp_path / "link"):  # the reported case, and the same folder through a symlink
+        with pytest.raises(QuantizeError, match="not a checkpoint cohere-cli wrote"):
+            with quantize.folder_tmpdir(dest, replace=True):
+                pass
+    assert (mine / "chapter1.tex").read_text() == "years of work"
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "manifest.json").write_text('{"format": 1, "name": "ours", "files": {}}')
+    (tmp_path / "empty").mkdir()
+    for dest in (ours, tmp_path / "empty"):
+        with quantize.folder_tmpdir(dest, replace=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+        assert sorted(p.name for p in dest.iterdir()) == ["config.json"]

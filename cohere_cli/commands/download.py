@@ -17,6 +17,7 @@ from cohere_cli.store.partfile import FileSpec
 from cohere_cli.store.fetch import KV_SEQ, Plan, fetch, plan_download, plan_record
 from cohere_cli.store.staging import staged_bytes
 from cohere_cli.ui.console import err, info, warn, shown
+from cohere_cli.untrusted import inert
 
 
 # ---- progress displays -------------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class PlainProgress(Progress):
         self.lock = threading.Lock()
 
     def _line(self, text: str) -> None:
-        err.print(text, markup=False, highlight=False, soft_wrap=True)
+        err.print(inert(text), markup=False, highlight=False, soft_wrap=True)  # Hub file names are untrusted
 
     def begin(self, files: list[FileSpec], on_disk: dict[str, int]) -> None:
         self.sizes = {f.path: f.size for f in files}
@@ -204,7 +205,7 @@ def _print_plan(plan: Plan, json_out: bool) -> None:
             state = f"partial {100 * on_disk[s.path] // max(s.size, 1)}%"
         else:
             state = "to fetch"
-        print(f"  {s.path:<{width}}  {sizes.human_bytes(s.size):>9}  {state}")
+        print(inert(f"  {s.path:<{width}}  {sizes.human_bytes(s.size):>9}  {state}"))
     total, need, free = rec["total_bytes"], rec["to_fetch_bytes"], rec["free_bytes"]
     have = total - need
     already = f" ({sizes.human_bytes(have)} already here)" if have else ""
@@ -215,6 +216,6 @@ def _print_plan(plan: Plan, json_out: bool) -> None:
         for line in sizes.memory_lines(dims, KV_SEQ):
             print(line)
     else:
-        print(f"memory: unknown ({rec['note']})")
+        print(inert(f"memory: unknown ({rec['note']})"))
     if need > free:
         warn(f"the download would not fit: free {sizes.human_bytes(need - free)} more first")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from cohere_cli import store
 from cohere_cli.store import sizes
+from cohere_cli.store.staging import clean_published, remove_staging, staging_lock
 from cohere_cli.ui.console import err, info, warn, shown
 from cohere_cli.errors import ModelNotFound, StoreError, UsageError
+from cohere_cli.untrusted import inert, is_confined
 
 
 def _stdout_console():
@@ -39,6 +41,10 @@ def _entry_json(e: store.Entry) -> dict:
 
 def run_list(json_out: bool = False) -> None:
     entries = store.list_entries()
+    by_name = {e.name: e for e in entries}
+    for p in store.list_partials():  # the leftovers of a download published just before a kill -9
+        if p.name in by_name:
+            clean_published(p.path, by_name[p.name].commit, by_name[p.name].files)
     partials = store.list_partials()
     if json_out:
         print(json.dumps({
@@ -66,36 +72,49 @@ def run_list(json_out: bool = False) -> None:
         for p in partials:
             warn(f"incomplete download {p.name} ({sizes.human_bytes(p.bytes_on_disk)} kept): "
                  f"`cohere download {p.info.get('repo_id') or p.name}` resumes it, "
-                 f"`cohere models rm {p.name}` discards it")
+                 f"`cohere models rm --partial {p.name}` discards it")
 
 
 # ---- rm ------------------------------------------------------------------------------------------------------------
-def run_rm(name: str, yes: bool = False) -> None:
-    """Remove a store entry (never an arbitrary folder), or the kept parts of an incomplete download."""
-    entry = store.find_entry(name)
-    partial = next((p for p in store.list_partials() if name.strip("/").lower() in
-                    (p.name.lower(), p.path.name.lower())), None)
-    if entry is None and partial is None:
-        raise ModelNotFound(f"no store entry or incomplete download named '{name}': `cohere models` lists them")
-    if entry is not None:
-        what, size = entry.name, entry.size_on_disk()
+def run_rm(name: str, yes: bool = False, partial: bool = False) -> None:
+    """Remove a published store entry (never an arbitrary folder), or with `partial` only the kept parts of an
+    incomplete download of that name: two commands, so discarding one can never delete the other."""
+    if partial:
+        target = _partial_named(name)
+        if target is None:
+            raise ModelNotFound(f"no incomplete download named '{name}': `cohere models` lists them")
+        what, size = f"the incomplete download of {target.name}", target.bytes_on_disk
     else:
-        what, size = f"the incomplete download of {partial.name}", partial.bytes_on_disk  # type: ignore[union-attr]
+        entry = store.find_entry(name)
+        if entry is None:
+            left = _partial_named(name)
+            if left is not None:
+                raise ModelNotFound(f"no store entry named '{name}', only an incomplete download: `cohere models rm "
+                                    f"--partial {left.name}` discards it")
+            raise ModelNotFound(f"no store entry named '{name}': `cohere models` lists them")
+        what, size = entry.name, entry.size_on_disk()
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not removing {what} without confirmation: pass --yes")
         import typer
 
-        if not typer.confirm(f"remove {what} ({sizes.human_bytes(size)}) from the store?", default=False, err=True):
+        if not typer.confirm(f"remove {shown(what)} ({sizes.human_bytes(size)}) from the store?", default=False,
+                             err=True):
             info("nothing removed")
             raise typer.Exit(1)
-    if entry is not None:
-        store.remove_entry(entry.name)
+    if partial:
+        # The staging lock: a download running right now keeps its parts (it would die mid-write otherwise).
+        busy = StoreError(f"a `cohere download` of {target.name} is running: stop it first, then remove its parts")
+        with staging_lock(target.path, target.name, busy=busy):
+            remove_staging(target.path)
     else:
-        import shutil
-
-        shutil.rmtree(partial.path, ignore_errors=True)  # type: ignore[union-attr]
+        store.remove_entry(entry.name)
     err.print(f"removed {shown(what)} ({sizes.human_bytes(size)} freed)", highlight=False)
+
+
+def _partial_named(name: str) -> store.Partial | None:
+    key = name.strip().strip("/").lower()
+    return next((p for p in store.list_partials() if key in (p.name.lower(), p.path.name.lower())), None)
 
 
 # ---- info ----------------------------------------------------------------------------------------------------------
@@ -180,9 +199,9 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
                        f"compute {q.get('compute_dtype')}; unquantized: "
                        f"{', '.join(q.get('unquantized') or []) or 'none'}")
         out.append(f"  created       {manifest.get('created_at')}")
-        nfiles = len(manifest.get("files") or {})
-        out.append(f"  files         {nfiles}, {sizes.human_bytes(sum(f.get('size', 0) for f in manifest['files'].values()))}"
-                   if nfiles else "  files         (none listed)")
+        listed = store.Entry(name, folder, manifest).files
+        out.append(f"  files         {len(listed)}, {sizes.human_bytes(sum(_size(f) for f in listed.values()))}"
+                   if listed else "  files         (none listed)")
     else:
         out.append("  manifest      none (not a store entry)")
     out.append(f"  architecture  {(summary['architectures'] or ['?'])[0]} ({summary['model_type']})")
@@ -206,16 +225,22 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     cap = f", sliding layers capped at {d.sliding_window} positions" if d.sliding_window else ""
     out.append(f"  KV cache      {sizes.human_bytes(kv)} at {seq} tokens, bf16 "
                f"({sizes.human_bytes(sizes.kv_cache_bytes(d, 1))} per token{cap})")
-    print("\n".join(out))
+    print(inert("\n".join(out)))  # manifest fields (names, sources) are untrusted text
+
+
+def _size(record: dict) -> int:
+    """A manifest record's size; 0 when the (untrusted) manifest says something that is not a byte count."""
+    v = record.get("size")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 # ---- verify --------------------------------------------------------------------------------------------------------
 def run_verify(model: str, json_out: bool = False) -> None:
     folder, manifest, name = _locate(model)
-    if not manifest or not manifest.get("files"):
+    files = store.Entry(name, folder, manifest or {}).files
+    if not files:
         raise StoreError(f"{name} has no manifest.json with file checksums: only store entries can be verified")
-    files: dict[str, dict] = manifest["files"]
-    total = sum(int(f.get("size", 0)) for f in files.values())
+    total = sum(_size(f) for f in files.values())
     problems: list[str] = []
     bars = None
     if err.is_terminal and not json_out:
@@ -227,6 +252,9 @@ def run_verify(model: str, json_out: bool = False) -> None:
         bars.start()
     try:
         for rel, rec in files.items():
+            if not is_confined(folder, rel):  # a tampered manifest: never hash (or follow) a path outside
+                problems.append(f"the manifest names {inert(repr(rel))[:200]}, a path outside {name}")
+                continue
             p = folder / rel
             if not p.is_file():
                 problems.append(f"{rel} is missing")

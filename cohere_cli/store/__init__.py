@@ -42,6 +42,7 @@ from pathlib import Path
 
 from cohere_cli.errors import ModelNotFound, StoreError
 from cohere_cli.store.atomic import publish_folder, write_atomic
+from cohere_cli.untrusted import confine
 from cohere_cli.store.manifest import (  # noqa: F401  (store.read_manifest etc.: the entries' API)
     MANIFEST, MANIFEST_FORMAT, make_manifest, read_manifest, sha256_file, utc_now, write_manifest)
 
@@ -50,8 +51,11 @@ HOME_ENV = "COHERE_CLI_HOME"
 
 # ---- layout -----------------------------------------------------------------------------------------------------
 def store_root() -> Path:
-    """$COHERE_CLI_HOME, else ~/.cache/cohere-cli (not created here)."""
-    return Path(os.environ.get(HOME_ENV) or "~/.cache/cohere-cli").expanduser()
+    """$COHERE_CLI_HOME, else ~/.cache/cohere-cli (not created here); StoreError when it is not a folder."""
+    root = Path(os.environ.get(HOME_ENV) or "~/.cache/cohere-cli").expanduser()
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"the store {root} is not a folder: point {HOME_ENV} at a folder (or move the file away)")
+    return root
 
 
 def models_dir() -> Path:
@@ -96,7 +100,16 @@ class Entry:
 
     @property
     def files(self) -> dict[str, dict]:
-        return self.manifest.get("files") or {}
+        """The manifest's file records as written ({name: {size, sha256...}}, wrong types dropped). The names are
+        untrusted (a tampered store): `file(name)` confines one before it is opened, hashed or unlinked."""
+        files = self.manifest.get("files")
+        if not isinstance(files, dict):
+            return {}
+        return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, dict)}
+
+    def file(self, rel: str) -> Path:
+        """The entry's file `rel` (a manifest key), or UnsafeInput when it names a place outside the entry."""
+        return confine(self.path, rel, f"the file name in {self.name}'s manifest")
 
     def size_on_disk(self) -> int:
         """Bytes of the entry's files as they are on disk now (manifest included)."""

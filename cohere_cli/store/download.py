@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cohere_cli.errors import DownloadError
 from cohere_cli.store.httppool import Fatal, HttpPool
-from cohere_cli.store.partfile import FileResult, FileSpec, PartFile
+from cohere_cli.store.partfile import FileResult, FileSpec, PartFile, regular_size
 from cohere_cli.store.staging import VERIFIED, atomic_json, read_json
 
 ENV_PREFIX = "COHERE_CLI_DL_"
@@ -123,6 +123,7 @@ class Transfer:
         self._http = HttpPool(options.timeout)
         self._progress = Progress()
         self._hashers: list[threading.Thread] = []
+        self._reading = threading.BoundedSemaphore(max(8, options.max_workers))  # hashers reading at once (fds)
         self._verified: dict[str, dict] = {}
         self._prepared = False
         self.fetched_bytes = 0  # bytes received from the network by this run
@@ -132,7 +133,7 @@ class Transfer:
         self._verified = read_json(self.staging / VERIFIED)
         for job in self.jobs:
             rec = self._verified.get(job.spec.path) or {}
-            size = job.final.stat().st_size if job.final.is_file() else -1
+            size = regular_size(job.final)  # a symlink planted in staging is never taken as a fetched file
             if size == job.spec.size and rec.get("expect") == job.spec.expect and rec.get("sha256"):
                 job.status = "verified"
                 job.result = FileResult(job.spec.path, size, rec["sha256"], job.spec.blob_id)
@@ -164,20 +165,8 @@ class Transfer:
         workers: list[threading.Thread] = []
         try:
             for job in self.jobs:
-                if job.status == "verified":
-                    continue
-                if job.status == "recheck":
-                    job.part.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(job.final, job.part)
-                    job.done = [e - s for s, e in (job.bounds(i) for i in range(job.n_chunks))]
-                    job.saved = list(job.done)
-                    job.status = "fetch"
-                job.open()
-                pending = [i for i in range(job.n_chunks) if job.done[i] < job.bounds(i)[1] - job.bounds(i)[0]]
-                for i in pending:
-                    self._tasks.put((job, i))
-                if not pending:
-                    self._ensure_hasher(job)
+                if job.status != "verified":
+                    self._queue(job)
             n = min(self.opts.max_workers, self._tasks.qsize())
             workers = [threading.Thread(target=self._worker, name=f"dl-{k}", daemon=True) for k in range(n)]
             for t in workers:
@@ -199,12 +188,12 @@ class Transfer:
             self._stop(workers)
             raise
         finally:
-            for job in self.jobs:
-                job.save()
-                job.close()
+            unsaved = self._save_all()
             self._progress.end()
         if self._fatal:
             raise DownloadError(self._fatal)
+        if unsaved:  # after the run's own error, which says more (the bytes are on disk either way)
+            raise DownloadError(unsaved)
         if self._bad:
             more = f" (and {len(self._bad) - 1} more)" if len(self._bad) > 1 else ""
             raise DownloadError(f"{self._bad[0]}{more}: the damaged data was deleted; run the same command again "
@@ -213,6 +202,41 @@ class Transfer:
         if missing:
             raise DownloadError(f"{missing[0]} did not complete: run the same command again to resume")
         return {j.spec.path: j.result for j in self.jobs}  # type: ignore[misc]
+
+    def _queue(self, job: PartFile) -> None:
+        """Queue the chunks of `job` still to fetch (its part file made, no fd kept open)."""
+        try:
+            if job.status == "recheck":
+                job.part.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(job.final, job.part)
+                job.done = [e - s for s, e in (job.bounds(i) for i in range(job.n_chunks))]
+                job.saved = list(job.done)
+                job.status = "fetch"
+            job.start()
+        except Fatal as e:
+            raise DownloadError(str(e)) from None
+        except OSError as e:
+            raise DownloadError(f"cannot prepare {job.part} ({e.strerror or e}): check {self.staging}, then run "
+                                "the same command again") from None
+        pending = [i for i in range(job.n_chunks) if job.done[i] < job.bounds(i)[1] - job.bounds(i)[0]]
+        for i in pending:
+            self._tasks.put((job, i))
+        if not pending:
+            self._ensure_hasher(job)
+
+    def _save_all(self) -> str | None:
+        """Save every file's progress and close it; a save that fails (the disk is full, staging was removed)
+        is one line to show, not a traceback out of a `finally`: the next run re-checks what the part holds."""
+        problem = None
+        for job in self.jobs:
+            try:
+                job.save()
+            except OSError as e:
+                problem = problem or (f"cannot save the progress of {job.spec.path} in {self.staging} ("
+                                      f"{e.strerror or e}): free some space and run the same command again")
+            finally:
+                job.close()
+        return problem
 
     def _stop(self, workers: list[threading.Thread]) -> None:
         self._abort.set()
@@ -248,12 +272,19 @@ class Transfer:
                 except queue.Empty:
                     return
                 self._ensure_hasher(job)
-                self._chunk(job, i)
+                job.acquire()
+                try:
+                    self._chunk(job, i)
+                finally:
+                    job.release()
                 job.save()
         except Fatal as e:
             self._fail(str(e))
         except _Aborted:
             pass
+        except OSError as e:  # saving progress: the disk is full, staging was removed under us
+            self._fail(f"cannot save download progress in {self.staging} ({e.strerror or e}): run the same command "
+                       "again to resume")
         except Exception as e:  # a bug, not the network: say so rather than hang
             self._fail(f"unexpected error while downloading ({type(e).__name__}: {e})")
         finally:
@@ -355,7 +386,7 @@ class Transfer:
     def _hash(self, job: PartFile) -> None:
         spec = job.spec
         try:
-            checked = job.hash_following(lambda: self._abort.is_set() or self._workers_done.is_set())
+            checked = job.hash_following(lambda: self._abort.is_set() or self._workers_done.is_set(), self._reading)
             if checked is None:
                 return  # stopped, or the rest of this file will not come in this run
             digest, problem = checked

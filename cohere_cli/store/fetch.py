@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cohere_cli import store
-from cohere_cli.errors import DownloadError
+from cohere_cli.errors import DownloadError, UnsafeInput
 from cohere_cli.store import hub, sizes
 from cohere_cli.store.download import Options, Progress, Transfer
 from cohere_cli.store.atomic import free_bytes
 from cohere_cli.store.httppool import fetch_bytes
-from cohere_cli.store.partfile import FileSpec, expect_id
-from cohere_cli.store.staging import PLAN, adopt_verified, prune_staging, publish, staged_bytes, staging_lock
+from cohere_cli.store.partfile import FileSpec, expect_id, staged_path
+from cohere_cli.store.staging import (PLAN, adopt_verified, clean_published, prune_staging, publish, reserved_name, staged_bytes,
+                                      staging_lock)
+from cohere_cli.untrusted import inert, is_confined, parse_json
 
 KV_SEQ = 8192  # the context the plan's memory estimate is for
 
@@ -53,8 +55,15 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: list[st
     repo_id = repo_id.strip().strip("/")
     hub.check_online()
     token = hub.resolve_token(token)
-    repo = hub.fetch_repo(repo_id, revision, token)
+    opts = Options.from_env(max_workers=max_workers)
+    repo = hub.fetch_repo(repo_id, revision, token, timeout=opts.timeout)
+    name = repo_id
+    _check_names(repo, store.partial_path(name), store.entry_path(name))
     files = hub.select_files(repo.files, include, exclude)
+    clash = next((f.path for f in files if reserved_name(f.path)), None)
+    if clash is not None:
+        raise DownloadError(f"{repo_id} has a file named {inert(repr(clash))}, a name the store keeps for its own "
+                            f"bookkeeping: leave it out with --exclude '{clash}'")
     if not files:
         listing = ", ".join(f.path for f in repo.files[:8]) + (", ..." if len(repo.files) > 8 else "")
         raise DownloadError(f"no file of {repo_id} matches the selection (it has: {listing}): adjust --include / "
@@ -64,7 +73,7 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: list[st
         hint = f" (it has {other[0]}...: cohere-cli reads safetensors only)" if other else ""
         raise DownloadError(f"{repo_id} has no *.safetensors weights at the top level{hint}; "
                             "pass --include GLOB to fetch specific files anyway")
-    ep, name = repo.endpoint, repo_id
+    ep = repo.endpoint
     specs = [FileSpec(f.path, hub.file_url(ep, repo_id, repo.commit, f.path), f.size, f.sha256, f.blob_id)
              for f in files]
     headers = hub.request_headers(token)
@@ -74,9 +83,22 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: list[st
                                 commit=repo.commit)
 
     existing, reuse, keep = _reusable(name, specs, repo.commit)
-    transfer = Transfer(store.partial_path(name), specs, headers, Options.from_env(max_workers=max_workers),
-                        describe)
+    if existing is not None:  # what a kill -9 right after publishing left in staging
+        clean_published(store.partial_path(name), existing.commit, existing.files)
+    transfer = Transfer(store.partial_path(name), specs, headers, opts, describe)
     return Plan(repo, revision, name, specs, headers, transfer, existing, reuse, keep)
+
+
+def _check_names(repo: hub.RepoInfo, *folders: Path) -> None:
+    """Every name in the listing, selected or not, must be a plain relative path that stays inside the staging
+    folder and the entry (a hostile Hub lists '../../x' or '/etc/x' to make us write or delete there): one line
+    naming the first that is not, before anything is written."""
+    for f in repo.files:
+        for folder in folders:
+            try:
+                staged_path(folder, f.path, f"the file name listed by {repo.endpoint} for {repo.repo_id}")
+            except UnsafeInput as e:
+                raise UnsafeInput(f"{e}; nothing was downloaded (is HF_ENDPOINT a Hub you trust?)") from None
 
 
 def fetch(p: Plan, progress: Progress, say: Callable[[str], None] = lambda msg: None) -> Path:
@@ -116,6 +138,10 @@ def fetch(p: Plan, progress: Progress, say: Callable[[str], None] = lambda msg: 
             source = {"repo_id": repo.repo_id, "revision": p.revision or "main", "commit": repo.commit,
                       "endpoint": repo.endpoint}
             return publish(p.name, staging, results, source=source, keep=p.keep)
+    except OSError as e:  # the disk is full, the store changed under us: one line, the staging kept for a rerun
+        _cleanup_if_empty(staging, existed)
+        raise DownloadError(f"{repo.repo_id}: {e.strerror or e} ({inert(str(e.filename or staging))}): fix that, "
+                            "then run the same command again to resume") from None
     except BaseException:
         _cleanup_if_empty(staging, existed)
         raise
@@ -140,7 +166,7 @@ def plan_record(p: Plan) -> tuple[dict, sizes.Dims | None]:
         try:
             status, h, body = fetch_bytes(cfg_spec.url, p.headers, timeout=transfer.opts.timeout)
             if status == 200:
-                config = json.loads(body)
+                config = parse_json(body)
                 if not isinstance(config, dict):
                     config, note = None, "config.json is not a JSON object"
             else:
@@ -185,12 +211,15 @@ def _reusable(name: str, specs: list[FileSpec], commit: str):
     keep: dict[str, tuple[Path, dict]] = {}
     if existing is None:
         return None, reuse, keep
+    # The manifest is untrusted too (a tampered store): only its names that stay inside the entry are used.
+    files = {rel: rec for rel, rec in existing.files.items() if is_confined(existing.path, rel)}
     for s in specs:
-        rec = existing.files.get(s.path)
+        rec = files.get(s.path)
         if rec and _same_file(rec, s) and (existing.path / s.path).is_file():
             reuse[s.path] = (existing.path / s.path, rec)
     if existing.commit == commit:
-        keep = {rel: (existing.path / rel, rec) for rel, rec in existing.files.items() if (existing.path / rel).is_file()}
+        keep = {rel: (existing.path / rel, rec) for rel, rec in files.items()
+                if (existing.path / rel).is_file() and not reserved_name(rel)}
     return existing, reuse, keep
 
 

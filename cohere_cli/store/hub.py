@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -132,72 +133,103 @@ def network_error(ep: str, err: BaseException) -> str:
     return f"cannot reach {ep} ({reason}): check your network connection, proxy settings or HF_ENDPOINT"
 
 
-def fetch_repo(repo_id: str, revision: str | None, token: str | None, *, attempts: int = 3) -> RepoInfo:
-    """Resolve `revision` to a commit sha and list every file with its size and checksums (one API call,
-    `model_info(files_metadata=True)`), retrying transient failures."""
-    import httpx2
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+MAX_METADATA_BYTES = 32 << 20  # a repo's listing with blobs: ~200 bytes a file (10,000 files: ~2 MB)
+METADATA_TIMEOUT = 30.0  # seconds without a byte before the metadata request is retried
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
-    from cohere_cli import __version__
+
+def fetch_repo(repo_id: str, revision: str | None, token: str | None, *, attempts: int = 3,
+               timeout: float = METADATA_TIMEOUT) -> RepoInfo:
+    """Resolve `revision` to a commit sha and list every file with its size and checksums (one GET of
+    /api/models/REPO[/revision/REV]?blobs=True, what `model_info(files_metadata=True)` asks), retrying transient
+    failures. Our own request, not huggingface_hub's: it has a timeout (theirs has none) and a bounded body (theirs
+    reads an endless one into memory), and what comes back is checked field by field (the Hub is untrusted)."""
+    import http.client
+
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from cohere_cli.store.httppool import fetch_bytes
 
     check_online()
     ep = endpoint()
-    api = HfApi(endpoint=ep, token=token or False, library_name="cohere-cli", library_version=__version__)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UsageError(
+            f"'{repo_id}' is not a Hub repo id: use ORG/NAME, e.g. CohereForAI/c4ai-command-r7b-12-2024"
+        ) from None
+    rev = f"/revision/{quote(revision, safe='')}" if revision else ""
+    url = f"{ep}/api/models/{repo_id}{rev}?blobs=True"
+    headers = request_headers(token)
     for attempt in range(1, attempts + 1):
         try:
-            info = api.model_info(repo_id, revision=revision, files_metadata=True)
-            break
-        except HFValidationError:
-            raise UsageError(
-                f"'{repo_id}' is not a Hub repo id: use ORG/NAME, e.g. CohereForAI/c4ai-command-r7b-12-2024"
-            ) from None
-        except OfflineModeIsEnabled:
-            check_online()
-            raise DownloadError("huggingface_hub is in offline mode (HF_HUB_OFFLINE): unset it to download") from None
-        except RevisionNotFoundError:
-            raise DownloadError(
-                f"{repo_id} has no revision '{revision}': check --revision (a branch, tag or commit sha listed at "
-                f"{ep}/{repo_id})"
-            ) from None
-        except (GatedRepoError, RepositoryNotFoundError) as e:
-            r = e.response
-            raise DownloadError(access_error(repo_id, ep, r.status_code, r.headers, has_token=bool(token),
-                                             gated=isinstance(e, GatedRepoError))) from None
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else 0
-            if (status == 429 or status >= 500) and attempt < attempts:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-                continue
-            headers = e.response.headers if e.response is not None else {}
-            raise DownloadError(access_error(repo_id, ep, status, headers, has_token=bool(token))) from None
-        except httpx2.ConnectError as e:
+            status, h, body = fetch_bytes(url, headers, timeout=timeout, max_bytes=MAX_METADATA_BYTES + 1)
+        except ConnectionRefusedError as e:
             raise DownloadError(network_error(ep, e)) from None
-        except (httpx2.TimeoutException, httpx2.TransportError) as e:
+        except (OSError, http.client.HTTPException) as e:
             if attempt < attempts:
                 time.sleep(0.5 * 2 ** (attempt - 1))
                 continue
             raise DownloadError(network_error(ep, e)) from None
-    if not info.sha or info.siblings is None:
-        raise DownloadError(f"{ep} returned no commit or file list for {repo_id}: is HF_ENDPOINT a Hub endpoint?")
-    files = [
-        RemoteFile(
-            path=s.rfilename,
-            size=int(s.lfs.size if s.lfs is not None else (s.size or 0)),
-            sha256=s.lfs.sha256 if s.lfs is not None else None,
-            blob_id=s.blob_id,
-        )
-        for s in info.siblings
-    ]
-    return RepoInfo(repo_id=repo_id, revision=revision, commit=info.sha, endpoint=ep, gated=info.gated or False,
-                    private=bool(info.private), files=files)
+        if status == 200:
+            break
+        code = h.get("X-Error-Code") or h.get("x-error-code") or ""
+        if code == "RevisionNotFound" and revision:
+            raise DownloadError(
+                f"{repo_id} has no revision '{revision}': check --revision (a branch, tag or commit sha listed at "
+                f"{ep}/{repo_id})")
+        if (status == 429 or status >= 500) and attempt < attempts:
+            time.sleep(0.5 * 2 ** (attempt - 1))
+            continue
+        raise DownloadError(access_error(repo_id, ep, status, h, has_token=bool(token), gated=code == "GatedRepo"))
+    if len(body) > MAX_METADATA_BYTES:
+        raise DownloadError(f"{ep} sent over {MAX_METADATA_BYTES >> 20} MiB of metadata for {repo_id}, more than any "
+                            "repo listing: is HF_ENDPOINT a Hub endpoint?")
+    return parse_listing(body, repo_id, revision, ep)
+
+
+def parse_listing(body: bytes, repo_id: str, revision: str | None, ep: str) -> RepoInfo:
+    """The Hub's model_info JSON -> RepoInfo, every field checked (DownloadError, one line, on anything else)."""
+    from cohere_cli.untrusted import inert, parse_json
+
+    def bad(why: str) -> DownloadError:
+        return DownloadError(f"{ep} answered the metadata of {repo_id} with {inert(why)[:300]}: is HF_ENDPOINT a Hub "
+                             "endpoint?")
+
+    try:
+        data = parse_json(body)
+    except ValueError as e:
+        raise bad(f"something that {e}") from None
+    if not isinstance(data, dict):
+        raise bad("JSON that is not an object")
+    sha, siblings = data.get("sha"), data.get("siblings")
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        raise bad(f"no commit sha (sha = {sha!r:.60})")
+    if not isinstance(siblings, list):
+        raise bad("no file list (siblings)")
+    files = [_remote_file(s, bad) for s in siblings]
+    gated = data.get("gated")
+    return RepoInfo(repo_id=repo_id, revision=revision, commit=sha, endpoint=ep,
+                    gated=gated if gated in ("auto", "manual") else bool(gated is True),
+                    private=data.get("private") is True, files=files)
+
+
+def _remote_file(s: object, bad) -> RemoteFile:
+    """One entry of `siblings`: {rfilename, size, blobId, lfs: {sha256, size}}, each of the right type."""
+    if not isinstance(s, dict) or not isinstance(s.get("rfilename"), str):
+        raise bad(f"a file entry without a name ({s!r:.80})")
+    name, lfs = s["rfilename"], s.get("lfs")
+    if lfs is not None and not (isinstance(lfs, dict) and isinstance(lfs.get("sha256"), str)
+                                and re.fullmatch(r"[0-9a-fA-F]{64}", lfs["sha256"])):
+        raise bad(f"a malformed LFS record for {name!r:.200}")
+    size = lfs.get("size") if lfs is not None else s.get("size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise bad(f"a size that is not a byte count for {name!r:.200} ({size!r:.40})")
+    blob = s.get("blobId")
+    if blob is not None and not (isinstance(blob, str) and re.fullmatch(r"[0-9a-fA-F]{40}", blob)):
+        raise bad(f"a malformed blobId for {name!r:.200}")
+    return RemoteFile(path=name, size=size, sha256=lfs["sha256"] if lfs is not None else None, blob_id=blob)
 
 
 def select_files(files: Iterable[RemoteFile], include: list[str] | None, exclude: list[str] | None) -> list[RemoteFile]:

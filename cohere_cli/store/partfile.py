@@ -7,6 +7,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import posixpath
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +17,11 @@ from pathlib import Path
 
 from cohere_cli.store.httppool import Fatal
 from cohere_cli.store.staging import atomic_json, read_json
+from cohere_cli.untrusted import confine
 
 _HASH_BLOCK = 8 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,42 @@ def _fsync(fd: int) -> None:
         (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
 
+def regular_size(path: Path) -> int:
+    """The size of `path` when it is a regular file (a symlink is not followed: it counts as absent), else -1."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return -1
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
+
+def staged_path(folder: Path, rel: str, what: str) -> Path:
+    """`folder / rel` for a name from outside: a plain relative path (confine's rules) whose folders resolve
+    inside `folder`; the last part itself may be a symlink someone planted, which is never followed (parts are
+    opened O_NOFOLLOW, a finished file is checked with lstat) and is replaced by the file we fetch."""
+    confine(Path("/"), rel, what)  # the name alone: under "/" nothing resolves outside, so only its form counts
+    parent = posixpath.dirname(rel)
+    if parent:
+        confine(folder, parent, what)
+    return Path(folder) / rel
+
+
 class PartFile:
     """One file: its part file, the bytes on disk per chunk, and the hashing that follows them."""
 
     def __init__(self, spec: FileSpec, staging: Path, chunk_size: int):
         self.spec = spec
-        self.final = staging / spec.path
+        self.staging = staging
+        self.final = staged_path(staging, spec.path, "a file name to download")
         self.part = self.final.with_name(self.final.name + ".part")
         self.state_path = self.final.with_name(self.final.name + ".part.json")
         self.chunk_size = chunk_size
         self.done: list[int] = []
         self.cond = threading.Condition()
         self.save_lock = threading.Lock()
-        self.fd: int | None = None
+        self.fd: int | None = None  # open only while a worker writes (acquire/release): 1,100 files, few fds
+        self.users = 0
+        self.started = False  # start() ran: there is a part whose progress save() records
         self.closed = False
         self.saved: list[int] | None = None
         self.last_save = 0.0
@@ -101,7 +129,8 @@ class PartFile:
         the part file physically holds."""
         st = read_json(self.state_path)
         try:
-            size_on_disk = self.part.stat().st_size
+            pst = self.part.lstat()  # a symlink planted at X.part is not our part: start clean (open() removes it)
+            size_on_disk = pst.st_size if stat.S_ISREG(pst.st_mode) else -1
         except OSError:
             size_on_disk = -1
         if (st.get("expect") == self.spec.expect and st.get("size") == self.spec.size
@@ -117,18 +146,53 @@ class PartFile:
                 return
         self.done = [0] * self.n_chunks
 
-    def open(self) -> None:
+    def start(self) -> None:
+        """Make the part file exist (no fd is kept: workers open it while they write, see acquire)."""
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        if self.saved is None:  # nothing trustworthy on disk: start clean
+        staged_path(self.staging, self.spec.path + ".part", "a part file")  # its folders are ours, no symlink out
+        if self.saved is None:  # nothing trustworthy on disk: start clean (unlinking a symlink leaves its target)
             with contextlib.suppress(FileNotFoundError):
                 self.part.unlink()
-        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        os.close(self._open())
+        self.started = True
         self.save(force=True)
 
+    def _open(self) -> int:
+        """The part file, never through a symlink (O_NOFOLLOW: one planted there is refused, not followed)."""
+        try:
+            return os.open(self.part, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise Fatal(f"{self.part} is a symlink, not a part file we wrote: remove it and run the same "
+                            "command again") from None
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise Fatal(f"too many open files opening {self.part}: raise `ulimit -n` or lower "
+                            "COHERE_CLI_DL_MAX_WORKERS") from None
+            raise Fatal(f"cannot open {self.part} ({e.strerror or e})") from None
+
+    def acquire(self) -> None:
+        """Open the part for writing (shared by the workers on its chunks) until the matching release()."""
+        with self.save_lock:
+            if self.fd is None and not self.closed:
+                self.fd = self._open()
+            self.users += 1
+
+    def release(self) -> None:
+        """The last writer out syncs and closes the fd, so a repo of thousands of files holds a few at a time."""
+        with self.save_lock:
+            self.users -= 1
+            if self.users == 0 and self.fd is not None:
+                _fsync(self.fd)
+                os.close(self.fd)
+                self.fd = None
+
     def write(self, data: memoryview, offset: int) -> None:
+        fd = self.fd
+        if fd is None:  # closed under us: the download was stopped
+            raise Fatal(f"{self.spec.path}: the download was stopped")
         while data:
             try:
-                n = os.pwrite(self.fd, data, offset)  # type: ignore[arg-type]
+                n = os.pwrite(fd, data, offset)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise Fatal(f"the disk is full writing {self.spec.path}: free some space and run the same "
@@ -144,13 +208,14 @@ class PartFile:
 
     def save(self, force: bool = False) -> None:
         with self.save_lock:
-            if self.closed or self.fd is None:
+            if self.closed or not self.started:
                 return
             with self.cond:
                 done = list(self.done)
             if done == self.saved and not force:
                 return
-            _fsync(self.fd)
+            if self.fd is not None:  # a closed fd was synced by release()
+                _fsync(self.fd)
             atomic_json(self.state_path, {"expect": self.spec.expect, "size": self.spec.size,
                                            "chunk_size": self.chunk_size, "done": done})
             self.saved = done
@@ -169,32 +234,41 @@ class PartFile:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
-    def hash_following(self, stopped: Callable[[], bool]) -> tuple[str, str | None] | None:
+    def hash_following(self, stopped: Callable[[], bool],
+                       gate: contextlib.AbstractContextManager = contextlib.nullcontext()
+                       ) -> tuple[str, str | None] | None:
         """Hash the part as its bytes arrive (from offset 0, waiting on `cond` for more) and check it against the
-        spec: (sha256 hex, problem or None), or None when stopped() says the rest will not come in this run."""
+        spec: (sha256 hex, problem or None), or None when stopped() says the rest will not come in this run.
+        `gate` bounds how many hashers read (hold an fd) at once."""
         spec = self.spec
         sha = hashlib.sha256()
         git = hashlib.sha1(git_blob_sha1_prefix(spec.size)) if spec.blob_id and not spec.sha256 else None
         pos = 0
-        with open(self.part, "rb", buffering=0) as f:
-            while pos < spec.size:
-                with self.cond:
-                    while (avail := self.contiguous()) <= pos:
-                        if stopped():
-                            return None
-                        self.cond.wait(0.5)
-                while pos < avail:
-                    data = os.pread(f.fileno(), min(_HASH_BLOCK, avail - pos), pos)
-                    if not data:
-                        raise OSError(f"{self.part} is shorter than its recorded progress")
-                    sha.update(data)
-                    if git is not None:
-                        git.update(data)
-                    pos += len(data)
+        while pos < spec.size:
+            with self.cond:
+                while (avail := self.contiguous()) <= pos:
+                    if stopped():
+                        return None
+                    self.cond.wait(0.5)
+            # opened per run of new bytes, not for the file's whole life: waiting hashers hold no fd
+            with gate:
+                fd = os.open(self.part, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+                try:
+                    while pos < avail:
+                        data = os.pread(fd, min(_HASH_BLOCK, avail - pos), pos)
+                        if not data:
+                            raise OSError(f"{self.part} is shorter than its recorded progress")
+                        sha.update(data)
+                        if git is not None:
+                            git.update(data)
+                        pos += len(data)
+                finally:
+                    os.close(fd)
         digest = sha.hexdigest()
         problem = None
-        if os.stat(self.part).st_size != spec.size:
-            problem = f"{spec.path} has {os.stat(self.part).st_size} bytes, expected {spec.size}"
+        on_disk = os.lstat(self.part).st_size
+        if on_disk != spec.size:
+            problem = f"{spec.path} has {on_disk} bytes, expected {spec.size}"
         elif spec.sha256 and digest != spec.sha256.lower():
             problem = f"{spec.path} failed verification (sha256 {digest[:12]}... instead of {spec.sha256[:12]}...)"
         elif git is not None and git.hexdigest() != spec.blob_id.lower():  # type: ignore[union-attr]

@@ -12,14 +12,24 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cohere_cli.errors import DownloadError
+from cohere_cli.errors import CohereError, DownloadError
 from cohere_cli.store.atomic import write_atomic
+from cohere_cli.store.manifest import MANIFEST
 
 if TYPE_CHECKING:
     from cohere_cli.store.partfile import FileResult, FileSpec
 
 VERIFIED = "verified.json"
 PLAN = "plan.json"
+LOCK = ".lock"
+# Names the store's bookkeeping takes, in staging and in an entry: a repo file of that name would overwrite (or be
+# overwritten by) it, so such a file is refused (one line that says how to leave it out).
+_RESERVED = {VERIFIED, PLAN, LOCK, MANIFEST}
+
+
+def reserved_name(path: str) -> bool:
+    """Whether repo path `path` collides with the store's own files (top-level bookkeeping, `X.part` parts)."""
+    return path in _RESERVED or path.endswith((".part", ".part.json"))
 
 
 def atomic_json(path: Path, data: dict) -> None:
@@ -35,11 +45,12 @@ def read_json(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def staging_lock(staging: Path, what: str) -> Iterator[None]:
+def staging_lock(staging: Path, what: str, busy: CohereError | None = None) -> Iterator[None]:
     """Hold an exclusive lock on a staging folder for the whole download (a second `cohere download` of the same
-    entry would corrupt the parts)."""
+    entry would corrupt the parts; `models rm` and the cleanup of a published download's leftovers take it too, so
+    they never pull a live download's files from under it). `busy` is raised when another process holds it."""
     staging.mkdir(parents=True, exist_ok=True)
-    lock_path = staging / ".lock"
+    lock_path = staging / LOCK
     f = open(lock_path, "a+")
     try:
         try:
@@ -49,7 +60,8 @@ def staging_lock(staging: Path, what: str) -> Iterator[None]:
         except ImportError:
             pass
         except OSError:
-            raise DownloadError(f"another `cohere download` of {what} is running: wait for it, or stop it") from None
+            raise busy or DownloadError(f"another `cohere download` of {what} is running: wait for it, or stop "
+                                        "it") from None
         yield
     finally:
         f.close()
@@ -103,6 +115,34 @@ def prune_staging(staging: Path, expected: Mapping[str, str]) -> None:
             d.rmdir()  # only empty ones
 
 
+def remove_staging(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()  # .partial/ itself, when it was the last
+
+
+def clean_published(staging: Path, commit: str | None, files: Mapping[str, dict]) -> None:
+    """Drop what a staging folder still holds of a download already published at the same `commit` with these
+    manifest `files` (a kill -9 between the publish and the cleanup leaves it, and `cohere models` would call it
+    incomplete forever); remove the folder when nothing else is left. Never while a download holds it."""
+    if not commit or read_json(staging / PLAN).get("commit") != commit:
+        return
+    try:
+        with staging_lock(staging, "", busy=CohereError()):
+            verified = read_json(staging / VERIFIED)
+            for p, rel in list(staging_files(staging)):
+                rec, have = verified.get(rel) or {}, files.get(rel) or {}
+                if p.name.endswith(".part.json") or p.name.endswith(".part") or not rec.get("sha256"):
+                    continue
+                if rec.get("sha256") == have.get("sha256") and rec.get("size") == have.get("size"):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            if not any(True for _ in staging_files(staging)):
+                remove_staging(staging)
+    except (CohereError, OSError):
+        return  # a live download, or a folder we cannot touch: leave it as it is
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -133,7 +173,10 @@ def publish(name: str, staging: Path, results: dict[str, FileResult], *, source:
     with store.entry_tmpdir(name, replace=True) as tmp:
         for rel, (src, record) in (keep or {}).items():
             if rel not in results:
-                link_or_copy(src, tmp / rel)
+                try:
+                    link_or_copy(src, tmp / rel)
+                except FileNotFoundError:  # the old entry was removed meanwhile (`models rm`): not carried over
+                    continue
                 files[rel] = dict(record)
         for rel, r in results.items():
             link_or_copy(staging / rel, tmp / rel)
@@ -149,7 +192,5 @@ def publish(name: str, staging: Path, results: dict[str, FileResult], *, source:
     if any(True for _ in staging_files(staging)):
         atomic_json(staging / VERIFIED, verified)
     else:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()
+        remove_staging(staging)
     return store.entry_path(name)

@@ -379,12 +379,30 @@ def looks_like_path(output: str) -> bool:
     return Path(output).expanduser().parent.is_dir()
 
 
+def _replaceable(dest: Path) -> bool:
+    """What --force may delete: an empty folder, or a checkpoint we wrote (its manifest.json), never a symlink or
+    any other folder (a typo in -o must not cost the user a folder of their own)."""
+    from cohere_cli.store.manifest import read_manifest
+
+    if dest.is_symlink() or not dest.is_dir():
+        return False
+    try:
+        if not any(dest.iterdir()):
+            return True
+    except OSError:
+        return False
+    return read_manifest(dest) is not None
+
+
 @contextlib.contextmanager
 def folder_tmpdir(dest: Path, *, replace: bool) -> Iterator[Path]:
     """entry_tmpdir's twin for an explicit output folder: build beside it, publish with one rename."""
     dest = dest.expanduser().absolute()
     if dest.exists() and not replace:
         raise QuantizeError(f"{dest} already exists: choose another --output or pass --force to replace it")
+    if dest.exists() and not _replaceable(dest):
+        raise QuantizeError(f"{dest} is not a checkpoint cohere-cli wrote (no manifest.json) nor an empty folder: "
+                            "--force replaces only those; choose another --output")
     if not dest.parent.is_dir():
         raise UsageError(f"--output {dest}: its parent folder {dest.parent} does not exist")
     with publish_folder(dest, work=dest.parent, prefix=f".{dest.name}.") as tmp:
