@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from cohere_cli.engine.response import Response
-from cohere_cli.ui.console import err, out_write
+from cohere_cli.ui.console import err, out_write, shown
 
 
 @dataclass
@@ -84,9 +84,10 @@ def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remot
             out_write("\n")  # the error line starts on a line of its own
         raise
     if json_out:
-        print(json.dumps(what.record(last, "".join(text), tokens), ensure_ascii=False))
+        # JSON escapes C0 controls, not DEL or C1 (ensure_ascii=False): out_write keeps a terminal safe from those
+        out_write(json.dumps(what.record(last, "".join(text), tokens), ensure_ascii=False) + "\n")
     else:
         if not "".join(text).endswith("\n"):
             out_write("\n")  # end the answer's line, on a terminal and in a file alike
-        err.print(f"[dim]{what.stats(last)}[/dim]")
+        err.print(f"[dim]{shown(what.stats(last))}[/dim]")  # a server's finish_reason is untrusted
     return last

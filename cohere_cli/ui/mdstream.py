@@ -3,12 +3,14 @@ tail lives in a small rich Live region. A block is finished at a blank line outs
 
 from __future__ import annotations
 
-import sys
 import time
 
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
+
+from cohere_cli.ui.console import out_write
+from cohere_cli.untrusted import inert
 
 
 def split_stable(text: str) -> int:
@@ -24,24 +26,25 @@ def split_stable(text: str) -> int:
 
 
 class PlainStream:
-    """Raw text straight to stdout (--plain, or stdout is not a terminal)."""
+    """The text straight to stdout (--plain, or stdout is not a terminal): through out_write, so inert on a terminal
+    and byte for byte into a pipe or file."""
 
-    def __init__(self, file=None):
-        self.file = file or sys.stdout
+    def __init__(self):
         self.text = ""
 
     def update(self, delta: str) -> None:
         if delta:
             self.text += delta
-            self.file.write(delta)
-            self.file.flush()
+            out_write(delta)
 
     def close(self, suffix: str = "") -> None:
-        self.file.write(suffix + ("\n" if not (self.text + suffix).endswith("\n") else ""))
-        self.file.flush()
+        out_write(suffix + ("\n" if not (self.text + suffix).endswith("\n") else ""))
 
 
 class MarkdownStream:
+    """Rendered on a terminal only, so the model's text is made inert first: rich passes ESC and other control
+    characters through to the terminal (OSC 52 clipboard writes, title changes, screen clears)."""
+
     def __init__(self, console: Console | None = None, fps: float = 12.0):
         self.console = console or Console(highlight=False)
         self.text, self.committed = "", 0
@@ -52,7 +55,7 @@ class MarkdownStream:
     def update(self, delta: str) -> None:
         if not delta:
             return
-        self.text += delta
+        self.text += inert(delta)  # per piece is enough: inert maps characters one by one
         cut = split_stable(self.text)
         if cut > self.committed:  # print finished blocks above the live region, once
             self.live.console.print(Markdown(self.text[self.committed : cut]))
@@ -65,6 +68,6 @@ class MarkdownStream:
     def close(self, suffix: str = "") -> None:
         self.live.update("", refresh=True)
         self.live.stop()
-        rest = self.text[self.committed :] + suffix
+        rest = self.text[self.committed :] + inert(suffix)
         if rest.strip():
             self.console.print(Markdown(rest))
