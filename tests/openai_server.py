@@ -6,6 +6,12 @@
 * `StubServer`: a few lines of http.server for what a healthy server never does: 401 without the key, answer JSON to
   a streaming request, stay silent, send HTML, cut a stream in the middle of a chunk; and "hold": stream a little,
   then hold the connection until the test calls `release()` (an answer that cannot end before the test's Ctrl-C).
+* Hostile on demand (the threat model: an endpoint is untrusted), with `StubServer(behaviour, **options)`:
+  "endless_json" (a JSON answer that never ends), "endless_line" (an event line that never ends), "pings"
+  (keep-alive comments forever, no answer), "empty_events" (events without text forever), "endless_tokens" (text forever, whatever max_tokens says), "usage"
+  (a normal stream whose last chunk carries `options["usage"]`), "chunks" (the events in `options["events"]`, raw),
+  "raw" (`options["body"]` with `options["status"]` and `options["ctype"]`); `options["models"]`: the raw body of
+  GET /v1/models, bytes or "endless". Endless writers stop when the client hangs up or on release().
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+ENDLESS = b"x" * 65536  # what endless bodies repeat
 HOLD_LIMIT = 600  # seconds a held or silent stub response waits for release() (the test failed long before)
 START_TIMEOUT = 240  # the machine may be busy: loading torch + transformers + the model takes 5-60 s
 
@@ -106,7 +113,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _endless(self, head: bytes, ctype: str, piece: bytes = ENDLESS, pace: bool = False) -> None:
+        """A chunked body that starts with `head` and repeats `piece` until the client hangs up (or release())."""
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            data = head
+            while not self.server.released.is_set():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                data = piece
+                if pace:  # keep-alives: paced like a server's timer, not a flood (the client's clock decides)
+                    self.server.released.wait(0.05)
+        except OSError:  # the client went away: what the test waits for
+            pass
+        self.close_connection = True
+
     def do_GET(self):
+        models = self.server.options.get("models")
+        if self.path.endswith("/models") and models == "endless":
+            return self._endless(b'{"object": "list", "data": [', "application/json", b'{"id": "m"}, ' * 4096)
+        if self.path.endswith("/models") and models is not None:
+            return self._send(200, models)
         if self.path.endswith("/models"):
             return self._send(200, json.dumps({"object": "list", "data": [
                 {"id": "stub-model", "object": "model", "max_model_len": 4096}]}).encode())
@@ -123,6 +153,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if behaviour == "html":
             return self._send(200, b"<html><body>It works!</body></html>", "text/html")
+        opts = self.server.options
+        if behaviour == "raw":
+            return self._send(opts.get("status", 200), opts["body"], opts.get("ctype", "application/json"))
+        if behaviour == "endless_json":  # a "3 GiB" whole answer, and more
+            return self._endless(b'{"choices": [{"index": 0, "text": "', "application/json")
+        if behaviour == "endless_line":
+            return self._endless(b"data: ", "text/event-stream")
+        if behaviour == "pings":
+            return self._endless(b": connected\n\n", "text/event-stream", b": ping\n\n", pace=True)
+        if behaviour == "empty_events":  # events forever, none with text
+            return self._endless(b"data: {}\n\n", "text/event-stream", b'data: {"choices": []}\n\n', pace=True)
+        if behaviour == "endless_tokens":
+            return self._endless(_chunk(" tok"), "text/event-stream", _chunk(" tok"))
+        if behaviour == "chunks":
+            return self._send(200, b"".join(e if isinstance(e, bytes) else b"data: %s\n\n" % json.dumps(e).encode()
+                                            for e in opts["events"]), "text/event-stream")
         if behaviour == "whole":
             return self._send(200, json.dumps({
                 "id": "x", "object": "text_completion", "model": "stub",
@@ -156,6 +202,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             time.sleep(0.02)  # paced like a real stream: the chunks arrive apart
         data = _chunk("", "length") + b"data: [DONE]\n\n"
+        if behaviour == "usage":  # whatever the test gives as usage, in a chunk of its own
+            data = _chunk("", "length") + b"data: %s\n\n" % json.dumps(
+                {"choices": [], "usage": self.server.options["usage"]}).encode() + b"data: [DONE]\n\n"
         try:
             self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
             self.wfile.flush()
@@ -164,10 +213,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class StubServer:
-    def __init__(self, behaviour: str = "stream"):
+    def __init__(self, behaviour: str = "stream", **options):
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.behaviour = behaviour
+        self.httpd.options = options
         self.httpd.requests = []
         self.httpd.killed = False
         self.httpd.holding = threading.Event()  # "hold": the first words are sent and the stream waits

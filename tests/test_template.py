@@ -269,6 +269,89 @@ def test_template_errors_become_template_error():
         tpl.render_chat("{% set ns = namespace() %}{% set ns._x = 1 %}", msgs)
 
 
+# ------------------------------------------------------------------------------------------------ hostile templates
+# Each memory case runs in a child under an address-space limit: a regression raises MemoryError there (a failed
+# test) instead of taking the machine. One child renders them all and reports each outcome.
+MEMORY_CASES = {
+    "repeat": "{{ 'x' * 10**10 }}",  # the reported cases
+    "tojson_indent": "{{ messages|tojson(indent=10**9) }}",
+    "repeat_list": "{{ [1] * 10**9 }}",  # variants
+    "tojson_indent_literal": "{{ messages|tojson(indent=1000000000) }}",
+    "tojson_indent_big": "{{ messages|tojson(indent=1000) }}",
+    "doubling": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "doubling_tilde": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "center": "{{ 'x'|center(1000000000) }}",
+    "ljust": "{{ 'x'.ljust(1000000000) }}",
+    "replace": "{% set s = 'x' * 1000000 %}{{ s|replace('x', s) }}",
+    "printf": "{{ '%01000000000d' % 1 }}",
+    "format": "{{ '{:>1000000000}'.format(1) }}",
+    "shared": "{% set a = ['x' * 1000000] * 4 %}{% set b = [a, a, a, a, a, a, a, a] %}{{ [b, b, b, b]|string }}",
+    "join": "{{ range(100000)|join('x' * 1000000) }}",
+    "outputs": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "power": "{{ 7 ** 100000000 }}",
+}
+CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (AS_BYTES, AS_BYTES))
+from cohere_cli.engine.template import render_chat
+from cohere_cli.errors import TemplateError
+out = {}
+for name, source in json.loads(sys.stdin.read()).items():
+    try:
+        out[name] = "rendered %d" % len(render_chat(source, [{"role": "user", "content": "hi"}]))
+    except TemplateError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_hostile_templates_stop_at_the_size_bounds():
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", CHILD.replace("AS_BYTES", str(800 << 20))], input=json.dumps(MEMORY_CASES),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]  # a MemoryError (a regression) fails here
+    for name, outcome in json.loads(r.stdout).items():
+        assert outcome.startswith("the chat template was stopped"), (name, outcome)
+        assert "\n" not in outcome
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",  # 10**10 iterations
+    "{% for i in range(100000) recursive %}{% if loop.depth < 3 %}{{ loop(range(100000)) }}{% endif %}{% endfor %}",
+    "{% macro f(n) %}{% for i in range(100000) %}{{ n }}{% endfor %}{% endmacro %}"
+    "{% for i in range(100000) %}{% set x = f(i) %}{% endfor %}",
+])
+def test_endless_template_loops_stop_at_the_step_bound(source):
+    with pytest.raises(TemplateError, match="more than 1,000,000 steps"):
+        tpl.render_chat(source, [{"role": "user", "content": "x"}])
+
+
+def test_real_templates_pass_the_bounds_with_a_wide_margin(monkeypatch):
+    """Command R's RAG and tool templates with a thousand documents and a hundred tools still render with every
+    bound ten times tighter than it is."""
+    from cohere_cli.engine import template_bounds as tb
+
+    for name in ("MAX_STEPS", "MAX_PRODUCED"):
+        monkeypatch.setattr(tb, name, getattr(tb, name) // 10)
+    docs = [{"title": f"doc {i}", "text": "Emperor penguins are tall. " * 20} for i in range(1000)]
+    tools = [dict(OLD_TOOLS[0], name=f"search_{i}") for i in range(100)]
+    for name, kwargs in (("command-r-rag", {"documents": docs}), ("command-r-tool_use", {"tools": tools}),
+                         ("cmd3-rag", {"documents": docs}), ("cmd3-tool_use", {"tools": NEW_TOOLS * 100})):
+        text = tpl.render_chat(tpl.builtin_template(name), [*TURNS], bos_token="<BOS_TOKEN>", **kwargs)
+        assert "Who are you" in text
+
+
+def test_raise_exception_text_is_inert_and_one_line():
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(TemplateError) as e:
+        tpl.render_chat("{{ raise_exception('\x1b]52;c;aGk=\x07 no\n\x1b[2J' * 1000) }}", msgs)
+    assert "\x1b" not in str(e.value) and "\x07" not in str(e.value) and "\n" not in str(e.value)
+    assert "rejected the conversation: ␛]52;c;aGk=␇ no" in str(e.value) and len(str(e.value)) < 400
+
+
 def test_templates_are_compiled_once():
     source = tpl.builtin_template("command-r-default")
     assert tpl.compile_template(source) is tpl.compile_template(source)
