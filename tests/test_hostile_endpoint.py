@@ -150,3 +150,20 @@ def test_served_model_ids_are_sent_verbatim_and_shown_inert():
     with StubServer("stream", models=two) as stub:  # variant: several, one of them huge: one short line
         line = one_error(generate(stub), "pick one with --served-model")
         assert len(line) < 1000
+
+
+def test_the_repl_survives_bad_answers_and_shows_the_served_id_inert(tmp_path):
+    from test_repl import Chat  # pexpect: a real terminal
+
+    hostile_id = "cmd" + HOSTILE
+    events = [{"choices": [{"text": "fine"}], "usage": {"prompt_tokens": "x"}}, {"choices": 5},
+              b"data: {not json\n\n"]
+    with StubServer("chunks", events=events, models=json.dumps({"data": [{"id": hostile_id}]}).encode()) as stub:
+        chat = Chat(["--endpoint", stub.url, "--plain"], tmp_path, timeout=CLI_TIMEOUT)
+        out = chat.say("hello")
+        assert "fine" in out and "not JSON" in out and "Traceback" not in out
+        out = chat.say("again")  # the session goes on
+        assert "not JSON" in out and "Traceback" not in out
+        out = chat.say("/show")
+        assert "cmd␛]52;c;cHduZWQ=␇" in out  # shown, inert
+        chat.close()
