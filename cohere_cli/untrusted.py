@@ -78,6 +78,13 @@ def inert(text: str) -> str:
     return text.translate(_INERT)
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """Untrusted text (a server's error, a template's raise_exception) as part of one of our lines: inert,
+    whitespace (newlines too) folded to single spaces, cut to `limit` characters with an ellipsis."""
+    text = " ".join(inert(str(text)[: limit * 4]).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
     """The bytes of a regular file of at most `max_bytes`; UnsafeInput for a FIFO, device, folder or a bigger
     file (never blocks on a FIFO, never reads more than `max_bytes + 1`); OSError as the OS raised it."""

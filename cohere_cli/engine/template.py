@@ -39,7 +39,7 @@ from cohere_cli.engine.template_bounds import (
     MAX_INDENT, MAX_SIZE, BoundedSandbox, TemplateLimit, add_step_counting, budget, bounded_filter, concat,
     count_steps, finalize, sized)
 from cohere_cli.errors import TemplateError
-from cohere_cli.untrusted import inert
+from cohere_cli.untrusted import one_line
 
 # Names of the templates bundled in cohere_cli/data/templates (file stem = name).
 BUILTIN_TEMPLATES = (
@@ -163,7 +163,7 @@ def compile_template(source: str) -> jinja2.Template:
     try:
         return _ENV.from_string(add_step_counting(_ENV.parse(source), _ENV))
     except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"the chat template has a syntax error (line {e.lineno}): {_said(e.message)}") from None
+        raise TemplateError(f"the chat template has a syntax error (line {e.lineno}): {one_line(e.message)}") from None
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -232,7 +232,7 @@ def render_chat(
                 "messages": _prepare_messages(messages), "tools": _plain(tools), "documents": _plain(documents),
                 "add_generation_prompt": add_generation_prompt, **_plain(variables)})
     except _TemplateRaised as e:
-        raise TemplateError(f"the chat template rejected the conversation: {_said(e)}") from None
+        raise TemplateError(f"the chat template rejected the conversation: {one_line(e)}") from None
     except TemplateLimit as e:
         raise TemplateError(f"the chat template was stopped: {e}; a model's template never needs that, so this "
                             f"one is broken or hostile (--template NAME or another checkpoint)") from None
@@ -241,7 +241,7 @@ def render_chat(
     except RecursionError:
         raise TemplateError("the chat template failed: it recursed too deep") from None
     except Exception as e:  # the template is foreign code: any error inside it is the template's, not ours
-        raise TemplateError(f"the chat template failed: {type(e).__name__}: {_said(e)}") from None
+        raise TemplateError(f"the chat template failed: {type(e).__name__}: {one_line(e)}") from None
 
 
 def _render(template: jinja2.Template, variables: dict) -> str:
@@ -254,7 +254,3 @@ def _render(template: jinja2.Template, variables: dict) -> str:
     return "".join(out)
 
 
-def _said(text: Any, limit: int = 300) -> str:
-    """What a template says (its raise_exception text, an error quoting it) as part of one line: inert, cut."""
-    text = " ".join(inert(str(text)[: limit * 4]).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import ssl
 import threading
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 from cohere_cli import __version__
 from cohere_cli.errors import CohereError, UsageError
-from cohere_cli.untrusted import inert, parse_json
+from cohere_cli.untrusted import one_line, parse_json
 
 API_KEY_ENV = "COHERE_CLI_API_KEY"
 DEFAULT_TIMEOUT = 120.0  # seconds of silence tolerated: waiting for the status line, then between events
@@ -44,19 +43,13 @@ class HTTPStatusError(RemoteError):
         self.status, self.detail = status, detail
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    """A server's text as part of one of our lines: inert (no escape sequences), whitespace folded, cut."""
-    text = re.sub(r"\s+", " ", inert(text[: limit * 4])).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _detail(raw: bytes) -> str:
     """The message in an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, TGI's {"error"}, text."""
     text = raw.decode("utf-8", "replace")
     try:
         obj = parse_json(text)
     except ValueError:
-        return _one_line(text) or "(empty body)"
+        return one_line(text) or "(empty body)"
     if isinstance(obj, dict):
         for key in ("error", "detail", "message"):
             v = obj.get(key)
@@ -65,8 +58,8 @@ def _detail(raw: bytes) -> str:
             if isinstance(v, list):
                 v = json.dumps(v)
             if isinstance(v, str) and v:
-                return _one_line(v)
-    return _one_line(text)
+                return one_line(v)
+    return one_line(text)
 
 
 class _Watchdog:
@@ -180,7 +173,7 @@ class Client:
             finally:
                 dog.stop()
                 conn.close()
-            raise HTTPStatusError(self._status_message(resp.status, _one_line(resp.reason or "", 60), path, detail),
+            raise HTTPStatusError(self._status_message(resp.status, one_line(resp.reason or "", 60), path, detail),
                                   resp.status, detail)
         return conn, resp, dog
 
@@ -306,13 +299,13 @@ class Call:
                 try:
                     obj = parse_json(data)
                 except ValueError:
-                    raise RemoteError(f"{url} sent an event that is not JSON: {_one_line(data, 80)!r}") from None
+                    raise RemoteError(f"{url} sent an event that is not JSON: {one_line(data, 80)!r}") from None
                 if not isinstance(obj, dict):
                     continue
                 if obj.get("error") and not obj.get("choices"):
                     err = obj["error"]
                     msg = err.get("message") if isinstance(err, dict) else str(err)
-                    raise RemoteError(f"the server failed mid-answer: {_one_line(str(msg))}")
+                    raise RemoteError(f"the server failed mid-answer: {one_line(str(msg))}")
                 yield obj
             if self.dog.expired:  # the watchdog shut the socket: what looks like the end is the timeout
                 raise TimeoutError
