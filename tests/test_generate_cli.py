@@ -23,6 +23,10 @@ CASES = {
                                     templates="cmd3"),
     "cohere2-window-bf16": dict(model_type="cohere2", sliding_window=8, layers=8, dtype="bfloat16",
                                 templates="cmd3"),
+    # Command A+'s shape in small: a cohere2_vision wrapper around a cohere2_moe (shared expert, dense prefix)
+    "vision-moe-bf16": dict(model_type="cohere2_moe", sliding_window=8, layers=4, templates="cmd3", vision=True,
+                            dtype="bfloat16", moe=dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                                                       first_k_dense_replace=1, prefix_dense_intermediate_size=96)),
 }
 
 
@@ -47,7 +51,7 @@ def reference_greedy(ckpt, prompt_ids: list[int], n: int) -> list[int]:
     stop = [tok.convert_tokens_to_ids(t) for t in ("<|END_OF_TURN_TOKEN|>", "<|END_RESPONSE|>", "<EOS_TOKEN>")]
     stop = [s for s in stop if s is not None and s != tok.unk_token_id]
     n_tok = len(tok)
-    rows = ref.config.vocab_size
+    rows = ref.config.get_text_config().vocab_size  # a cohere2_vision wrapper keeps it in text_config
     with torch.no_grad():
         out = ref.generate(
             torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=stop, pad_token_id=0,

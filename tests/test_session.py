@@ -11,9 +11,19 @@ from cohere_cli.engine.tokenizer import Tokenizer
 from factory_checkpoint import make_checkpoint
 
 
-@pytest.fixture(scope="module", params=["cohere", "cohere2"])
+KINDS = {
+    "cohere": {},
+    "cohere2": dict(model_type="cohere2", sliding_window=16, templates="cmd3"),
+    # a MoE with a dense prefix layer (full attention with RoPE) and sliding expert layers
+    "cohere2_moe": dict(model_type="cohere2_moe", sliding_window=16, templates="cmd3", moe=dict(
+        num_experts=4, num_experts_per_tok=2, num_shared_experts=1, first_k_dense_replace=1,
+        prefix_dense_intermediate_size=96, rms_norm_eps=1e-6)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
 def rt(request, tmp_path_factory):
-    kw = dict(model_type="cohere2", sliding_window=16, templates="cmd3") if request.param == "cohere2" else {}
+    kw = KINDS[request.param]
     d = make_checkpoint(tmp_path_factory.mktemp(request.param), max_position_embeddings=1024, **kw)
     return load_model(d, dtype="float32").model, Tokenizer.from_dir(d)
 
@@ -59,7 +69,7 @@ def test_rewind_beyond_ring_slack_starts_over(rt):
     run(model, tok, a, session, n=20)
     b = a[:10] + tok.encode(" sigma tau", add_bos=False)
     got, r = run(model, tok, b, session)
-    has_ring = model.config.model_type == "cohere2"
+    has_ring = model.config.sliding_window is not None
     assert r.prefilled_tokens == (len(b) if has_ring else len(b) - 10)
     assert got == run(model, tok, b)[0]
 
