@@ -227,7 +227,7 @@ def test_grounded_prompt_matches_transformers_rag_template(tmp_path):
 
 def test_ctrl_c_before_the_answer_streams_keeps_the_session(monkeypatch, capsys):
     """A Ctrl-C while the prompt is fitted or the request opens (before any text): the new message is dropped, the
-    session goes on; during /regen the question stays for the next /regen."""
+    session goes on; during /regen the question and its previous answer stay, as before the /regen."""
     from io import StringIO
 
     from cohere_cli.chat.conversation import Conversation
@@ -253,6 +253,6 @@ def test_ctrl_c_before_the_answer_streams_keeps_the_session(monkeypatch, capsys)
     conv = Conversation()
     monkeypatch.setattr("sys.stdin", StringIO("first\nsecond\n/regen\n"))
     Repl(Engine(), conv, plain=True, history_file=None).run()
-    assert [(t["role"], t["content"]) for t in conv.turns] == [("user", "second")]
+    assert [(t["role"], t["content"]) for t in conv.turns] == [("user", "second"), ("assistant", "fine")]
     err = capsys.readouterr().err
     assert err.count("[interrupted]") == 2 and "Traceback" not in err

@@ -10,8 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohere_cli.errors import UsageError
+from cohere_cli.store.atomic import write_atomic
+from cohere_cli.untrusted import parse_json, read_bounded
 
 ROLES = {"system", "user", "assistant", "tool"}
+
+# Bounds on the files a chat reads (threat model: README). Every document and the whole conversation are rendered
+# into the prompt every turn, and the longest context of a Cohere model is 256K tokens, about 1 MiB of text: what is
+# much larger than that cannot be a prompt, only a way to exhaust memory (`--doc /dev/zero`, a 1 GiB log file).
+MAX_DOCUMENT = 4 << 20  # bytes of one document: four times the longest context
+MAX_CONVERSATION = 8 << 20  # bytes of a saved conversation: its turns and documents together, with room to spare
+# Every turn renders every message through the template, and fitting drops one old exchange per render: 10^4
+# messages (a few tokens each at least: more than any context holds) keeps that to seconds, 10^6 would be hours.
+MAX_MESSAGES = 10_000
 
 
 @dataclass
@@ -68,10 +79,19 @@ class Conversation:
         return out
 
     def save(self, path: Path) -> None:
+        """Write the conversation to `path` whole or not at all; UsageError (one line, the conversation untouched)
+        when it cannot be. Never creates folders: a typo in a folder name must not leave new folders behind."""
         path = Path(path).expanduser()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: give a file name, like {path / 'chat.json'}")
+        if not path.parent.exists():
+            raise UsageError(f"cannot save to {path}: the folder {path.parent} does not exist (create it first)")
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot save to {path}: {path.parent} is a file, not a folder")
+        try:
+            write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n")
+        except OSError as e:  # /proc, a read-only disk, no permission, disk full, a name too long
+            raise UsageError(f"cannot save to {path} ({e.strerror or e}): pick another file") from None
 
     @classmethod
     def load(cls, path: Path) -> "Conversation":
@@ -86,15 +106,13 @@ class Conversation:
 def read_messages(path: Path) -> tuple[list[dict], list[dict]]:
     """Read and validate a saved conversation; UsageError with a one-line reason otherwise."""
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"conversation file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"conversation file {path} is not valid JSON ({e})") from None
+    data = parse_or_raise(read_local(path, MAX_CONVERSATION, "conversation file"), path, "conversation file")
     msgs = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(msgs, list):
         raise UsageError(f'conversation file {path} must hold {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
+    if len(msgs) > MAX_MESSAGES:
+        raise UsageError(f"conversation file {path} holds {len(msgs)} messages, over the {MAX_MESSAGES} a chat "
+                         f"may load: keep the recent part of it")
     for i, m in enumerate(msgs):
         if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
             raise UsageError(f"conversation file {path}: message {i} needs a role ({', '.join(sorted(ROLES))}) "
@@ -109,11 +127,25 @@ def read_document(path: Path) -> dict:
     """A document for grounded generation: {"title": file name, "text": its contents}."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"document {path} does not exist") from None
+        text = read_local(path, MAX_DOCUMENT, "document").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"document {path} is not UTF-8 text (convert PDFs and other binaries to text first)") from None
-    except OSError as e:
-        raise UsageError(f"cannot read document {path} ({e.strerror})") from None
     return {"title": path.name, "text": text.strip()}
+
+
+def read_local(path: Path, max_bytes: int, what: str) -> bytes:
+    """A file the user named, read whole if it is a regular file under `max_bytes` (never blocks on a FIFO, never
+    reads /dev/zero); UnsafeInput (untrusted.read_bounded) or UsageError with a one-line reason otherwise."""
+    try:
+        return read_bounded(path, max_bytes, what)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path} ({e.strerror or e})") from None
+
+
+def parse_or_raise(data: bytes, path: Path, what: str):
+    try:
+        return parse_json(data)
+    except ValueError as e:
+        raise UsageError(f"{what} {path} {e}") from None

@@ -19,6 +19,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "min_p": (0.0, 1.0),
     "repetition_penalty": (0.01, 100.0),
     "max_tokens": (1, 1 << 30),
+    "seed": (-(1 << 63), (1 << 64) - 1),  # what torch.Generator.manual_seed accepts (it raises past it)
 }
 
 

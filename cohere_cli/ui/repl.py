@@ -20,6 +20,7 @@ from cohere_cli.chat.session import ChatBackend
 from cohere_cli.engine.sampling import check_bounds
 from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
+from cohere_cli.ui.reader import Reader
 
 HELP = [
     ("/help", "this list"),
@@ -49,75 +50,20 @@ class Repl:
         self.tty = sys.stdin.isatty() and sys.stdout.isatty()
         self.plain = plain or not sys.stdout.isatty()
         self.out = Console(highlight=False)  # answers go to stdout
-        self.history_file = history_file
-        self.prompt_session = None
-        self.last_footnotes: list[str] = []
-        self._pending_default = ""
-
-    # ---- input ------------------------------------------------------------------------------------------------
-    def _session(self):
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.completion import WordCompleter
-        from prompt_toolkit.history import FileHistory, InMemoryHistory
-        from prompt_toolkit.key_binding import KeyBindings
-
-        kb = KeyBindings()
-
-        @kb.add("escape", "enter")  # Alt-Enter: a new line instead of sending
-        def _(event):
-            event.current_buffer.insert_text("\n")
-
-        history = InMemoryHistory()
-        if self.history_file is not None:
-            try:
-                self.history_file.parent.mkdir(parents=True, exist_ok=True)
-                history = FileHistory(str(self.history_file))
-            except OSError:
-                pass
         words = COMMANDS + ["/doc add", "/doc list", "/doc clear"] + [f"/set {k}" for k in SETTABLE]
-        return PromptSession(history=history, key_bindings=kb, enable_history_search=False,
-                             completer=WordCompleter(words, sentence=True, match_middle=False),
-                             complete_while_typing=True, reserve_space_for_menu=4)
-
-    def read(self) -> str:
-        if not self.tty:
-            line = sys.stdin.readline()
-            if not line:
-                raise EOFError
-            text = line.rstrip("\n")
-            if text.strip().startswith('"""'):
-                text = self._read_block(text, lambda: sys.stdin.readline().rstrip("\n"))
-            return text
-        if self.prompt_session is None:
-            self.prompt_session = self._session()
-        default, self._pending_default = self._pending_default, ""
-        text = self.prompt_session.prompt(">>> ", default=default)
-        if text.strip().startswith('"""'):
-            text = self._read_block(text, lambda: self.prompt_session.prompt("... "))
-        return text
-
-    @staticmethod
-    def _read_block(first: str, more) -> str:
-        """A \"\"\"-delimited block over several lines."""
-        body = first.strip()[3:]
-        if body.rstrip().endswith('"""'):
-            return body.rstrip()[:-3]
-        lines = [body] if body else []
-        while True:
-            line = more()
-            if line.rstrip().endswith('"""'):
-                lines.append(line.rstrip()[:-3])
-                return "\n".join(lines).strip("\n")
-            lines.append(line)
+        self.reader = Reader(self.tty, history_file, words)
+        self.last_footnotes: list[str] = []
+        self._before = None  # the conversation as it was before the current turn (turn, _restore)
 
     # ---- main loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
+        """Until /exit, Ctrl-D, the end of piped input or Ctrl-C twice on an empty prompt; nothing else ends it."""
         e = self.engine
         info(f"cohere chat · {e.name} · context {e.context} tokens · /help for commands, Ctrl-D to leave")
         armed = False
         while True:
             try:
-                text = self.read()
+                text = self.reader.read()
             except KeyboardInterrupt:
                 if armed:
                     break
@@ -126,39 +72,64 @@ class Repl:
                 continue
             except EOFError:
                 break
+            except CohereError as ex:  # an input over its bound
+                error(str(ex))
+                continue
             armed = False
             if not text.strip():
                 continue
-            sent = False
             try:
-                if text.lstrip().startswith("/"):
-                    if self.command(text.strip()) == "exit":
-                        break
-                else:
-                    self.conv.add_user(text)
-                    sent = True
-                    self.answer()
-            except KeyboardInterrupt:  # Ctrl-C before the answer streams (fitting, connecting) or in a command
-                if sent and self.conv.turns and self.conv.turns[-1]["role"] == "user":
-                    self.conv.pop_exchange()  # the new message was not answered: as if it was never sent
-                info("[interrupted]")  # (a /regen keeps its question: /regen again asks it again)
-            except CohereError as ex:  # one line, and the session goes on
-                error(str(ex))
-            except (MemoryError, RuntimeError) as ex:
-                if not isinstance(ex, MemoryError) and "out of memory" not in str(ex).lower():
-                    raise
-                if self.conv.turns and self.conv.turns[-1]["role"] == "user":
-                    self.conv.pop_exchange()
+                if self.turn(text) == "exit":
+                    break
+            except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
+                self._restore()
+                info("[interrupted]")
+
+    def turn(self, text: str) -> str | None:
+        """One message or slash command. Whatever goes wrong in it, the session goes on and the conversation is as
+        it was before it (a partial answer stopped by Ctrl-C stays: it is part of the transcript)."""
+        c = self.conv
+        self._before = (c, list(c.turns), list(c.documents), c.system)
+        try:
+            if text.lstrip().startswith("/"):
+                return self.command(text.strip())
+            self.conv.add_user(text)
+            self.answer()
+        except KeyboardInterrupt:  # Ctrl-C before the answer streams (rendering, fitting, connecting) or in a command
+            self._restore()  # the new message was not answered: as if it was never sent; /regen keeps the old answer
+            info("[interrupted]")
+        except CohereError as ex:  # one line, and the session goes on
+            self._restore()
+            error(str(ex))
+        except (MemoryError, RuntimeError) as ex:
+            if not isinstance(ex, MemoryError) and "out of memory" not in str(ex).lower():
+                self._unexpected(ex)
+            else:
+                self._restore()
                 self.engine.reset()
                 error("out of memory for this turn: /reset, shorten the conversation, or restart with a smaller "
                       "--ctx or a quantized model")
+        except Exception as ex:  # noqa: BLE001 - the last resort: a bug must not cost the user the conversation
+            self._unexpected(ex)
+        return None
+
+    def _restore(self) -> None:
+        """The conversation as it was before this turn (unless its answer is already in it)."""
+        if self._before is not None:
+            self.conv, turns, documents, self.conv.system = self._before
+            self.conv.turns[:], self.conv.documents[:] = turns, documents
+            self._before = None
+
+    def _unexpected(self, ex: BaseException) -> None:
+        self._restore()
+        try:
+            self.engine.reset()  # the KV cache may hold half a turn
+        except Exception:  # noqa: BLE001
+            pass
+        error(f"unexpected {type(ex).__name__}: {ex} (the conversation is kept: /save it, and please report this)")
 
     def answer(self) -> None:
-        try:
-            ids, dropped = self.engine.fit(self.conv)
-        except CohereError:
-            self.conv.pop_exchange()  # the message that does not fit is not kept
-            raise
+        ids, dropped = self.engine.fit(self.conv)  # a message that does not fit is not kept (turn restores)
         if dropped:
             warn(f"context full: dropped the {dropped} oldest exchange{'s' * (dropped > 1)} "
                  f"(the preamble and documents stay)")
@@ -175,9 +146,13 @@ class Repl:
                 last = r
         except KeyboardInterrupt:
             interrupted = True
+        except BaseException:
+            stream.close()  # the terminal back to normal (no live region left) before the error line
+            raise
         tail = cites.finish() if cites else ""
         stream.close(tail)
         self.conv.add_assistant("".join(raw), interrupted=interrupted)
+        self._before = None  # the answer is in the conversation now: whatever happens next keeps it
         if cites:
             self.last_footnotes = cites.footnote_lines()
             for line in self.last_footnotes:
@@ -246,8 +221,8 @@ class Repl:
     def cmd_show(self, arg):
         e, p = self.engine, self.engine.settings.params
         t = Table(show_header=False, box=None, pad_edge=False)
-        for k, v in e.describe().items():
-            t.add_row(k, str(v))
+        for k, v in e.describe().items():  # a server's model id, a checkpoint's template name: untrusted
+            t.add_row(shown(k), shown(v))
         t.add_row("sampling", f"temperature {p.temperature}, top_k {p.top_k}, top_p {p.top_p}, min_p {p.min_p}, "
                               f"repetition_penalty {p.repetition_penalty}, seed {p.seed}")
         t.add_row("max_tokens", str(e.settings.max_tokens))
@@ -275,7 +250,7 @@ class Repl:
             error("nothing to edit yet")
             return
         if self.tty:
-            self._pending_default = user["content"]  # the next prompt opens with it, ready to edit
+            self.reader.pending_default = user["content"]  # the next prompt opens with it, ready to edit
             info("edit your last message and press Enter")
         else:
             info("last message removed: type its new version")
@@ -291,7 +266,11 @@ class Repl:
 
     def cmd_save(self, arg):
         path = Path(arg).expanduser() if arg else default_save_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not arg:  # our own folder for chats; a folder the user names must already exist (Conversation.save)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create {path.parent} ({e.strerror or e}): /save FILE elsewhere") from None
         self.conv.save(path)
         info(f"saved {len(self.conv.turns)} turns to {path}")
 
