@@ -86,3 +86,37 @@ def test_generation_config_out_of_range_or_malformed_is_ignored(tmp_path):
     for bad in ("[1, 2]", "{not json", "\xff\xfe"):
         (tmp_path / "generation_config.json").write_text(bad)
         assert generation_defaults(tmp_path) == {}
+
+
+def test_fitting_a_long_conversation_drops_the_fewest_exchanges_in_a_few_renders():
+    """A loaded conversation of thousands of messages must not be rendered once per dropped exchange (issue 16:
+    /load of 10^4 messages then a turn took minutes): the fewest oldest exchanges that make it fit, found in
+    O(log n) renders, the same number the one-by-one policy dropped."""
+    from cohere_cli.chat.conversation import Conversation
+    from cohere_cli.chat.session import ChatSettings, fit_context
+    from cohere_cli.errors import ContextOverflow
+
+    def encode(conv):
+        renders.append(1)
+        text = "".join(t["content"] for t in conv.messages())
+        return text, list(range(len(text)))  # one token a character
+
+    settings = ChatSettings(max_tokens=10)
+    for n, context in ((5000, 1000), (5000, 40_000), (3, 30), (2, 1000)):
+        conv = Conversation(system="S" * 5, turns=[{"role": ("user", "assistant")[i % 2], "content": "x" * (1 + i % 7)}
+                                                   for i in range(2 * n)] + [{"role": "user", "content": "q" * 5}])
+        expected = Conversation(system=conv.system, turns=list(conv.turns))
+        dropped_one_by_one, reserve = 0, min(10, context // 4)  # the policy, one exchange at a time
+        while len("".join(t["content"] for t in expected.messages())) + reserve > context:
+            cut = next(i for i in range(1, len(expected.turns)) if expected.turns[i]["role"] == "user")
+            del expected.turns[:cut]
+            dropped_one_by_one += 1
+        renders = []
+        text, ids, dropped = fit_context(conv, settings, context, encode)
+        assert dropped == dropped_one_by_one and conv.turns == expected.turns
+        assert len(ids) + reserve <= context and text.startswith("S" * 5)  # the preamble stays
+        assert len(renders) <= 2 + 2 * n.bit_length()
+    conv = Conversation(turns=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                               {"role": "user", "content": "q" * 100}])
+    with pytest.raises(ContextOverflow, match="this message alone needs 100 tokens"):
+        fit_context(conv, settings, 50, encode)

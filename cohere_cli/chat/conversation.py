@@ -57,17 +57,6 @@ class Conversation:
                 return user
         return None
 
-    def drop_oldest_exchange(self) -> bool:
-        """Forget the oldest user turn and its answer (never the preamble or documents). False if nothing left
-        to drop besides the newest user turn."""
-        if len(self.turns) <= 1:
-            return False
-        cut = next((i for i in range(1, len(self.turns)) if self.turns[i]["role"] == "user"), len(self.turns))
-        if cut >= len(self.turns):
-            return False
-        del self.turns[:cut]
-        return True
-
     def clear(self) -> None:
         self.turns.clear()
 

@@ -118,24 +118,45 @@ class TurnStats:
 
 def fit_context(conv: Conversation, settings: ChatSettings, context: int,
                 encode: Callable[[Conversation], tuple[str, list[int]]]) -> tuple[str, list[int], int]:
-    """The conversation rendered (text and ids) so that it leaves room for an answer, dropping the oldest exchanges
-    if the policy allows; returns (text, ids, exchanges dropped). Never drops the preamble or the documents; never
-    truncates silently: ContextOverflow says what to do instead."""
+    """The conversation rendered (text and ids) so that it leaves room for an answer, dropping the fewest oldest
+    exchanges that make it fit if the policy allows; returns (text, ids, exchanges dropped). Never drops the preamble
+    or the documents; never truncates silently: ContextOverflow says what to do instead."""
     reserve = min(settings.max_tokens, max(context // 4, 1))
-    dropped = 0
+    text, ids = encode(conv)
+    if len(ids) + reserve <= context:
+        return text, ids, 0
+    if settings.on_overflow == "error":
+        raise ContextOverflow(
+            f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
+            f"{context}: /reset, /undo, or restart with --on-overflow drop")
+    # Where each exchange after the oldest starts: dropping k exchanges keeps turns[starts[k - 1]:]. The fewest k
+    # that fits is found by doubling, then halving: a few renders, not one per exchange (a loaded conversation may
+    # hold thousands, and each render is the whole conversation).
+    starts = [i for i in range(1, len(conv.turns)) if conv.turns[i]["role"] == "user"]
+    tried: dict[int, tuple[str, list[int]]] = {}
+
+    def fits(k: int) -> bool:
+        tried[k] = encode(replace(conv, turns=conv.turns[starts[k - 1]:]))
+        return len(tried[k][1]) + reserve <= context
+
+    lo, hi = 0, 1  # lo does not fit; hi is the next to try
     while True:
-        text, ids = encode(conv)
-        if len(ids) + reserve <= context:
-            return text, ids, dropped
-        if settings.on_overflow == "error":
-            raise ContextOverflow(
-                f"the conversation needs {len(ids)} tokens + {reserve} for the answer, over the context of "
-                f"{context}: /reset, /undo, or restart with --on-overflow drop")
-        if not conv.drop_oldest_exchange():
-            raise ContextOverflow(
-                f"this message alone needs {len(ids)} tokens + {reserve} for the answer, over the context of "
-                f"{context}: shorten it (or remove documents)")
-        dropped += 1
+        if hi >= len(starts):
+            hi = len(starts)
+            if hi == 0 or not fits(hi):
+                n = len(tried[hi][1]) if hi else len(ids)
+                raise ContextOverflow(
+                    f"this message alone needs {n} tokens + {reserve} for the answer, over the context of "
+                    f"{context}: shorten it (or remove documents)")
+            break
+        if fits(hi):
+            break
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # lo does not fit, hi fits
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    del conv.turns[:starts[hi - 1]]
+    return (*tried[hi], hi)
 
 
 class ChatBackend:
