@@ -273,3 +273,49 @@ def test_piped_input_is_bounded_and_ends_inside_an_unclosed_block(endless, tmp_p
     r = run_limited(["chat", str(endless), "--max-tokens", "2"], tmp_path, stdin)
     err = r.stderr.decode()
     assert r.returncode == 0 and "over 4 MiB" in err and 'ended inside a """ block' in err, err
+
+
+def test_an_unexpected_error_in_a_turn_is_one_line_and_the_conversation_stays(monkeypatch, capsys, tmp_path):
+    """The last resort: a bug in one turn (here the backend raises ValueError, then a non-memory RuntimeError) is one
+    error line; the session goes on and the conversation is as before that turn. Also a saved conversation whose
+    documents hold a number is refused in one line."""
+    from io import StringIO
+
+    from cohere_cli.chat.conversation import Conversation
+    from cohere_cli.engine.response import Response
+    from cohere_cli.ui.repl import Repl
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"messages": [], "documents": [{"title": "t", "text": 5}]}))
+
+    class Engine:
+        name, context, history = "fake", 100, []
+
+        def __init__(self):
+            self.calls, self.resets = 0, 0
+
+        def fit(self, conv):
+            self.calls += 1
+            if self.calls == 2:
+                raise ValueError("a bug")
+            if self.calls == 3:
+                raise RuntimeError("another bug")
+            return [1, 2], 0
+
+        def stream(self, conv, ids):
+            yield Response(text="fine", token=None, prompt_tokens=2, generation_tokens=1, prefill_tokens_per_s=0.0,
+                           decode_tokens_per_s=0.0, ttft_s=0.001, peak_memory_bytes=0, finish_reason="stop")
+
+        def reset(self):
+            self.resets += 1
+
+    conv, engine = Conversation(), Engine()
+    monkeypatch.setattr("sys.stdin", StringIO(f"first\nsecond\n/regen\n/load {bad}\nthird\n"))
+    repl = Repl(engine, conv, plain=True, history_file=None)
+    repl.run()
+    assert [(t["role"], t["content"]) for t in repl.conv.turns] == [
+        ("user", "first"), ("assistant", "fine"), ("user", "third"), ("assistant", "fine")]
+    err = capsys.readouterr().err
+    assert "unexpected ValueError: a bug" in err and "unexpected RuntimeError: another bug" in err
+    assert "documents must be a list of objects with string values" in err and "Traceback" not in err
+    assert engine.resets == 2

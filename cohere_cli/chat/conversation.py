@@ -107,8 +107,9 @@ def read_messages(path: Path) -> tuple[list[dict], list[dict]]:
             raise UsageError(f"conversation file {path}: message {i} needs a role ({', '.join(sorted(ROLES))}) "
                              f"and a string content")
     docs = data.get("documents") or []
-    if not (isinstance(docs, list) and all(isinstance(d, dict) for d in docs)):
-        raise UsageError(f"conversation file {path}: documents must be a list of objects")
+    if not (isinstance(docs, list) and all(isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
+                                           for d in docs)):
+        raise UsageError(f"conversation file {path}: documents must be a list of objects with string values")
     return [dict(m) for m in msgs], docs
 
 
