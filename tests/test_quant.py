@@ -572,3 +572,20 @@ def test_bound_native_call_follows_its_tensors(spec):
         if spec == "int8":
             mod.to(torch.float32)  # bias: same Parameter, new float32 .data; the native call must not reuse it
             torch.testing.assert_close(mod(x).float(), twin.to(torch.float32)(x).float())
+
+
+def test_int8_weight_stored_off_a_64_byte_boundary_runs_and_matches():
+    """A stored int8 weight can sit anywhere in the buffer it came from (safetensors packs tensors back to back):
+    torch's weight-only int8 kernel loads it with aligned instructions from 4 rows on and segfaulted on a 64 x 160
+    cohere2_moe expert at offset 40. The module keeps an aligned copy; the result is the aligned weight's."""
+    from cohere_cli.weights.qlinear import QuantLinear8bit
+
+    g = torch.Generator().manual_seed(0)
+    buf = torch.randint(-127, 128, (40 + 64 * 160,), dtype=torch.int8, generator=g)
+    cb = buf[40:].view(64, 160)  # data_ptr % 64 == 40 (the buffer itself is aligned)
+    assert cb.data_ptr() % 64 == 40
+    scb = torch.rand(64, generator=g) + 0.5
+    lin, ref = QuantLinear8bit(160, 64, cb, scb), QuantLinear8bit(160, 64, cb.clone(), scb)
+    assert lin.cb.data_ptr() % 64 == 0
+    x = torch.randn(4, 160, generator=g).bfloat16()
+    torch.testing.assert_close(lin(x), ref(x), rtol=0, atol=0)

@@ -324,3 +324,35 @@ def test_force_never_replaces_a_folder_that_is_not_ours(tmp_path):
         with quantize.folder_tmpdir(dest, replace=True) as tmp:
             (tmp / "config.json").write_text("{}")
         assert sorted(p.name for p in dest.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize("bits", ["4", "8"])
+def test_moe_experts_are_quantized_and_the_router_stays_in_float(tmp_path, bits):
+    """cohere2_moe: every expert's, the shared experts' and the dense prefix's projections quantized; the router
+    (`mlp.gate`, E x H) stored exactly as the parent's; the result generates and has its quality report."""
+    from safetensors import safe_open
+
+    parent = make_checkpoint(tmp_path / "moe", dtype="bfloat16", model_type="cohere2_moe", sliding_window=8,
+                             layers=3, templates="cmd3", moe=dict(
+                                 num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                                 first_k_dense_replace=1, prefix_dense_intermediate_size=96))
+    out = tmp_path / "moe-q"
+    r = cohere("quantize", str(parent), "--bits", bits, "-o", str(out), home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["quantized"] == 7 + 2 * (4 + 4 * 3 + 3)  # dense layer 7; sparse: attention, 4 experts, shared
+    assert "model.layers.*.mlp.gate" in q["unquantized"]
+    marker = "weight.quant_state.bitsandbytes__nf4" if bits == "4" else "SCB"
+    with safe_open(str(out / "model.safetensors"), "pt") as f, \
+            safe_open(str(parent / "model.safetensors"), "pt") as p:
+        keys = set(f.keys())
+        for i in (1, 2):
+            for e in [f"experts.{n}" for n in range(4)] + ["shared_experts"]:
+                for proj in ("gate_proj", "up_proj", "down_proj"):
+                    name = f"model.layers.{i}.mlp.{e}.{proj}."
+                    assert any(k.startswith(name) and k.endswith(marker) for k in keys), name
+            router = f"model.layers.{i}.mlp.gate.weight"
+            assert torch.equal(f.get_tensor(router), p.get_tensor(router))
+    g = cohere("generate", str(out), "The quick brown fox", "-n", "6", "--json", home=tmp_path / "home")
+    assert g.returncode == 0, g.stderr
+    assert len(json.loads(g.stdout)["tokens"]) == 6

@@ -204,7 +204,10 @@ class QuantLinear8bit(_PlanFree, nn.Module):
                  threshold: float = 0.0, bias: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.out_features, self.threshold = in_features, out_features, float(threshold)
-        self.register_buffer("cb", cb.contiguous(), persistent=False)
+        cb = cb.contiguous()
+        if cb.data_ptr() % 64:  # a view into a bigger buffer (safetensors packs tensors back to back)
+            cb = cb.clone()  # torch allocates CPU tensors 64-byte aligned: see forward
+        self.register_buffer("cb", cb, persistent=False)
         self.register_buffer("scb", scb.float().contiguous(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.kernel_max_rows = kernel_max_rows(8)
@@ -260,9 +263,11 @@ class QuantLinear8bit(_PlanFree, nn.Module):
             if out is not None:
                 return out
         # torch's weight-only kernel reads past the row when in_features is not a multiple of 16 (garbage, NaN or a
-        # crash: checked on torch 2.13 with poisoned memory after the tensors); Cohere's are multiples of 256
+        # crash: checked on torch 2.13 with poisoned memory after the tensors); Cohere's are multiples of 256. From
+        # 4 rows on it also loads the weight with aligned instructions: a weight not 64-byte aligned segfaults
+        # (torch 2.13: a 64 x 160 int8 weight at offset 40, from a small cohere2_moe expert)
         if rows <= self.woq_max_rows and x.dtype == torch.bfloat16 and x.device.type == "cpu" \
-                and self.in_features % 16 == 0:
+                and self.in_features % 16 == 0 and self.cb.data_ptr() % 64 == 0:
             if self.scale is None:  # the dequantization scale of each row, SCB/127, as the kernel wants it
                 self.scale = (self.scb / 127.0).to(torch.bfloat16)
             out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.cb, self.scale)
