@@ -77,7 +77,7 @@ ServedModel = Annotated[
     typer.Option("--served-model", metavar="NAME", help="Model to ask --endpoint for (default: the one it serves)."),
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest silence from --endpoint.")
+    float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest time without progress from --endpoint: until it answers, then between chunks of text (keep-alive comments do not count).")
 ]
 
 
