@@ -294,3 +294,39 @@ def test_moe_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dt
         for t in range(12, 20):
             a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_vision_wrapper_never_reads_the_vision_tower(tmp_path, monkeypatch):
+    """A cohere2_vision checkpoint's tower and projector stay on disk: load_model asks safetensors for the text
+    model's tensors only (memory-mapped files: what is never asked for is never resident)."""
+    import safetensors
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, model_type="cohere2", sliding_window=8, vision=True)
+    asked: list[str] = []
+    real = safetensors.safe_open
+
+    class Recording:
+        def __init__(self, *a, **kw):
+            self.f = real(*a, **kw)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, key):
+            asked.append(key)
+            return self.inner.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    loaded = load_model(tmp_path, dtype="float32", inference=False)
+    assert asked and all(k.startswith("model.language_model.") for k in asked), asked
+    assert not any("vision" in n or "projector" in n for n, _ in loaded.model.named_parameters())
