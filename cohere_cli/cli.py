@@ -186,7 +186,7 @@ JsonReport = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 @app.command()
 def download(
-    repo_id: Annotated[str, typer.Argument(help="Hub repo, e.g. CohereForAI/c4ai-command-r7b-12-2024.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo, e.g. CohereLabs/c4ai-command-r7b-12-2024.")],
     revision: Annotated[
         Optional[str], typer.Option("--revision", "-r", help="Branch, tag or commit (default: main).")
     ] = None,
