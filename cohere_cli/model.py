@@ -307,6 +307,12 @@ class SparseMoE(nn.Module):
     def routed(self, x: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """sum over each token's k experts of score * expert(token), tokens grouped by expert: one batched call
         per expert that any token chose (a Python loop over experts, never over tokens)."""
+        if x.shape[0] == 1:  # decode: k experts, added in ascending expert order as below (the same roundings)
+            out = None
+            for j in ids[0].argsort().tolist():
+                y = self.experts[int(ids[0, j])](x) * scores[0, j]  # (1, H)
+                out = y if out is None else out + y
+            return out
         out = torch.zeros_like(x)  # (N, H)
         flat = ids.flatten()  # (N*k,) expert of each (token, slot)
         order = flat.argsort(stable=True)  # (token, slot) pairs grouped by expert

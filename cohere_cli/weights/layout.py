@@ -100,10 +100,18 @@ def split_heads(a: Attention, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, to
 
 
 class FusedAttention(Attention):
-    """Attention whose q/k/v are one module, `qkv_proj` (where the block's five projections could not fuse)."""
+    """Attention whose q/k/v are one module, `qkv_proj` (where the block's five projections could not fuse: a MoE
+    block, or differing types); with `native` (DecodeOps) a one-token step with a cache attends natively."""
+
+    native = None
 
     def forward(self, x, pos, rope, cache_layer=None, masks: dict | None = None):
-        q, k, v = split_heads(self, self.qkv_proj(x), rope)
+        qkv = self.qkv_proj(x)  # (B, T, (nh+2nkv)*hd)
+        if self.native is not None and x.numel() == x.shape[-1] and cache_layer is not None:  # decode
+            o = self.native.attend_step(self, qkv, int(pos[0]), rope, cache_layer)  # None: declined, unwritten
+            if o is not None:
+                return self.o_proj(o.view(x.shape[:-1] + (-1,)))  # (1, 1, H)
+        q, k, v = split_heads(self, qkv, rope)
         return self.attend(q, k, v, pos, cache_layer, masks)
 
 
@@ -237,4 +245,6 @@ def use_decode_kernels(model: CohereForCausalLM, ops) -> CohereForCausalLM:
         if isinstance(layer, FusedBlock):
             plain = type(layer.input_layernorm) is LayerNorm and not hasattr(layer.self_attn, "q_norm")
             layer.native = ops if plain else None
+        elif isinstance(layer.self_attn, FusedAttention):  # a MoE block: its attention, whatever its norm
+            layer.self_attn.native = None if hasattr(layer.self_attn, "q_norm") else ops
     return model

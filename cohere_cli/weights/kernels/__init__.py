@@ -91,15 +91,21 @@ class DecodeOps:
         if h is None:
             return None
         qkv, gate_up = block.in_proj(h).split(block.split, dim=-1)  # (1, 1, (nh+2nkv)*hd), (1, 1, 2I)
-        kc, vc, slot_pos = cache_layer
-        R = kc.shape[2]
-        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
-        o = self.attend(qkv, rope if a.use_rope else None, kc, vc, slot, S, slot_pos, start, a.window or 0, a.nh,
-                        a.nkv, a.hd, 1.0 / math.sqrt(a.hd))  # (nh*hd,)
+        o = self.attend_step(a, qkv, start, rope, cache_layer)
         if o is None:
             return None
         act = self.silu_mul(gate_up)  # (1, 1, I); bf16 like qkv, so it never declines where attend did not
         return x + a.o_proj(o.view(x.shape[:-1] + (-1,))) + block.mlp.down_proj(act)
+
+    def attend_step(self, a, qkv, start: int, rope, cache_layer):
+        """Attention `a` of one token from its projected q/k/v (1, 1, (nh+2nkv)*hd): rotary, cache write and
+        attention over the cache in one call -> (nh*hd,), before the output projection; None where it declines
+        (nothing written). Also layout.FusedAttention's decode step (a MoE block's attention)."""
+        kc, vc, slot_pos = cache_layer
+        R = kc.shape[2]
+        slot, S = (start % R, R) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
+        return self.attend(qkv, rope if a.use_rope else None, kc, vc, slot, S, slot_pos, start, a.window or 0, a.nh,
+                           a.nkv, a.hd, 1.0 / math.sqrt(a.hd))  # (nh*hd,)
 
 
 @functools.cache
