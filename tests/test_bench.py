@@ -87,6 +87,14 @@ def test_moe_param_count_is_the_checkpoint_s(tmp_path):
             n = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys()
                     if "vision" not in k and "projector" not in k)
         assert sizes.param_counts(d).total == n
+        info = subprocess.run([sys.executable, "-m", "cohere_cli", "models", "info", str(folder), "--json"],
+                              capture_output=True, text=True)
+        assert info.returncode == 0, info.stderr
+        rec = json.loads(info.stdout)
+        assert rec["parameters"] >= n and rec["config"]["experts"] == 4  # the file counts the tower too
+        mem = rec["memory"]
+        assert mem["weights_bytes"]["bf16"] == 2 * n
+        assert mem["weights_read_per_token_bytes"]["bf16"] == roofline.weights_read_per_token(d, "bf16") < 2 * n
 
 
 def _prod(shape) -> int:

@@ -152,6 +152,8 @@ def config_summary(cfg: dict) -> dict:
         "rope_theta": c.get("rope_theta", rope.get("rope_theta")), "logit_scale": c.get("logit_scale"),
         "use_qk_norm": d.qk_norm, "tie_word_embeddings": d.tied,
         "dtype": c.get("torch_dtype") or c.get("dtype"),
+        "experts": d.experts or None, "experts_per_token": d.experts_per_tok or None,
+        "sparse_layers": sum(d.sparse) if d.sparse else None,
     }
 
 
@@ -176,6 +178,8 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     kv = sizes.kv_cache_bytes(d, seq)
     memory = {
         "weights_bytes": {p: sizes.weights_bytes(d, p) for p in ("bf16", "int8", "nf4")},
+        # what one token reads: all of a dense model, a MoE's attention and chosen + shared experts
+        "weights_read_per_token_bytes": {p: sizes.weights_bytes(d, p, active=True) for p in ("bf16", "int8", "nf4")},
         "weights_as_stored_bytes": stored,
         "kv_cache": {"seq": seq, "bytes": kv, "bytes_per_token": sizes.kv_cache_bytes(d, 1), "dtype": "bf16"},
     }
@@ -219,9 +223,17 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     out.append(f"  max_position_embeddings {d.max_position_embeddings}, {window}")
     out.append(f"  rope_theta {summary['rope_theta']}, logit_scale {summary['logit_scale']}, "
                f"qk_norm {d.qk_norm}, tied embeddings {d.tied}")
+    if d.sparse:
+        shared = f", shared experts of {d.shared_intermediate} in all" if d.shared_intermediate else ""
+        out.append(f"  experts {d.experts} of {d.intermediate} (top-{d.experts_per_tok}{shared}) on {sum(d.sparse)} "
+                   f"of {d.layers} layers; dense layers' intermediate {d.dense_intermediate or '-'}")
     out.append("memory")
     out.append("  weights       " + " | ".join(f"{p} {sizes.human_bytes(b)}" for p, b in memory["weights_bytes"].items())
                + (f" (as stored: {sizes.human_bytes(stored)})" if stored else ""))
+    if d.sparse:
+        out.append("  read/token    " + " | ".join(f"{p} {sizes.human_bytes(b)}"
+                                                   for p, b in memory["weights_read_per_token_bytes"].items())
+                   + f" ({sizes.human_params(sizes.param_counts(d).active().total)} active parameters)")
     cap = f", sliding layers capped at {d.sliding_window} positions" if d.sliding_window else ""
     out.append(f"  KV cache      {sizes.human_bytes(kv)} at {seq} tokens, bf16 "
                f"({sizes.human_bytes(sizes.kv_cache_bytes(d, 1))} per token{cap})")
