@@ -490,3 +490,21 @@ def test_narrower_rerun_keeps_other_parts(hub, ckpt):
     ok("download", REPO)
     assert hub.sent(SHARD1) <= size(ckpt, SHARD1) - 2_500_000
     assert hub.sent("config.json") == 0 and partials() == []
+
+
+def test_dry_run_of_a_moe_in_a_vision_wrapper_counts_what_a_token_reads(hub, tmp_path):
+    """Command A+'s shape (cohere2_vision around cohere2_moe), under the CohereLabs organisation: the dry run sizes
+    the text model, all of it for memory and the chosen experts for what a token reads."""
+    from factory_checkpoint import make_checkpoint
+
+    from cohere_cli.store import sizes
+
+    folder = make_checkpoint(tmp_path / "a-plus", model_type="cohere2_moe", vision=True, sliding_window=8,
+                             templates="cmd3", moe=dict(num_experts=8, num_experts_per_tok=2, num_shared_experts=1))
+    hub.add_repo("CohereLabs/tiny-command-a-plus", folder)
+    r = ok("download", "CohereLabs/tiny-command-a-plus", "--dry-run")
+    assert "(cohere2_moe)" in r.stdout and "active per token (2 of 8 experts)" in r.stdout
+    plan = json.loads(ok("download", "CohereLabs/tiny-command-a-plus", "--dry-run", "--json").stdout)
+    d = sizes.Dims.from_config(json.loads((folder / "config.json").read_text()))
+    assert plan["memory"]["weights_bytes"]["bf16"] == sizes.weights_bytes(d, "bf16")
+    assert sizes.weights_bytes(d, "bf16", active=True) < sizes.weights_bytes(d, "bf16")

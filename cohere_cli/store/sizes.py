@@ -282,10 +282,13 @@ def memory_lines(d: Dims, seq: int) -> list[str]:
     w = " | ".join(f"{p} {human_bytes(weights_bytes(d, p))}" for p in ("bf16", "int8", "nf4"))
     kv = kv_cache_bytes(d, seq)
     window = f", {sum(d.sliding)} of {d.layers} layers sliding at {d.sliding_window}" if d.sliding_window else ""
-    return [
-        f"memory: {human_params(params)} parameters ({d.model_type}); weights {w}",
-        f"        KV cache at {seq} tokens: {human_bytes(kv)} (bf16{window})",
-    ]
+    lines = [f"memory: {human_params(params)} parameters ({d.model_type}); weights {w}"]
+    if d.sparse:  # a MoE reads a fraction of them per token: what decode speed depends on
+        active = param_counts(d).active().total
+        r = " | ".join(f"{p} {human_bytes(weights_bytes(d, p, active=True))}" for p in ("bf16", "int8", "nf4"))
+        lines.append(f"        {human_params(active)} active per token ({d.experts_per_tok} of {d.experts} experts); "
+                     f"read per token {r}")
+    return lines + [f"        KV cache at {seq} tokens: {human_bytes(kv)} (bf16{window})"]
 
 
 def human_bytes(n: float) -> str:
