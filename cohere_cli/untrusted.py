@@ -41,6 +41,15 @@ def _bad_name(name: object) -> str | None:
     return None
 
 
+def check_name(name: str, what: str = "a file name from outside") -> str:
+    """`name` when it is a plain relative path (no absolute, '..', '.', empty or NUL parts, not over-long); else
+    UnsafeInput naming `what`. The form only: confine() also resolves it against its folder."""
+    why = _bad_name(name)
+    if why is not None:
+        raise UnsafeInput(f"refusing {what} {inert(repr(name))[:200]}: {why}")
+    return name
+
+
 def confine(root: Path, name: str, what: str = "a file name from outside") -> Path:
     """`root / name` when `name` is a plain relative path (no absolute, '..', '.', empty or NUL parts) whose
     resolved location, symlinks followed, is still inside `root`; else UnsafeInput naming `what`."""

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from cohere_cli.errors import ModelNotFound, StoreError
 from cohere_cli.store.atomic import publish_folder, write_atomic
+from cohere_cli.config import read_json_object
 from cohere_cli.untrusted import confine
 from cohere_cli.store.manifest import (  # noqa: F401  (store.read_manifest etc.: the entries' API)
     MANIFEST, MANIFEST_FORMAT, make_manifest, read_manifest, sha256_file, utc_now, write_manifest)
@@ -305,9 +306,9 @@ def list_partials() -> list[Partial]:
     for d in sorted(root.iterdir()):
         if not d.is_dir():
             continue
-        try:
-            info = json.loads((d / "plan.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        try:  # our own file, but in a folder anyone with the store's permissions can write: bounded
+            info = read_json_object(d / "plan.json", 1 << 20)
+        except (OSError, ValueError):
             info = {}
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
         out.append(Partial(str(info.get("name") or d.name.replace("--", "/", 1)), d, size, info))
@@ -321,10 +322,9 @@ def _state_path() -> Path:
 
 def _read_state() -> dict:
     try:
-        s = json.loads(_state_path().read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json_object(_state_path(), 1 << 20)
+    except (OSError, ValueError):
         return {}
-    return s if isinstance(s, dict) else {}
 
 
 def _write_state(state: dict) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cohere_cli.store.httppool import Fatal
 from cohere_cli.store.staging import atomic_json, read_json
-from cohere_cli.untrusted import confine
+from cohere_cli.untrusted import check_name, confine
 
 _HASH_BLOCK = 8 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -72,7 +72,7 @@ def staged_path(folder: Path, rel: str, what: str) -> Path:
     """`folder / rel` for a name from outside: a plain relative path (confine's rules) whose folders resolve
     inside `folder`; the last part itself may be a symlink someone planted, which is never followed (parts are
     opened O_NOFOLLOW, a finished file is checked with lstat) and is replaced by the file we fetch."""
-    confine(Path("/"), rel, what)  # the name alone: under "/" nothing resolves outside, so only its form counts
+    check_name(rel, what)
     parent = posixpath.dirname(rel)
     if parent:
         confine(folder, parent, what)
