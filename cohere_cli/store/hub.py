@@ -157,7 +157,7 @@ def fetch_repo(repo_id: str, revision: str | None, token: str | None, *, attempt
         validate_repo_id(repo_id)
     except HFValidationError:
         raise UsageError(
-            f"'{repo_id}' is not a Hub repo id: use ORG/NAME, e.g. CohereForAI/c4ai-command-r7b-12-2024"
+            f"'{repo_id}' is not a Hub repo id: use ORG/NAME, e.g. CohereLabs/c4ai-command-r7b-12-2024"
         ) from None
     rev = f"/revision/{quote(revision, safe='')}" if revision else ""
     url = f"{ep}/api/models/{repo_id}{rev}?blobs=True"
