@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cohere_cli.errors import CheckpointError
-from cohere_cli.untrusted import parse_json
+from cohere_cli.errors import CheckpointError, NotARegularFile, TooBig
+from cohere_cli.untrusted import parse_json, read_bounded
 
 MAX_CONFIG_BYTES = 1 << 20  # real ones are ~1 kB; anything this big is not a config
 
@@ -209,11 +209,14 @@ def _moe(d: dict, L: int) -> tuple[dict, int, int]:
 def read_json_object(path: Path, max_bytes: int) -> dict:
     """A checkpoint's (or the store's) small JSON file as a dict: the one bounded reader. FileNotFoundError when it
     is absent, OSError when unreadable, ValueError (saying why, as "is ...") when it is over `max_bytes`, not JSON,
-    or not an object."""
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"is over {max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"is over {max_bytes} bytes")
+    or not an object, or not a regular file (a FIFO would block forever, /dev/zero never ends)."""
+    try:
+        data = read_bounded(path, max_bytes, "JSON file")
+    except NotARegularFile:
+        raise ValueError("is not a regular file (a FIFO, a device or a folder)") from None
+    except TooBig:
+        raise ValueError(f"is over {max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"is over {max_bytes} bytes") \
+            from None
     raw = parse_json(data)
     if not isinstance(raw, dict):
         raise ValueError("is not a JSON object")

@@ -54,3 +54,11 @@ class CohereWarning(UserWarning):
 class UnsafeInput(CohereError):
     """Something from outside (a Hub listing, a checkpoint's file, a server's answer) names a path outside where it
     belongs, or is too big, too deep or not the kind of file it must be."""
+
+
+class NotARegularFile(UnsafeInput):
+    """A FIFO (reading it would block forever), a device (/dev/zero never ends) or a folder where a file belongs."""
+
+
+class TooBig(UnsafeInput):
+    """A file over the size bound of what it is."""

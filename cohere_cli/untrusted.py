@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from cohere_cli.errors import UnsafeInput
+from cohere_cli.errors import NotARegularFile, TooBig, UnsafeInput
 
 MAX_NAME = 1024  # bytes in a relative path from outside; a real checkpoint's longest is under 100
 MAX_PART = 255  # bytes in one path component (NAME_MAX on Linux and macOS)
@@ -101,9 +101,9 @@ def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeInput(f"{inert(str(path))} is not a regular file: give the {what} as a file")
+            raise NotARegularFile(f"{inert(str(path))} is not a regular file: give the {what} as a file")
         if st.st_size > max_bytes:
-            raise UnsafeInput(f"{inert(str(path))} is {_size(st.st_size)}, over the {_size(max_bytes)} a {what} may be")
+            raise TooBig(f"{inert(str(path))} is {_size(st.st_size)}, over the {_size(max_bytes)} a {what} may be")
         os.set_blocking(fd, True)
         chunks, n = [], 0
         while n <= max_bytes:
@@ -113,7 +113,7 @@ def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
             chunks.append(b)
             n += len(b)
         if n > max_bytes:  # grew while we read
-            raise UnsafeInput(f"{inert(str(path))} is over the {_size(max_bytes)} a {what} may be")
+            raise TooBig(f"{inert(str(path))} is over the {_size(max_bytes)} a {what} may be")
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -141,20 +141,25 @@ def config_summary(cfg: dict) -> dict:
     """The architecture-relevant fields of a Cohere/Cohere2 config.json, in one spelling."""
     d = sizes.Dims.from_config(cfg)
     c = cfg.get("text_config") if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict) else cfg
-    rope = c.get("rope_parameters") or {}
+    rope = c.get("rope_parameters") if isinstance(c.get("rope_parameters"), dict) else {}  # untrusted: any type
+    archs = c.get("architectures") or cfg.get("architectures")
     return {
         "model_type": d.model_type,
-        "architectures": c.get("architectures") or cfg.get("architectures"),
+        "architectures": [a for a in archs if isinstance(a, str)] or None if isinstance(archs, list) else None,
         "hidden_size": d.hidden, "intermediate_size": d.intermediate, "num_hidden_layers": d.layers,
         "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads, "head_dim": d.head_dim,
         "vocab_size": d.vocab, "max_position_embeddings": d.max_position_embeddings,
         "sliding_window": d.sliding_window, "sliding_layers": sum(d.sliding),
-        "rope_theta": c.get("rope_theta", rope.get("rope_theta")), "logit_scale": c.get("logit_scale"),
+        "rope_theta": _number(c.get("rope_theta", rope.get("rope_theta"))), "logit_scale": _number(c.get("logit_scale")),
         "use_qk_norm": d.qk_norm, "tie_word_embeddings": d.tied,
-        "dtype": c.get("torch_dtype") or c.get("dtype"),
+        "dtype": next((v for v in (c.get("torch_dtype"), c.get("dtype")) if isinstance(v, str)), None),
         "experts": d.experts or None, "experts_per_token": d.experts_per_tok or None,
         "sparse_layers": sum(d.sparse) if d.sparse else None,
     }
+
+
+def _number(v) -> float | int | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:

@@ -20,11 +20,44 @@ _HASH_BLOCK = 8 << 20
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """folder/manifest.json as a dict, or None when absent or unreadable (size-bounded: a manifest lists files)."""
+    """folder/manifest.json as a dict, or None when absent or unreadable (size-bounded: a manifest lists files).
+    A manifest is untrusted (a copied or tampered store): every field of the wrong type is dropped here, once, so
+    no reader meets a string where it expects a number or an object."""
     try:
-        return read_json_object(Path(folder) / MANIFEST, MAX_MANIFEST_BYTES)
+        return checked(read_json_object(Path(folder) / MANIFEST, MAX_MANIFEST_BYTES))
     except (OSError, ValueError):
         return None
+
+
+_NUMBER = (int, float)
+# field -> the type it must have (bool is an int to Python: refused where a number is wanted)
+_FIELDS = {
+    "format": int, "name": str, "parent": str, "architecture": str, "model_type": str, "parameters": int,
+    "storage_dtype": str, "precision": str, "created_at": str, "source": dict, "files": dict,
+    "quantization": dict, "quality": dict,
+}
+QUALITY_NUMBERS = ("parent_perplexity", "perplexity", "kl_mean", "kl_p99", "top1_agreement", "tokens", "windows",
+                   "window")
+
+
+def checked(m: dict) -> dict:
+    """`m` without the fields whose type is wrong: a string source, a quality report missing a number, a
+    parameter count that is text, a file record that is not an object."""
+    out = {}
+    for k, v in m.items():
+        want = _FIELDS.get(k)
+        if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
+            continue
+        out[k] = v
+    if "source" in out:
+        out["source"] = {k: v for k, v in out["source"].items() if isinstance(v, str)}
+    if "files" in out:
+        out["files"] = {k: v for k, v in out["files"].items() if isinstance(k, str) and isinstance(v, dict)}
+    q = out.get("quality")
+    if q is not None and not (all(isinstance(q.get(k), _NUMBER) and not isinstance(q.get(k), bool)
+                                  for k in QUALITY_NUMBERS) and isinstance(q.get("dtype"), str)):
+        del out["quality"]
+    return out
 
 
 # ---- manifests --------------------------------------------------------------------------------------------------

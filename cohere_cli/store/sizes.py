@@ -108,7 +108,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def precision_of(config: dict | None, storage_dtype: str | None) -> str | None:
     """What the weights are: "nf4"/"fp4"/"int8" for bitsandbytes checkpoints, else the storage dtype ("bf16"...)."""
-    q = (config or {}).get("quantization_config") or {}
+    q = (config or {}).get("quantization_config")
+    q = q if isinstance(q, dict) else {}  # untrusted: anything but an object means not quantized
     if q.get("load_in_4bit") or q.get("_load_in_4bit"):
         return str(q.get("bnb_4bit_quant_type") or "nf4")
     if q.get("load_in_8bit") or q.get("_load_in_8bit"):

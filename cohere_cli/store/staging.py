@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cohere_cli.config import read_json_object
 from cohere_cli.errors import CohereError, DownloadError
 from cohere_cli.store.atomic import write_atomic
 from cohere_cli.store.manifest import MANIFEST
@@ -37,11 +38,12 @@ def atomic_json(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """One of the staging folder's own small JSON files, or {} when absent or unusable (a part state then starts
+    over): bounded, regular files only."""
     try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_json_object(path, 16 << 20)
+    except (OSError, ValueError):
         return {}
-    return d if isinstance(d, dict) else {}
 
 
 @contextlib.contextmanager

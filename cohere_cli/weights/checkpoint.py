@@ -40,7 +40,11 @@ def weight_files(folder: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{folder} lacks shard {missing[0]} named in its index: re-download the checkpoint")
         return paths
-    files = sorted(folder.glob("*.safetensors"))
+    try:  # a symlink out of the folder is refused; a FIFO or device (would block, or never end) is not weights
+        files = [confine(folder, f.name, "a weights file") for f in sorted(folder.glob("*.safetensors"))]
+    except UnsafeInput as e:
+        raise CheckpointError(f"{e}: re-download the checkpoint") from None
+    files = [f for f in files if f.is_file()]
     if not files:
         raise CheckpointError(f"{folder} has no *.safetensors weights (.bin and GGUF are not supported)")
     return files
