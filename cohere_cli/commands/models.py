@@ -66,7 +66,7 @@ def run_list(json_out: bool = False) -> None:
                       sizes.human_bytes(e.size_on_disk()), shown(_revision(e)))
         _stdout_console().print(t)
     else:
-        info(f"the store ({store.store_root()}) is empty: `cohere download CohereForAI/c4ai-command-r7b-12-2024` "
+        info(f"the store ({store.store_root()}) is empty: `cohere download CohereLabs/c4ai-command-r7b-12-2024` "
              "fetches a model")
     if not json_out:
         for p in partials:

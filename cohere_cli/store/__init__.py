@@ -3,7 +3,7 @@
 Layout (root = $COHERE_CLI_HOME, else ~/.cache/cohere-cli)::
 
     models/
-      CohereForAI--c4ai-command-r7b-12-2024/   entry "CohereForAI/c4ai-command-r7b-12-2024" (downloaded: "/" -> "--")
+      CohereLabs--c4ai-command-r7b-12-2024/    entry "CohereLabs/c4ai-command-r7b-12-2024" (downloaded: "/" -> "--")
         config.json  tokenizer.json  model-00001-of-00004.safetensors ...   the HF-format files
         manifest.json                                                      what the entry is (below)
       c4ai-command-r7b-12-2024-nf4/             a derived entry (quantized from the one above)
@@ -15,7 +15,7 @@ An entry exists only when complete: it is built under .tmp/ and published with o
 
 manifest.json (format 1)::
 
-    {"format": 1, "name": "CohereForAI/c4ai-command-r7b-12-2024",
+    {"format": 1, "name": "CohereLabs/c4ai-command-r7b-12-2024",
      "source": {"repo_id": ..., "revision": "main", "commit": "<40 hex>", "endpoint": "https://huggingface.co"},
      "parent": null | "<entry name it was derived from>",
      "architecture": "Cohere2ForCausalLM", "model_type": "cohere2", "parameters": 8028033024,
