@@ -8,7 +8,8 @@
   then hold the connection until the test calls `release()` (an answer that cannot end before the test's Ctrl-C).
 * Hostile on demand (the threat model: an endpoint is untrusted), with `StubServer(behaviour, **options)`:
   "endless_json" (a JSON answer that never ends), "endless_line" (an event line that never ends), "pings"
-  (keep-alive comments forever, no answer), "empty_events" (events without text forever), "endless_tokens" (text forever, whatever max_tokens says), "usage"
+  (keep-alive comments forever, no answer), "empty_events" (events without text forever), "endless_tokens" (text forever, whatever max_tokens says), "endless_big" (the same in chunks
+  of 1,000,000 characters), "usage"
   (a normal stream whose last chunk carries `options["usage"]`), "chunks" (the events in `options["events"]`, raw),
   "raw" (`options["body"]` with `options["status"]` and `options["ctype"]`); `options["models"]`: the raw body of
   GET /v1/models, bytes or "endless". Endless writers stop when the client hangs up or on release().
@@ -100,6 +101,9 @@ def _chunk(text: str, finish: str | None = None) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
 
 
+BIG = _chunk("y" * 1_000_000)  # one event just under the 1 MiB line bound
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -166,6 +170,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._endless(b"data: {}\n\n", "text/event-stream", b'data: {"choices": []}\n\n', pace=True)
         if behaviour == "endless_tokens":
             return self._endless(_chunk(" tok"), "text/event-stream", _chunk(" tok"))
+        if behaviour == "endless_big":
+            return self._endless(BIG, "text/event-stream", BIG)
         if behaviour == "chunks":
             return self._send(200, b"".join(e if isinstance(e, bytes) else b"data: %s\n\n" % json.dumps(e).encode()
                                             for e in opts["events"]), "text/event-stream")

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from cohere_cli.remote.http import MAX_BODY
+from limits import run_cli
 from openai_server import StubServer
 
 MEMORY_LIMIT = 800 << 20  # address space of the CLI child: it runs in ~300 MiB; a 3 GiB answer does not fit
@@ -89,6 +91,38 @@ def test_an_endless_stream_stops_at_max_tokens():
         assert rec["text"] == " tok" * 5 and rec["generation_tokens"] == 5 and rec["finish_reason"] == "length"
         r = cohere("chat", "--endpoint", stub.url, "--prompt", "hi", "-n", "3", "--plain")  # variant: chat
         assert r.returncode == 0 and r.stdout == " tok" * 3 + "\n", r.stderr[-2000:]
+
+
+def test_an_endless_stream_of_big_chunks_stops_at_the_answer_bound():
+    """The reported case: chunks of 1,000,000 characters. --max-tokens counts one token per LONGEST_TOKEN characters
+    of a chunk, not one per chunk; whatever it says, the whole answer stops at MAX_BODY with one error line."""
+    big = "y" * 1_000_000
+    with StubServer("endless_big") as stub:
+        r = run_cli(["chat", "--endpoint", stub.url, "--prompt", "hi"], address_space=MEMORY_LIMIT,
+                    timeout=CLI_TIMEOUT)  # the default --max-tokens: one chunk is thousands of tokens
+        assert r.returncode == 0 and "finish: length" in r.stderr, r.stderr[-2000:]
+        assert r.stdout == big * (len(r.stdout) // len(big)) + "\n" and len(r.stdout) <= 8 * len(big)
+        r = run_cli(["chat", "--endpoint", stub.url, "--prompt", "hi", "--max-tokens", "3000"],
+                    address_space=MEMORY_LIMIT, timeout=CLI_TIMEOUT)
+        assert r.returncode == 0 and r.stdout == big + "\n" and "finish: length" in r.stderr, r.stderr[-2000:]
+        # a --max-tokens no bound at all: the answer bound ends it, what arrived printed, the connection closed
+        r = run_cli(["chat", "--endpoint", stub.url, "--prompt", "hi", "--max-tokens", "1000000000"],
+                    address_space=MEMORY_LIMIT, timeout=CLI_TIMEOUT)
+        one_error(r, "more than 32 MiB of answer text")
+        assert r.stdout == big * (MAX_BODY // len(big)), len(r.stdout)  # piped: kept as it came, no line end added
+
+
+def test_the_repl_survives_an_answer_past_the_bound():
+    """Variant: the chat REPL on a piped stdin. The turn ends with one error line, what arrived is kept, the session
+    goes on (/stats answers) and ends normally."""
+    with StubServer("endless_big") as stub:
+        r = run_cli(["chat", "--endpoint", stub.url, "--max-tokens", "1000000000"], address_space=MEMORY_LIMIT,
+                    input="hi\n/stats\n", timeout=CLI_TIMEOUT)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "more than 32 MiB of answer text" in errors[0], r.stderr[-2000:]
+    assert "turn" in r.stderr.split(errors[0])[1]  # /stats, after the error
+    assert len(r.stdout) == (MAX_BODY // 1_000_000) * 1_000_000 + 1
 
 
 # ---- tracebacks where one line belongs --------------------------------------------------------------------------------

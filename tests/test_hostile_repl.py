@@ -132,6 +132,24 @@ def test_model_escape_sequences_never_reach_the_terminal_in_the_repl(evil, said,
     p.expect(pexpect.EOF)
 
 
+def test_markdown_links_and_images_show_their_url_and_are_no_terminal_hyperlinks(endless, tmp_path):
+    """A link's target is the model's word: rendered as an OSC 8 hyperlink, "the docs" would open a page the user
+    never saw. Markdown mode shows it as text with the URL beside it, images likewise."""
+    said = tmp_path / "links.txt"
+    said.write_text("See [the docs](https://evil.example/phish) and ![img](https://evil.example/t.png) here.\n\n"
+                    "Also <https://auto.example/x> and [![alt](https://e.example/a.png)](https://wrap.example/y)\n")
+    p = spawn(f"say:{said}", ["chat", str(endless), "--max-tokens", "40"], tmp_path)
+    p.expect(">>>")
+    raw = answer_raw(p, "hi")
+    assert "\x1b]8;" not in raw, raw
+    shown = ANSI.sub("", raw)
+    for text in ("the docs (https://evil.example/phish)", "🌆 img (https://evil.example/t.png) here.",
+                 "(https://auto.example/x)", "🌆 alt (https://e.example/a.png) (https://wrap.example/y)"):
+        assert text in shown, (text, shown)
+    p.sendeof()
+    p.expect(pexpect.EOF)
+
+
 def test_generate_on_a_terminal_is_inert_and_piped_is_byte_for_byte(endless, said, tmp_path):
     args = ["generate", str(endless), "hi", "--max-tokens", "40"]
     p = spawn(f"say:{said}", args, tmp_path)

@@ -69,25 +69,28 @@ class Remote:
 
 def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remote) -> Response:
     """Print the stream; return its closing Response. When it breaks off (a RemoteError), the text that arrived stays
-    printed, its line ended on a terminal, and the error propagates (one line at the CLI boundary)."""
-    tokens, text, last = [], [], None
+    printed, its line ended on a terminal, and the error propagates (one line at the CLI boundary). The text is kept
+    only for --json (its record holds it); printed, only its last character is (was the line ended?)."""
+    tokens, text, tail, last = [], [], "", None
     try:
         for r in stream:
             if r.token is not None:
                 tokens.append(r.token)
-            text.append(r.text)
-            if not json_out and r.text:
+            if json_out:
+                text.append(r.text)
+            elif r.text:
                 out_write(r.text)
+                tail = r.text[-1]
             last = r
     except BaseException:
-        if not json_out and text and sys.stdout.isatty():
+        if not json_out and tail not in ("", "\n") and sys.stdout.isatty():
             out_write("\n")  # the error line starts on a line of its own
         raise
     if json_out:
         # JSON escapes C0 controls, not DEL or C1 (ensure_ascii=False): out_write keeps a terminal safe from those
         out_write(json.dumps(what.record(last, "".join(text), tokens), ensure_ascii=False) + "\n")
     else:
-        if not "".join(text).endswith("\n"):
+        if tail != "\n":
             out_write("\n")  # end the answer's line, on a terminal and in a file alike
         err.print(f"[dim]{shown(what.stats(last))}[/dim]")  # a server's finish_reason is untrusted
     return last

@@ -11,7 +11,7 @@
   unknown model each become one line (`RemoteError`). Ctrl-C closes the connection (the server then drops the request).
 * Nothing the server sends is taken on trust: a field of the wrong type (usage counts that are not whole numbers,
   choices that are not a list, text that is not a string) is ignored, never a traceback; an answer that runs past
-  max_tokens (a server that ignores it) is cut here, finish_reason "length".
+  max_tokens (a server that ignores it) is cut here, finish_reason "length"; one past MAX_BODY in all is an error.
 * `cohere_cli.chat.remote.RemoteChat` is the chat backend on top of this."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from cohere_cli.engine.response import Response
 from cohere_cli.config import read_config_json
 from cohere_cli.errors import CheckpointError, CohereWarning
-from cohere_cli.remote.http import DEFAULT_TIMEOUT, Call, Client, HTTPStatusError, RemoteError
+from cohere_cli.remote.http import DEFAULT_TIMEOUT, MAX_BODY, Call, Client, HTTPStatusError, RemoteError
 
 ASSUMED_CONTEXT = 8192  # when neither the server, a local config nor --ctx says
 # Sampling fields outside the OpenAI schema: vLLM, SGLang and llama.cpp take them, strict servers reject them.
@@ -37,6 +37,9 @@ STOP_MARKERS = ("<|END_OF_TURN_TOKEN|>", "<|END_RESPONSE|>", "<EOS_TOKEN>")
 DROP_MARKERS = ("<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|START_RESPONSE|>")
 FINISH = {"eos_token": "stop", "eos": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 SHOWN_IDS = 8  # served model ids quoted in one error line
+# Counting tokens in a stream of text: a chunk counts as at least one token per LONGEST_TOKEN characters (no
+# tokenizer has longer tokens), so a server sending 1 MiB chunks cannot pass a million tokens off as one each.
+LONGEST_TOKEN = 128
 
 
 def count_field(value) -> int | None:
@@ -310,8 +313,10 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
     """The Responses of one call, as stream_generate yields them: one per chunk of text, then a closing one with
     finish_reason and the figures (token counts from the server's usage when it sends them, else counted here).
     Raises RemoteError, after the text that did arrive, when the stream breaks off. A server that sends more than
-    `max_tokens` chunks of text (each is at least one token) is cut off there: finish_reason "length"."""
-    usage, finish, n_chunks, t_first, t_last, parts = None, None, 0, None, None, []
+    `max_tokens` tokens of text (a chunk is at least one, and one per LONGEST_TOKEN characters) is cut off there:
+    finish_reason "length". The whole answer is bounded by MAX_BODY, as a whole (non-streamed) body is."""
+    usage, finish, n, size, t_first, t_last = None, None, 0, 0, None, None
+    parts: list[str] | None = [] if count_tokens is not None else None  # kept only to be counted at the end
     prompt = prompt_tokens or 0
 
     def make(text, n, fin=None, cached=0):
@@ -336,17 +341,26 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
                 reason = choice.get("finish_reason")
                 if reason and isinstance(reason, str):
                     finish = FINISH.get(reason, reason[:40])
-            if text and max_tokens is not None and n_chunks >= max_tokens and not call.whole:
+            if text and max_tokens is not None and n >= max_tokens and not call.whole:
                 finish = "length"  # the server ignores max_tokens: the answer ends here, the connection closes
                 break
             if text:
+                size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+                if size > MAX_BODY:
+                    # An error, not finish_reason "length": that says the answer reached the length the user
+                    # asked for, and this bound is none the user set (32k tokens are under 1 MiB) but a server
+                    # that is not answering. One line, like the same bound on a whole body; what arrived is kept
+                    # (printed, or in the REPL's conversation), the connection closes.
+                    raise RemoteError(f"{api.client.url} sent more than {MAX_BODY >> 20} MiB of answer text: cut "
+                                      f"off there (is it an OpenAI-compatible server?)")
                 call.progress()
                 t_last = time.perf_counter()
                 t_first = t_first or t_last
-                n_chunks += 1
+                n += max(1, -(-len(text) // LONGEST_TOKEN))
                 out = filt.feed(text)
-                parts.append(out)
-                yield make(out, n_chunks)
+                if parts is not None:
+                    parts.append(out)
+                yield make(out, n)
                 if filt.stopped:  # an end-of-turn marker the server printed: the answer is over
                     finish = "stop"
                     break
@@ -355,16 +369,15 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
     finally:
         call.close()
     tail = filt.flush()
-    parts.append(tail)
     cached = 0
     if usage:
         prompt = count_field(usage.get("prompt_tokens")) or prompt
         details = usage.get("prompt_tokens_details")
         cached = count_field(details.get("cached_tokens")) or 0 if isinstance(details, dict) else 0
-    n = count_field((usage or {}).get("completion_tokens")) if not filt.stopped else None
-    if n is None:
-        n = count_tokens("".join(parts)) if count_tokens else n_chunks
-    yield make(tail, n, finish or "stop", cached)
+    count = count_field((usage or {}).get("completion_tokens")) if not filt.stopped else None
+    if count is None:
+        count = count_tokens("".join(parts) + tail) if parts is not None else n
+    yield make(tail, count, finish or "stop", cached)
 
 
 # ---- generate ------------------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from cohere_cli.untrusted import one_line, parse_json
 API_KEY_ENV = "COHERE_CLI_API_KEY"
 DEFAULT_TIMEOUT = 120.0  # seconds of silence tolerated: waiting for the status line, then between events
 CONNECT_TIMEOUT = 10.0
-# A whole (non-streamed) completion or a /v1/models listing: real ones are KiBs; a whole answer of 32k tokens is
-# under 1 MiB. Past this the server is not answering what was asked.
+# A whole (non-streamed) completion or a /v1/models listing, and the text of a streamed answer in all (bounded where
+# the chunks are read, remote/backend.responses): real ones are KiBs; a whole answer of 32k tokens is under 1 MiB.
+# Past this the server is not answering what was asked.
 MAX_BODY = 32 << 20
 MAX_LINE = 1 << 20  # one Server-Sent Events line, and one event: a streamed chunk is a few hundred bytes
 MAX_ERROR_BODY = 8192  # what is read of an error response: its message is shown cut to one line anyway

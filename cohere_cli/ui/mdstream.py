@@ -1,5 +1,8 @@
 """Streaming Markdown without flicker: finished blocks are printed once and never redrawn; only the unfinished
-tail lives in a small rich Live region. A block is finished at a blank line outside a code fence."""
+tail lives in a small rich Live region. A block is finished at a blank line outside a code fence.
+
+Links and images are shown as text with their URL, never as terminal hyperlinks (OSC 8): the model's text is
+untrusted, and a hyperlink's target is invisible until clicked ("the docs" that opens a phishing page)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import time
 
 from rich.console import Console
 from rich.live import Live
+from markdown_it.token import Token
 from rich.markdown import Markdown
 
 from cohere_cli.ui.console import out_write
@@ -25,20 +29,40 @@ def split_stable(text: str) -> int:
     return cut
 
 
+class VisibleMarkdown(Markdown):
+    """rich's Markdown without hyperlinks: `[the docs](URL)` shows as "the docs (URL)", and an image `![alt](URL)`,
+    which rich would show as its alt text alone, as "🌆 alt (URL)". (rich's own image element also prints before the
+    paragraph it sits in and loses a link around it; rendered as a link it stays in place.)"""
+
+    def __init__(self, markup: str):
+        super().__init__(markup, hyperlinks=False)
+
+    def _flatten_tokens(self, tokens):
+        for token in super()._flatten_tokens(tokens):
+            if token.type != "image":
+                yield token
+                continue
+            src = str(token.attrs.get("src", ""))
+            alt = token.content or src.rstrip("/").rsplit("/", 1)[-1]
+            yield Token("link_open", "a", 1, attrs={"href": src})
+            yield Token("text", "", 0, content="🌆 " + alt)
+            yield Token("link_close", "a", -1)
+
+
 class PlainStream:
     """The text straight to stdout (--plain, or stdout is not a terminal): through out_write, so inert on a terminal
     and byte for byte into a pipe or file."""
 
     def __init__(self):
-        self.text = ""
+        self.last = ""  # the last character written: the text itself is the caller's (not kept twice)
 
     def update(self, delta: str) -> None:
         if delta:
-            self.text += delta
+            self.last = delta[-1]
             out_write(delta)
 
     def close(self, suffix: str = "") -> None:
-        out_write(suffix + ("\n" if not (self.text + suffix).endswith("\n") else ""))
+        out_write(suffix + ("\n" if not (self.last + suffix).endswith("\n") else ""))
 
 
 class MarkdownStream:
@@ -58,11 +82,11 @@ class MarkdownStream:
         self.text += inert(delta)  # per piece is enough: inert maps characters one by one
         cut = split_stable(self.text)
         if cut > self.committed:  # print finished blocks above the live region, once
-            self.live.console.print(Markdown(self.text[self.committed : cut]))
+            self.live.console.print(VisibleMarkdown(self.text[self.committed : cut]))
             self.committed = cut
         now = time.monotonic()
         if now - self.last_draw >= self.min_interval:
-            self.live.update(Markdown(self.text[self.committed :]), refresh=True)
+            self.live.update(VisibleMarkdown(self.text[self.committed :]), refresh=True)
             self.last_draw = now
 
     def close(self, suffix: str = "") -> None:
@@ -70,4 +94,4 @@ class MarkdownStream:
         self.live.stop()
         rest = self.text[self.committed :] + inert(suffix)
         if rest.strip():
-            self.console.print(Markdown(rest))
+            self.console.print(VisibleMarkdown(rest))
