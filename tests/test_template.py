@@ -272,6 +272,7 @@ def test_template_errors_become_template_error():
 # ------------------------------------------------------------------------------------------------ hostile templates
 # Each memory case runs in a child under an address-space limit: a regression raises MemoryError there (a failed
 # test) instead of taking the machine. One child renders them all and reports each outcome.
+B = "{% set b = 'x' * 4000000 %}"
 MEMORY_CASES = {
     "repeat": "{{ 'x' * 10**10 }}",  # the reported cases
     "tojson_indent": "{{ messages|tojson(indent=10**9) }}",
@@ -289,6 +290,34 @@ MEMORY_CASES = {
     "join": "{{ range(100000)|join('x' * 1000000) }}",
     "outputs": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
     "power": "{{ 7 ** 100000000 }}",
+    # B2: output written into a {% set %} block, a macro, caller(), a {% filter %} block, a block reference, a
+    # recursive loop is counted as it is written (was: a MemoryError building gigabytes)
+    "block_set": B + "{% set a %}{% for i in range(1000) %}{{ b }}{% endfor %}{% endset %}{{ a|length }}",
+    "macro": B + "{% macro m() %}{% for i in range(1000) %}{{ b }}{% endfor %}{% endmacro %}{{ m()|length }}",
+    "filter_block": B + "{% filter length %}{% for i in range(1000) %}{{ b }}{% endfor %}{% endfilter %}",
+    "caller": B + "{% macro m() %}{{ caller()|length }}{% endmacro %}"
+                  "{% call m() %}{% for i in range(1000) %}{{ b }}{% endfor %}{% endcall %}",
+    "block_reference": "{{ self.z()|length }}{% block z %}{% for i in range(1000) %}{{ 'x' * 4000000 }}{% endfor %}"
+                       "{% endblock %}",
+    "recursive_loop": B + "{% for i in [[1] * 1000] recursive %}{% if loop.depth < 2 %}{{ loop(i)|length }}"
+                          "{% else %}{{ b }}{% endif %}{% endfor %}",
+    # B3: a format's whole output is estimated from the format before it runs (widths, `*`, nested fields)
+    "nested_format": "{{ '{0:{1}{1}{1}{1}{1}{1}{1}{1}{1}{1}}'.format(1, 9)|length }}",
+    "star_printf": "{{ (('%*s' * 1000) % ((4000000, '') * 1000))|length }}",
+    "brace_widths": "{{ ('{:4000000}' * 1000).format(*range(1000))|length }}",
+    "printf_mapping": "{% set d = {'a': 'x' * 4000000} %}{{ ('%(a)s' * 1000) % d }}",
+    "printf_precision": "{{ ('%.4000000f' * 1000) % ((1.0,) * 1000) }}",
+    "format_filter": "{{ ('%*s' * 1000)|format(*((4000000, '') * 1000)) }}",
+    "format_map": "{{ ('{a}' * 1000).format_map({'a': 'x' * 4000000}) }}",
+    # values the size measure missed: a namespace's attributes, dict views, bytes, big integers' digits
+    "namespace_str": "{% set ns = namespace(s='x' * 4000000) %}{{ [ns] * 1000 }}",
+    "dict_items": "{% set d = {'a': 'x' * 4000000} %}{{ [d.items()] * 1000 }}",
+    "bytes_repeat": "{{ 'x'.encode() * 10**10 }}",
+    "big_ints": "{{ [10**4000] * 200000 }}",
+    # B1: filters and methods that multiply their input, estimated before they run
+    "translate": "{{ ('x' * 1000).translate({120: 'y' * 4000000}) }}",
+    "wordwrap": "{{ ('x ' * 100000)|wordwrap(1, wrapstring='y' * 4000000) }}",
+    "urlize": "{{ ('a.com ' * 100000)|urlize(target='y' * 4000000) }}",
 }
 CHILD = """
 import json, resource, sys
@@ -316,6 +345,47 @@ def test_hostile_templates_stop_at_the_size_bounds():
     for name, outcome in json.loads(r.stdout).items():
         assert outcome.startswith("the chat template was stopped"), (name, outcome)
         assert "\n" not in outcome
+
+
+# Work done inside one C call, where neither the step bound nor the deadline (checked between steps) nor Ctrl-C can
+# get in: each must END with the template stopped. Run in a child so that a regression fails the test (the timeout
+# only keeps a hang from stalling the suite; nothing here asserts how fast).
+TIME_CASES = {
+    "sum_lists": "{{ ([[1]] * 700000)|sum(start=[])|length }}",  # B1: quadratic list concatenation in sum()
+    "sum_attribute": "{% set d = {'a': [1]} %}{{ ([d] * 700000)|sum(attribute='a', start=[])|length }}",
+}
+
+
+def test_single_calls_that_would_run_for_hours_are_refused():
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", CHILD.replace("AS_BYTES", str(800 << 20))], input=json.dumps(TIME_CASES),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, outcome in json.loads(r.stdout).items():
+        assert outcome.startswith("the chat template was stopped"), (name, outcome)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ [1, 2.5, 3]|sum }} {{ [[1], [2, 3]]|sum(start=[]) }} {{ [{'n': 2}, {'n': 3}]|sum(attribute='n') }}",
+    "{{ '{:>5}|{:<4}|{:^6.2f}|{!r}'.format('ab', 7, 3.14159, 'q') }} {{ '{0:{1}}|{x:{y}}'.format('a', 3, x='b', y=2) }}",
+    "{{ '%5s|%-3d|%.2f|%*d' % ('x', 4, 2.0, 3, 9) }} {{ '%(a)s-%(b)05.1f' % {'a': 'A', 'b': 2} }} "
+    "{{ '%s and %s'|format('x', 'y') }} {{ '{a}'.format_map({'a': 1}) }}",
+    "{% set a %}[{% for i in range(3) %}{{ i }}{% endfor %}]{% endset %}{{ a }}{% macro m(x) %}<{{ x }}{{ caller() }}>"
+    "{% endmacro %}{% call m(1) %}c{% endcall %}{% filter upper %}up{% endfilter %}{% block z %}Z{% endblock %}"
+    "{{ self.z() }}{% for i in [[1, [2]]] recursive %}({% if i is iterable %}{{ loop(i) }}{% else %}{{ i }}"
+    "{% endif %}){% endfor %}",
+    "{{ 'abc'.translate({98: 'XY'}) }} {{ [1, 2, 3, 4, 5]|batch(2)|list }} {{ [1, 2, 3]|slice(2)|list }} "
+    "{{ 'a b c'|wordwrap(1, wrapstring='/') }} {{ [1, 2]|map('string')|join(',') }} {{ 'x.com'|urlize }}",
+])
+def test_bounded_operations_compute_what_jinja_computes(source):
+    """The estimates and counting wrappers change no result: the same text as transformers' plain sandbox."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source).render()
+    assert tpl.render_chat(source, [{"role": "user", "content": "x"}]) == plain
 
 
 @pytest.mark.parametrize("source", [

@@ -293,3 +293,55 @@ def test_hostile_tokenizer_files_are_one_error_never_a_hang_or_a_memory_bomb(tmp
         os.mkfifo(tmp_path / "additional_chat_templates" / "rag.jinja")
     with pytest.raises(TokenizerError, match="not a regular file|nests too deep|over the"):
         Tokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "additional_chat_templates/tool_use.jinja",
+                                   "additional_chat_templates"])
+def test_template_files_must_stay_inside_the_checkpoint(tmp_path, where):
+    """A template file (or its folder) that is a symlink out of the checkpoint is refused, one line: rendered, the
+    file (a secret, /etc/passwd) would go into a prompt sent to an endpoint server."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET {{ bos_token }}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tool_use.jinja").symlink_to(secret)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    make_tokenizer(ckpt)
+    if where == "additional_chat_templates":
+        (ckpt / where).symlink_to(outside)
+    else:
+        (ckpt / where).parent.mkdir(exist_ok=True)
+        (ckpt / where).symlink_to(secret)
+    with pytest.raises(TokenizerError, match="resolves outside its folder") as e:
+        Tokenizer.from_dir(ckpt)
+    assert "\n" not in str(e.value) and "TOP SECRET" not in str(e.value)
+
+
+def test_template_symlinks_inside_the_checkpoint_still_work(tmp_path):
+    make_tokenizer(tmp_path)
+    (tmp_path / "real.jinja").write_text("R{{ messages[0]['content'] }}")
+    (tmp_path / "chat_template.jinja").symlink_to("real.jinja")
+    assert Tokenizer.from_dir(tmp_path).apply_chat_template([{"role": "user", "content": "x"}]) == "Rx"
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ([{"name": ["x"], "template": "y"}, {"name": "default", "template": "D"}], {"default": "D"}),
+    ([{"name": "default", "template": ["x"]}, {"name": "rag", "template": "R"}], {"rag": "R"}),
+    ([{"name": {"a": 1}, "template": {"b": 2}}, "junk", 3, None, {"name": "default"}], {}),
+    ({"default": "D", "rag": ["x"], "tool_use": {"t": 1}}, {"default": "D"}),
+    (["not", "entries"], {}),
+    (42, {}),
+])
+def test_malformed_chat_template_entries_are_left_out(cr_dir, tmp_path, entry, expected):
+    """tokenizer_config.json's chat_template is untrusted: entries whose name or template is not a string (an
+    unhashable list as a name, a list as a template) are dropped instead of a TypeError."""
+    for name in ("tokenizer.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((cr_dir / name).read_bytes())
+    config = json.loads((cr_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = entry
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.chat_templates == expected
+    if "default" in expected:
+        assert tok.apply_chat_template([{"role": "user", "content": "x"}]) == "D"

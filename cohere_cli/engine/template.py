@@ -33,11 +33,13 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
+from jinja2.compiler import CodeGenerator
+from jinja2.filters import make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cohere_cli.engine.template_bounds import (
-    MAX_INDENT, MAX_SIZE, BoundedSandbox, TemplateLimit, add_step_counting, budget, bounded_filter, concat,
-    count_steps, finalize, sized)
+    MAX_INDENT, MAX_SIZE, BoundedSandbox, TemplateLimit, _listed, _size, _step, add_step_counting, budget,
+    bounded_filter, concat, count_steps, finalize, sized)
 from cohere_cli.errors import TemplateError
 from cohere_cli.untrusted import one_line
 
@@ -89,6 +91,25 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
     return "".join(pieces)
 
 
+@jinja2.pass_environment
+def _sum(environment, iterable, attribute=None, start=0):
+    """jinja's sum filter, with the cost of adding lists or strings charged as it goes: each `+` copies what was
+    summed so far (quadratic, inside one C call for the builtin), so each one is a step measured and counted."""
+    if attribute is not None:
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    items = _listed(iterable)
+    if isinstance(start, (str, bytes)) or all(isinstance(x, (int, float)) for x in (start, *items)):
+        return sum(items, start)  # numbers: exactly Python's sum (which refuses a string start)
+    total = start
+    for item in items:
+        n = _size(total) + _size(item)
+        if n > MAX_SIZE:
+            raise TemplateLimit(f"a sum over {MAX_SIZE:,} characters or items")
+        _step(n)
+        total = total + item
+    return total
+
+
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
@@ -137,12 +158,53 @@ class _GenerationTag(jinja2.ext.Extension):
         return caller()
 
 
+class _Output(list):
+    """What a `{% set %}` block, a macro, `caller()`, a recursive loop or a `{% filter %}` block writes, counted as it
+    is written (jinja's code generator appends each piece) and bounded like the prompt, before anything joins it."""
+
+    __slots__ = ("size",)
+
+    def __init__(self):
+        super().__init__()
+        self.size = 0
+
+    def append(self, piece):
+        self.size += len(piece)
+        if self.size > MAX_SIZE:
+            raise TemplateLimit(f"a block's or macro's output over {MAX_SIZE:,} characters")
+        _step(len(piece), steps=0)
+        super().append(piece)
+
+    def extend(self, pieces):
+        for piece in pieces:
+            self.append(piece)
+
+
+class _CodeGenerator(CodeGenerator):
+    def buffer(self, frame) -> None:  # jinja's, with a counting buffer instead of []
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
+
+
+def _join_output(pieces) -> str:
+    """environment.concat: joins buffers, and a block's generator for `self.name()` and `super()`, bounded."""
+    out, n = [], 0
+    for piece in pieces:
+        n += len(piece)
+        if n > MAX_SIZE:
+            raise TemplateLimit(f"a block's output over {MAX_SIZE:,} characters")
+        out.append(piece)
+    return "".join(out)
+
+
 def _make_environment() -> ImmutableSandboxedEnvironment:
     env: ImmutableSandboxedEnvironment = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols],
         finalize=finalize,
     )
+    env.code_generator_class, env.concat, env.output_buffer = _CodeGenerator, _join_output, _Output
     env.filters["tojson"] = _tojson
+    env.filters["sum"] = _sum
     env.filters = {name: bounded_filter(name, f) for name, f in env.filters.items()}
     env.filters["_cohere_steps"] = count_steps
     env.filters["_cohere_concat"] = concat

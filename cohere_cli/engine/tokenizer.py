@@ -15,6 +15,7 @@ Cohere quirks handled here (see the spec, section 4 and pitfalls 10/14):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tokenizers import decoders
 
 from cohere_cli.engine import template as _template
 from cohere_cli.errors import TemplateError, TokenizerError, UnsafeInput
-from cohere_cli.untrusted import parse_json, read_bounded
+from cohere_cli.untrusted import confine, inert, one_line, parse_json, read_bounded
 
 # transformers' CohereTokenizer constructor defaults, used for any special token tokenizer_config.json leaves out.
 # The order is transformers' SPECIAL_TOKENS_ATTRIBUTES order (the order the template variables are built in).
@@ -66,7 +67,10 @@ MAX_TEMPLATE_BYTES = 1 << 20  # Command R's three templates together are 25 kB
 MAX_TEMPLATES = 64
 
 
-def _read_template(file: Path) -> str:
+def _read_template(folder: Path, name: str) -> str:
+    """A template file of the checkpoint: `name` must resolve inside `folder` (a symlink to /etc/passwd would
+    otherwise be rendered into a prompt and sent to an endpoint server), a regular file under the size bound."""
+    file = confine(folder, name, "a chat template file")
     return read_bounded(file, MAX_TEMPLATE_BYTES, "chat template").decode("utf-8")
 
 
@@ -74,27 +78,29 @@ def _load_chat_templates(path: Path, config: dict) -> dict[str, str]:
     """Named chat templates, found where transformers 5 looks for them.
 
     `chat_template.jinja` (-> "default") and `additional_chat_templates/*.jinja` take priority over the
-    tokenizer_config.json entry, which is either one string or (Command R) a list of {"name", "template"}.
+    tokenizer_config.json entry, which is either one string, a {name: template} dict or (Command R) a list of
+    {"name", "template"}; entries whose name or template is not a string are left out.
     """
     templates: dict[str, str] = {}
     try:
-        if (path / "chat_template.jinja").is_file():
-            templates["default"] = _read_template(path / "chat_template.jinja")
+        if os.path.lexists(path / "chat_template.jinja"):
+            templates["default"] = _read_template(path, "chat_template.jinja")
         extra = path / "additional_chat_templates"
         if extra.is_dir():
             for file in sorted(extra.glob("*.jinja"))[:MAX_TEMPLATES]:
-                templates[file.name.removesuffix(".jinja")] = _read_template(file)
+                templates[file.name.removesuffix(".jinja")] = _read_template(path, f"{extra.name}/{file.name}")
     except (OSError, UnicodeDecodeError, UnsafeInput) as e:
-        raise TokenizerError(f"cannot read the chat template files in {path}: {e}") from None
+        raise TokenizerError(f"cannot read the chat template files in {inert(str(path))}: {one_line(e)}") from None
     if templates:
         return templates
     value = config.get("chat_template")
     if isinstance(value, str):
         return {"default": value}
     if isinstance(value, dict):
-        return {str(k): v for k, v in value.items() if isinstance(v, str)}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
     if isinstance(value, list):
-        return {t["name"]: t["template"] for t in value if isinstance(t, dict) and "name" in t and "template" in t}
+        return {t["name"]: t["template"] for t in value
+                if isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)}
     return {}
 
 
