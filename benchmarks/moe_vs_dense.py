@@ -14,7 +14,8 @@
 3. Per round, each engine once (order rotating between rounds; ratios are taken within a round, then the median):
    a --prompt (512) token prompt, then --gen greedy tokens; prefill tokens/s = prompt / time to first token, decode
    tokens/s = (gen - 1) / time from the first to the last token.
-4. Peak memory (unless --no-peak): one subprocess per engine loads it and decodes; the peak RSS while running
+4. Peak memory (unless --no-peak): one subprocess per engine loads it and runs three different prompts (new
+   expert row counts in each prefill); the peak RSS while running
    against the checkpoint's bytes in its compute dtype (and the RSS of a bare `import torch, cohere_cli` process,
    which is not the model's).
 Targets (issue 17): decode moe bf16 >= 0.7x dense bf16; decode moe nf4 >= 1.8x moe bf16; prefill moe >= 0.5x
@@ -76,10 +77,10 @@ def engine(name: str, cache: Path):
     return Ours(build(cache, kind), precision)
 
 
-def prompt(n: int) -> list[int]:
+def prompt(n: int, seed: int = 0) -> list[int]:
     import torch
 
-    return torch.randint(7, COMMON["vocab_size"], (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    return torch.randint(7, COMMON["vocab_size"], (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def checkpoint_bytes(folder: Path) -> int:
@@ -95,7 +96,8 @@ def peak_worker(name: str, cache: Path, n: int, gen: int, threads: int) -> None:
     e = engine(name, cache)
     bench_child.release_memory()
     bench_child.reset_peak_rss()
-    e.run(prompt(n), gen)
+    for seed in range(3):  # three different prompts: a MoE's experts see new row counts in each prefill
+        e.run(prompt(n, seed), gen)
     print(json.dumps({"engine": name, "peak_rss_run": bench_child.peak_rss_bytes()}))
 
 

@@ -284,6 +284,8 @@ def test_moe_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dt
     assert isinstance(dense, layout.FusedBlock) and isinstance(sparse.mlp, SparseMoE)
     assert isinstance(sparse.self_attn, layout.FusedAttention)
     assert all(isinstance(e, layout.FusedMLP) for e in layout.mlps(sparse))
+    assert isinstance(sparse.mlp, layout.BucketedMoE)  # experts' rows padded to few shapes (oneDNN's cache)
+    assert [layout.bucket(n) for n in (1, 4, 5, 7, 9, 13, 100, 512)] == [1, 4, 6, 8, 12, 16, 128, 512]
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
     tol = 1e-5 if dtype == "float32" else 2e-2
     with torch.inference_mode():
