@@ -210,6 +210,20 @@ def untie(folder, seed: int = 0) -> None:
     save_file(sd, f, metadata={"format": "pt"})
 
 
+def assert_same_logits(fast, plain, dtype: str) -> None:
+    """The same logits for a 20-token prompt, and for 8 cached decode steps after a 12-token prefill."""
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(ids), plain(ids), atol=tol, rtol=tol)
+        caches = [KVCache(m.config, 32, getattr(torch, dtype)) for m in (fast, plain)]
+        for m, c in zip((fast, plain), caches):
+            prefill(m, ids[0, :12], c)
+        for t in range(12, 20):
+            a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype, tied):
@@ -236,16 +250,7 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     assert fast.lm_head.weight.is_mkldnn == head_packed
     assert (fast.lm_head.weight is fast.model.embed_tokens.weight) == (tied and not head_packed)
     assert torch.equal(fast.model.embed_tokens.weight, plain.model.embed_tokens.weight)
-    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
-    tol = 1e-5 if dtype == "float32" else 2e-2
-    with torch.inference_mode():
-        torch.testing.assert_close(fast(ids), plain(ids), atol=tol, rtol=tol)
-        caches = [KVCache(m.config, 32, getattr(torch, dtype)) for m in (fast, plain)]
-        for m, c in zip((fast, plain), caches):
-            prefill(m, ids[0, :12], c)
-        for t in range(12, 20):
-            a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
-            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    assert_same_logits(fast, plain, dtype)
 
 
 def test_mapped_tensor_reads_the_checkpoint_file(tmp_path):
@@ -286,16 +291,7 @@ def test_moe_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dt
     assert all(isinstance(e, layout.FusedMLP) for e in layout.mlps(sparse))
     assert isinstance(sparse.mlp, layout.BucketedMoE)  # experts' rows padded to few shapes (oneDNN's cache)
     assert [layout.bucket(n) for n in (1, 4, 5, 7, 9, 13, 100, 512)] == [1, 4, 6, 8, 12, 16, 128, 512]
-    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(3))
-    tol = 1e-5 if dtype == "float32" else 2e-2
-    with torch.inference_mode():
-        torch.testing.assert_close(fast(ids), plain(ids), atol=tol, rtol=tol)
-        caches = [KVCache(m.config, 32, getattr(torch, dtype)) for m in (fast, plain)]
-        for m, c in zip((fast, plain), caches):
-            prefill(m, ids[0, :12], c)
-        for t in range(12, 20):
-            a, b = (m(ids[:, t : t + 1], t, c, last_only=True) for m, c in zip((fast, plain), caches))
-            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    assert_same_logits(fast, plain, dtype)
 
 
 def test_vision_wrapper_never_reads_the_vision_tower(tmp_path, monkeypatch):
