@@ -23,12 +23,21 @@ MAX_NAME = 1024  # bytes in a relative path from outside; a real checkpoint's lo
 MAX_PART = 255  # bytes in one path component (NAME_MAX on Linux and macOS)
 
 
+_CONTROL = frozenset(range(0x20)) | {0x7F} | frozenset(range(0x80, 0xA0))  # C0 (tab, newline too), DEL, C1
+
+
 def _bad_name(name: object) -> str | None:
     """Why `name` cannot be a relative path inside a folder, or None when it can."""
     if not isinstance(name, str) or not name:
         return "it is not a file name"
-    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
-        return "it is not a file name"
+    try:
+        size = len(name.encode("utf-8"))  # strict: a lone surrogate is no file name (and crashes quote(), open())
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if size > MAX_NAME:
+        return "it is too long"
+    if any(ord(c) in _CONTROL for c in name):  # NUL, newline, ESC...: a name that could forge lines on a terminal
+        return "it contains control characters"
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "it is an absolute path"
     if "\\" in name:
@@ -36,7 +45,7 @@ def _bad_name(name: object) -> str | None:
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "it leaves its folder (empty, '.' or '..' parts)"
-    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_PART for p in parts):
+    if any(len(p.encode("utf-8")) > MAX_PART for p in parts):
         return "a part of it is too long"
     return None
 
@@ -80,6 +89,8 @@ _INERT = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)}
 _INERT[0x0D] = None
 _INERT[0x7F] = 0x2421
 _INERT.update({c: 0xFFFD for c in range(0x80, 0xA0)})
+# a lone surrogate (from JSON "\ud800") is no character: printing it raises UnicodeEncodeError in the console
+_INERT.update({c: 0xFFFD for c in range(0xD800, 0xE000)})
 
 
 def inert(text: str) -> str:

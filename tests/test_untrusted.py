@@ -52,7 +52,9 @@ def test_confine_returns_a_path_inside_root_or_refuses(tree, name):
 
 
 @pytest.mark.parametrize("name", ["../outside/victim", "../../../etc/passwd", "/tmp/x", "link/victim", "a/../../x",
-                                  "sub/../../outside/victim", "a\0b", "", ".", "sub/", "C:\\x", "a\\..\\b"])
+                                  "sub/../../outside/victim", "a\0b", "", ".", "sub/", "C:\\x", "a\\..\\b",
+                                  "x\ud800.safetensors", "x\ndownloaded Org/evil OK.safetensors", "a\x1b]0;t\x07b",
+                                  "x" * 1100])
 def test_confine_refuses_each_reported_shape(tree, name):
     with pytest.raises(UnsafeInput):
         confine(tree[0], name)
@@ -64,7 +66,8 @@ def test_confine_keeps_ordinary_names(tree, name):
     assert confine(tree[0], name) == tree[0] / name
 
 
-CONTROL = {chr(c) for c in range(0x20) if c not in (9, 10)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
+CONTROL = ({chr(c) for c in range(0x20) if c not in (9, 10)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
+           | {chr(c) for c in range(0xD800, 0xE000)})  # lone surrogates: not characters, unprintable
 
 
 @settings(max_examples=500, deadline=None)
@@ -83,7 +86,7 @@ def test_inert_leaves_nothing_a_terminal_acts_on(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cc",)), max_size=200))
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=200))
 def test_inert_does_not_touch_ordinary_unicode(text):
     assert inert(text) == text
 
@@ -99,6 +102,7 @@ def test_inert_does_not_touch_ordinary_unicode(text):
 def test_inert_on_the_reported_sequences(attack, shown):
     assert inert(attack) == shown
     assert unicodedata.normalize("NFC", inert("Grüße, 世界 🌍 مرحبا")) == "Grüße, 世界 🌍 مرحبا"
+    assert inert("Evil\ud800") == "Evil\ufffd"  # a lone surrogate (JSON "\ud800") cannot even be printed
 
 
 def test_read_bounded_refuses_fifos_devices_and_big_files(tmp_path):
