@@ -26,7 +26,8 @@ can never finish before the interrupt arrives.
 
 Hostile metadata (`hostile_metadata(repo_id, ...)`, what a tampered mirror or an ordinary web server at HF_ENDPOINT
 sends for `/api/models/{repo}`): bogus `siblings` appended to the real ones, a raw `body` instead of the JSON, an
-`endless` body, or `silent`: the request is accepted and never answered (until stop()).
+`endless` body, `silent`: the request is accepted and never answered (until stop()), or `trickle`: a header line
+that never ends, a byte every 50 ms (the listing, or the repo's files).
 """
 
 from __future__ import annotations
@@ -319,9 +320,13 @@ class HubServer:
         return commit
 
     def hostile_metadata(self, repo_id: str, *, siblings: list | None = None, body: bytes | None = None,
-                         ctype: str = "application/json", endless: bool = False, silent: bool = False) -> None:
-        """Serve `repo_id`'s listing made hostile (see the module docstring) until clear_hostile()."""
-        self.hostile[repo_id] = dict(siblings=siblings or [], body=body, ctype=ctype, endless=endless, silent=silent)
+                         ctype: str = "application/json", endless: bool = False, silent: bool = False,
+                         trickle: str | None = None) -> None:
+        """Serve `repo_id`'s listing made hostile (see the module docstring) until clear_hostile(). `trickle`:
+        "listing" or "files" (its resolve URLs, HEAD included) answer with a status line, then a header line
+        that grows a byte every 50 ms, forever (until stop()): never a complete answer, never a quiet socket."""
+        self.hostile[repo_id] = dict(siblings=siblings or [], body=body, ctype=ctype, endless=endless, silent=silent,
+                                     trickle=trickle)
 
     def clear_hostile(self) -> None:
         self.hostile.clear()
@@ -529,6 +534,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hostile(self, bad: dict) -> bool:
         """Answer a listing request the hostile way, if `bad` says one (True when answered)."""
+        if bad.get("trickle") == "listing":
+            return self._trickle()
         if bad["silent"]:
             self.hub._stopping.wait()  # accepted, never answered
             self.close_connection = True
@@ -549,9 +556,26 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _trickle(self) -> bool:
+        """A status line, then one header line a byte every 50 ms until stop() or the client hangs up: the headers
+        never end (one line, so no header-count limit cuts it short; http.client's 64 KiB line limit takes 55
+        minutes to reach)."""
+        self.close_connection = True
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Trickle: ")
+            while not self.hub._stopping.wait(0.05):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+        except OSError:
+            pass
+        return True
+
     def _resolve(self, repo: Repo, rev: str, path: str):
         if self._auth_problem(repo, content=False):
             return
+        bad = self.hub.hostile.get(repo.repo_id)
+        if bad is not None and bad.get("trickle") == "files":
+            return self._trickle()
         commit = repo.resolve(rev)
         if commit is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")

@@ -354,14 +354,145 @@ def test_escape_sequences_in_hub_names_and_manifests_stay_inert(hub, files, tmp_
     env = {**os.environ, "COHERE_CLI_HOME": str(tmp_path / "home"), "HF_ENDPOINT": hub.url}
     r = subprocess.run([sys.executable, "-m", "cohere_cli", "download", "Org/esc", "--include", "*"], env=env,
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert r.returncode == 0 and "pwned" in r.stderr, r.stderr
-    assert "\x1b" not in r.stderr + r.stdout
+    # a name with control characters is refused (untrusted.check_name), in one line shown inert
+    assert r.returncode == 1 and "pwned" in r.stderr and "control characters" in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr + r.stdout and len(r.stderr.strip().splitlines()) == 1
+    assert store.list_entries() == [] and store.list_partials() == []
+    ok("download", REPO, "--include", "*")
     [e] = store.list_entries()
     m = json.loads((e.path / "manifest.json").read_text())
-    m["name"], m["architecture"], m["precision"] = "Org/esc\x1b[2J", "\x1b]52;c;cHduZWQ=\x07Arch", "\x9b31m"
+    m["name"], m["architecture"], m["precision"] = "Org/small\x1b[2J", "\x1b]52;c;cHduZWQ=\x07Arch", "\x9b31m"
     (e.path / "manifest.json").write_text(json.dumps(m))
-    for args in (["models"], ["models", "info", "Org/esc"], ["download", "Org/esc", "--include", "*", "--dry-run"]):
+    for args in (["models"], ["models", "info", REPO], ["download", REPO, "--include", "*", "--dry-run"]):
         r = subprocess.run([sys.executable, "-m", "cohere_cli", *args], env=env, capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=120)
         out = r.stdout + r.stderr
         assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out, (args, out)
+
+
+# ---- class 8: the store's own folders planted as symlinks, and what a store name may be ----------------------------
+@pytest.mark.parametrize("planted", [".partial/Org--small", ".partial", ".tmp", "models", "models/Org--small"])
+def test_store_folders_planted_as_symlinks_are_never_followed(hub, tmp_path, planted):
+    """A symlink standing in for the staging folder (the reported case), .partial, .tmp, models or the entry: the
+    download refuses (one line) before writing or deleting anything through it."""
+    v = victim(tmp_path)
+    (v.parent / "model.safetensors.part").write_bytes(b"mine")  # what prune_staging would delete
+    (v.parent / "photos.2023").mkdir()
+    link = tmp_path / "home" / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(v.parent)
+    msg = fails("download", REPO, "--include", "*", exc=StoreError)
+    assert "symlink" in msg and planted.split("/")[-1] in msg
+    assert v.read_text() == "precious" and (v.parent / "model.safetensors.part").read_bytes() == b"mine"
+    assert sorted(p.name for p in v.parent.iterdir()) == ["model.safetensors.part", "photos.2023", "victim.txt"]
+
+
+def test_stale_tmp_cleanup_deletes_only_its_own_names(tmp_path):
+    """.tmp/ holds folders named `<entry>.<8 random>.<pid>.tmp`: only those of a dead pid are removed; any other
+    name with a number in it stays, and a symlink of that shape is unlinked, never its target emptied."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp = tmp_path / "home" / ".tmp"
+    tmp.mkdir(parents=True)
+    keep = ["photos.2023", "thesis.v2.99999", f"notes.{dead.pid}", f"Org--x.abcd1234.{dead.pid}.tmp.bak",
+            f"Org--x.{dead.pid}.tmp"]
+    for n in keep:
+        (tmp / n).mkdir()
+        (tmp / n / "f").write_text("mine")
+    (tmp / f"Org--x.abcd_123.{dead.pid}.tmp").mkdir()  # ours, its process gone
+    (tmp / f".Org--x.old.k9k9k9k9.{dead.pid}.tmp").mkdir()
+    v = victim(tmp_path)
+    (tmp / f"Org--y.zzzzzzzz.{dead.pid}.tmp").symlink_to(v.parent)
+    store._cleanup_stale_tmp()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(keep)
+    assert all((tmp / n / "f").read_text() == "mine" for n in keep)
+    untouched(v)
+
+
+def test_download_never_replaces_an_entry_that_is_not_that_repos(hub, tmp_path):
+    """An entry in the folder `Org/small` maps to ("Org--small", made by `quantize -o Org--small` before '--' was
+    refused in store names) is the user's: the download refuses, one line saying how to remove it."""
+    with pytest.raises(StoreError, match="'--'"):
+        store.folder_name("Org--small")
+    entry = tmp_path / "home" / "models" / "Org--small"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    (entry / "manifest.json").write_text(json.dumps({"format": 1, "name": "Org--small", "parent": "Org/other",
+                                                     "files": {"config.json": {"size": 2, "sha256": "0" * 64}}}))
+    msg = fails("download", REPO, "--include", "*")
+    assert "not a download of Org/small" in msg and "cohere models rm Org--small" in msg
+    assert sorted(p.name for p in entry.iterdir()) == ["config.json", "manifest.json"]
+    assert json.loads((entry / "manifest.json").read_text())["name"] == "Org--small"
+    assert store.list_partials() == []
+
+
+# ---- class 9: sizes and names no checkpoint has --------------------------------------------------------------------
+@pytest.mark.parametrize("size", [10**18, 10**30])
+def test_listed_size_past_any_checkpoint_is_refused(hub, tmp_path, size):
+    hub.hostile_metadata(REPO, siblings=[{"rfilename": "huge.safetensors", "size": size, "blobId": "0" * 40}])
+    for args in (["--dry-run"], []):
+        r = run_cli(["download", REPO, *args], home=tmp_path / "home", address_space=1 << 30)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "more than any checkpoint file" in r.stderr, \
+            r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "home" / ".partial").exists()
+
+
+def test_dry_run_of_a_big_file_allocates_nothing_per_chunk(hub, tmp_path):
+    """2**49 bytes in 64 KiB chunks is 2**33 chunks (64 GiB of list): a dry run and the free-space refusal size
+    nothing per chunk, under a 1 GiB address-space limit."""
+    hub.hostile_metadata(REPO, siblings=[{"rfilename": "zz.safetensors", "size": 1 << 49, "blobId": "0" * 40}])
+    env = {"COHERE_CLI_DL_CHUNK_SIZE": str(64 << 10)}
+    r = run_cli(["download", REPO, "--dry-run"], home=tmp_path / "home", address_space=1 << 30, env=env)
+    assert r.returncode == 0 and "zz.safetensors" in r.stdout, r.stderr
+    r = run_cli(["download", REPO], home=tmp_path / "home", address_space=1 << 30, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "free some space" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_listed_name_that_is_not_utf8_is_refused_before_use(hub, dry):
+    hub.hostile_metadata(REPO, siblings=[bogus("x\ud800.safetensors")])
+    msg = fails("download", REPO, *(["--dry-run"] if dry else []), exc=UnsafeInput)
+    assert "nothing was downloaded" in msg
+    assert store.list_partials() == []
+
+
+def test_manifest_key_that_is_not_utf8_is_never_used(hub):
+    ok("download", REPO, "--include", "*")
+    e = _tamper_manifest("x\ud800.json")
+    assert "x\\ud800.json" in fails("models", "verify", REPO, exc=StoreError)  # named, never hashed
+    (e.path / "config.json").unlink()  # a re-download at the same commit carries the manifest's files over
+    ok("download", REPO, "--include", "*")  # carried over? never: it is no name inside the entry
+    [e] = store.list_entries()
+    assert "x\ud800.json" not in e.files
+
+
+# ---- class 10: a Hub that trickles -------------------------------------------------------------------------------
+@pytest.mark.parametrize("where,args", [("listing", []), ("files", ["--include", "*"]), ("files", ["--dry-run"])])
+def test_a_hub_that_trickles_forever_hits_the_deadline(hub, monkeypatch, where, args):
+    """A header byte every 50 ms, forever (the server never completes an answer; each read gets bytes well within
+    the per-read timeout): metadata, the HEAD probe and the --dry-run config.json fetch each end at their deadline."""
+    monkeypatch.setenv("COHERE_CLI_DL_TIMEOUT", "0.25")
+    hub.hostile_metadata(REPO, trickle=where)
+    if args == ["--dry-run"]:
+        out = ok("download", REPO, *args).output
+        assert "too slowly" in out
+        return
+    msg = fails("download", REPO, *args)
+    assert "too slowly" in msg and "cannot reach" in msg
+    assert store.list_entries() == [] and store.list_partials() == []
+
+
+@pytest.mark.parametrize("extra,hint", [
+    ([bogus("config.json", b"{}")], "twice"),
+    ([bogus("config.json/x")], "both as a file and as a folder"),
+    ([bogus("manifest.json/x")], "--exclude 'manifest.json/x'"),
+    ([bogus("plan.json/x")], "--exclude 'plan.json/x'"),
+    ([bogus(".lock/x")], "--exclude '.lock/x'"),
+    ([bogus("x.part/y")], "--exclude 'x.part/y'"),
+])
+def test_listing_shapes_that_cannot_be_stored_are_refused_up_front(hub, tmp_path, extra, hint):
+    hub.hostile_metadata(REPO, siblings=extra)
+    msg = fails("download", REPO, "--include", "*")
+    assert hint in msg
+    assert not (tmp_path / "home" / ".partial").exists() and store.list_entries() == []

@@ -4,6 +4,7 @@ included), and the memory bound of the streaming quantizer on a multi-shard chec
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -316,9 +317,31 @@ def test_force_never_replaces_a_folder_that_is_not_ours(tmp_path):
             with quantize.folder_tmpdir(dest, replace=True):
                 pass
     assert (mine / "chapter1.tex").read_text() == "years of work"
+    # a manifest.json alone proves nothing (a browser extension has one); nor does ours beside a file of the user's
+    ext = tmp_path / "extension"
+    ext.mkdir()
+    (ext / "manifest.json").write_text('{"manifest_version": 3, "name": "My extension", "version": "1.0"}')
+    (ext / "background.js").write_text("chrome.runtime.onInstalled.addListener(() => {});")
     ours = tmp_path / "ours"
     ours.mkdir()
-    (ours / "manifest.json").write_text('{"format": 1, "name": "ours", "files": {}}')
+    (ours / "config.json").write_text("{}")
+    written = {k: None for k in ("source", "parent", "architecture", "model_type", "parameters", "storage_dtype",
+                                 "precision")}
+    (ours / "manifest.json").write_text(json.dumps({
+        "format": 1, "name": "ours", **written, "created_at": "2025-01-31T12:00:00Z",
+        "files": {"config.json": {"size": 2, "sha256": "0" * 64}}}))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ours, mixed)
+    (mixed / "thesis.tex").write_text("years of work")
+    forged = tmp_path / "forged"  # our fields, but a listed file is missing
+    shutil.copytree(ours, forged)
+    (forged / "config.json").unlink()
+    (forged / "readme.json").write_text("{}")
+    for dest in (ext, mixed, forged):
+        with pytest.raises(QuantizeError, match="not a checkpoint cohere-cli wrote"):
+            with quantize.folder_tmpdir(dest, replace=True):
+                pass
+    assert (ext / "background.js").is_file() and (mixed / "thesis.tex").read_text() == "years of work"
     (tmp_path / "empty").mkdir()
     for dest in (ours, tmp_path / "empty"):
         with quantize.folder_tmpdir(dest, replace=True) as tmp:

@@ -34,7 +34,9 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from pathlib import Path
 from cohere_cli.errors import ModelNotFound, StoreError
 from cohere_cli.store.atomic import publish_folder, write_atomic
 from cohere_cli.config import read_json_object
-from cohere_cli.untrusted import confine
+from cohere_cli.untrusted import confine, inert
 from cohere_cli.store.manifest import (  # noqa: F401  (store.read_manifest etc.: the entries' API)
     MANIFEST, MANIFEST_FORMAT, make_manifest, read_manifest, sha256_file, utc_now, write_manifest)
 
@@ -60,7 +62,29 @@ def store_root() -> Path:
 
 
 def models_dir() -> Path:
-    return store_root() / "models"
+    return _no_symlink(store_root() / "models")
+
+
+def _no_symlink(path: Path) -> Path:
+    """`path` (inside the store root) when no part of it below the root is a symlink, else StoreError (one line).
+    The store's own folders (models/, .partial/, .tmp/, an entry, a staging folder) are written into and deleted
+    from: one planted as a symlink would take those writes and deletes to wherever it points. Checked with lstat
+    part by part before anything is written (a check of the resolved path alone would pass a symlinked folder
+    whose target is inside, and `confine` resolves its root). The root itself may be a symlink: the user chose
+    it (COHERE_CLI_HOME)."""
+    root = store_root()
+    q = root
+    for part in path.relative_to(root).parts:
+        q = q / part
+        try:
+            st = os.lstat(q)
+        except OSError:
+            break  # absent: nothing below it exists either
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+            raise StoreError(f"{inert(str(q))} is {kind}, not a folder of the store: cohere-cli never writes "
+                             f"through one; move it away (rm {inert(str(q))}) and run the command again")
+    return path
 
 
 def folder_name(name: str) -> str:
@@ -68,20 +92,30 @@ def folder_name(name: str) -> str:
     name = name.strip().strip("/")
     if not name or name in (".", "..") or "\\" in name or name.startswith(".") or name.count("/") > 1:
         raise StoreError(f"'{name}' is not a usable store name: use letters, digits, '-', '_', '.' and one '/'")
+    if "--" in name:  # "Org--x" and "Org/x" would share one folder: a quantize named so would replace a download
+        raise StoreError(f"'{inert(name)}' is not a usable store name: '--' stands for '/' in the store's folder "
+                         "names; use one '-' (or 'Org/name')")
     return name.replace("/", "--")
 
 
+def check_layout() -> None:
+    """StoreError (one line) when models/, .partial/ or .tmp/ is a symlink or not a folder: before a command that
+    writes into the store writes anything."""
+    for sub in ("models", ".partial", ".tmp"):
+        _no_symlink(store_root() / sub)
+
+
 def entry_path(name: str) -> Path:
-    return models_dir() / folder_name(name)
+    return _no_symlink(models_dir() / folder_name(name))
 
 
 def partial_path(name: str) -> Path:
     """Where a download of entry `name` keeps its part files until it is complete."""
-    return store_root() / ".partial" / folder_name(name)
+    return _no_symlink(store_root() / ".partial" / folder_name(name))
 
 
 def _tmp_root() -> Path:
-    return store_root() / ".tmp"
+    return _no_symlink(store_root() / ".tmp")
 
 
 # ---- entries ----------------------------------------------------------------------------------------------------
@@ -235,15 +269,38 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# What publish_folder (store/atomic.py) names its folders in .tmp/ (prefix "<entry folder>.", an old entry set aside
+# as ".<entry folder>.old.") and remove_entry its trash ("<entry folder>.rm."): mkdtemp's 8 random characters, then
+# ".<pid>.tmp". Only names of exactly that shape are ours to delete.
+_TMP_NAME = re.compile(r"\.?[^/]+?\.(?:old\.|rm\.)?[a-z0-9_]{8}\.(?P<pid>[0-9]{1,10})\.tmp")
+
+
 def _cleanup_stale_tmp() -> None:
-    """Remove .tmp/ folders left by processes that died (their names carry the pid)."""
+    """Remove .tmp/ folders left by processes that died (their names carry the pid): only folders (never through a
+    symlink) whose whole name is one this tool makes."""
     root = _tmp_root()
-    if not root.is_dir():
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return
+        names = os.listdir(root)
+    except OSError:
         return
-    for d in root.iterdir():
-        parts = d.name.split(".")
-        pid = next((int(x) for x in reversed(parts) if x.isdigit()), None)
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+    for n in names:
+        m = _TMP_NAME.fullmatch(n)
+        if m is None:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        d = root / n
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            with contextlib.suppress(OSError):
+                d.unlink()  # the link only, never its target
+        elif stat.S_ISDIR(st.st_mode):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -279,7 +336,7 @@ def remove_entry(name: str) -> Path:
     if entry is None:
         raise ModelNotFound(_not_found_message(name))
     _tmp_root().mkdir(parents=True, exist_ok=True)
-    trash = Path(tempfile.mkdtemp(prefix=f"{entry.path.name}.rm.", suffix=f".{os.getpid()}", dir=_tmp_root()))
+    trash = Path(tempfile.mkdtemp(prefix=f"{entry.path.name}.rm.", suffix=f".{os.getpid()}.tmp", dir=_tmp_root()))
     os.rmdir(trash)
     os.rename(entry.path, trash)
     shutil.rmtree(trash, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from cohere_cli.store.staging import (PLAN, adopt_verified, clean_published, pru
 from cohere_cli.untrusted import inert, is_confined, parse_json
 
 KV_SEQ = 8192  # the context the plan's memory estimate is for
+MAX_FILE_BYTES = 1 << 50  # 1 PiB: a listed size past it is no checkpoint file (and would size lists per chunk)
 
 
 @dataclass
@@ -58,12 +60,12 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: list[st
     opts = Options.from_env(max_workers=max_workers)
     repo = hub.fetch_repo(repo_id, revision, token, timeout=opts.timeout)
     name = repo_id
-    _check_names(repo, store.partial_path(name), store.entry_path(name))
-    files = hub.select_files(repo.files, include, exclude)
+    store.check_layout()
+    files = hub.select_files(_check_names(repo, store.partial_path(name), store.entry_path(name)), include, exclude)
     clash = next((f.path for f in files if reserved_name(f.path)), None)
     if clash is not None:
         raise DownloadError(f"{repo_id} has a file named {inert(repr(clash))}, a name the store keeps for its own "
-                            f"bookkeeping: leave it out with --exclude '{clash}'")
+                            f"bookkeeping: leave it out with --exclude '{inert(clash)}'")
     if not files:
         listing = ", ".join(f.path for f in repo.files[:8]) + (", ..." if len(repo.files) > 8 else "")
         raise DownloadError(f"no file of {repo_id} matches the selection (it has: {listing}): adjust --include / "
@@ -83,22 +85,54 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: list[st
                                 commit=repo.commit)
 
     existing, reuse, keep = _reusable(name, specs, repo.commit)
+    for folder in {store.entry_path(name), *([existing.path] if existing is not None else [])}:
+        _check_owner(folder, repo_id)
     if existing is not None:  # what a kill -9 right after publishing left in staging
         clean_published(store.partial_path(name), existing.commit, existing.files)
     transfer = Transfer(store.partial_path(name), specs, headers, opts, describe)
     return Plan(repo, revision, name, specs, headers, transfer, existing, reuse, keep)
 
 
-def _check_names(repo: hub.RepoInfo, *folders: Path) -> None:
+def _check_names(repo: hub.RepoInfo, *folders: Path) -> list[hub.RemoteFile]:
     """Every name in the listing, selected or not, must be a plain relative path that stays inside the staging
-    folder and the entry (a hostile Hub lists '../../x' or '/etc/x' to make us write or delete there): one line
-    naming the first that is not, before anything is written."""
+    folder and the entry (a hostile Hub lists '../../x' or '/etc/x' to make us write or delete there, or a name that
+    is no UTF-8 or holds control characters), listed once, and never both a file and a folder ('a' and 'a/b'); and
+    no file may be bigger than any real checkpoint file. One line naming the first that is not, before any name is
+    used (made into a URL, shown) and anything is written. Returns the listing."""
+    where = f"the file name listed by {repo.endpoint} for {repo.repo_id}"
+    trust = "nothing was downloaded (is HF_ENDPOINT a Hub you trust?)"
+    seen: set[str] = set()
     for f in repo.files:
         for folder in folders:
             try:
-                staged_path(folder, f.path, f"the file name listed by {repo.endpoint} for {repo.repo_id}")
+                staged_path(folder, f.path, where)
             except UnsafeInput as e:
-                raise UnsafeInput(f"{e}; nothing was downloaded (is HF_ENDPOINT a Hub you trust?)") from None
+                raise UnsafeInput(f"{e}; {trust}") from None
+        if f.path in seen:
+            raise UnsafeInput(f"{repo.endpoint} lists {inert(repr(f.path))} twice for {repo.repo_id}; {trust}")
+        seen.add(f.path)
+        if f.size > MAX_FILE_BYTES:
+            raise DownloadError(f"{repo.endpoint} lists {inert(repr(f.path))} of {repo.repo_id} at {f.size} bytes, "
+                                f"more than any checkpoint file ({MAX_FILE_BYTES >> 50} PiB); {trust}")
+    for f in repo.files:
+        parts = f.path.split("/")
+        folder = next((d for d in ("/".join(parts[:k]) for k in range(1, len(parts))) if d in seen), None)
+        if folder is not None:
+            raise UnsafeInput(f"{repo.endpoint} lists {inert(repr(folder))} of {repo.repo_id} both as a file and as "
+                              f"a folder ({inert(repr(f.path))}); {trust}")
+    return repo.files
+
+
+def _check_owner(folder: Path, repo_id: str) -> None:
+    """The entry in `folder` (which publishing replaces) must be a download of `repo_id`: one made otherwise (a
+    `quantize -o Org--x` shares the folder of `Org/x`), or of unknown origin, is the user's and is never replaced."""
+    if not os.path.lexists(folder):
+        return
+    m = store.read_manifest(folder) or {}
+    if str((m.get("source") or {}).get("repo_id", "")).lower() != repo_id.lower():
+        shown = inert(str(m.get("name") or folder.name))
+        raise DownloadError(f"the store already has {shown} ({inert(str(folder))}), which is not a download of "
+                            f"{repo_id}: remove it first with `cohere models rm {shown}`, then run this again")
 
 
 def fetch(p: Plan, progress: Progress, say: Callable[[str], None] = lambda msg: None) -> Path:

@@ -149,11 +149,36 @@ def fetch_bytes(url: str, headers: Mapping[str, str], *, timeout: float = 30.0, 
     no body byte is transferred). Returns (status, headers, body). Network failures raise OSError /
     http.client.HTTPException."""
     client = HttpPool(timeout)
+    # `timeout` bounds each read; a Hub that trickles (a header line or a body byte every few seconds) never trips
+    # it, so the whole request also has a deadline: DEADLINE_FACTOR x timeout (2 min by default), past which its
+    # sockets are shut down and TimeoutError (an OSError: one line from the callers) is raised.
+    deadline = DEADLINE_FACTOR * timeout
+    done, fired = threading.Event(), threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(deadline):
+            return
+        fired.set()
+        while not done.wait(0.05):  # again until the request returns: a connection opened after the first
+            client.shutdown_all()
+
+    threading.Thread(target=watchdog, name="fetch-deadline", daemon=True).start()
+    late = f"no complete answer within {deadline:g} s (the server sends too slowly)"
     try:
         resp, _ = client.get(url, headers, method="HEAD" if head else "GET", cross_origin=not head)
         body = resp.read(max_bytes)
+        if fired.is_set():
+            raise TimeoutError(late)
         return resp.status, {k: v for k, v in resp.getheaders()}, body
     except Fatal as e:
-        raise http.client.HTTPException(str(e)) from None
+        raise TimeoutError(late) if fired.is_set() else http.client.HTTPException(str(e)) from None
+    except (OSError, http.client.HTTPException):
+        if fired.is_set():
+            raise TimeoutError(late) from None
+        raise
     finally:
+        done.set()
         client.close_thread()
+
+
+DEADLINE_FACTOR = 4  # fetch_bytes: a whole small request may take this many per-read timeouts

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +60,36 @@ def checked(m: dict) -> dict:
                                   for k in QUALITY_NUMBERS) and isinstance(q.get("dtype"), str)):
         del out["quality"]
     return out
+
+
+# What make_manifest always writes (the fields that may be null included): a folder with a manifest.json lacking
+# any of them was not written by us (a browser extension, a web app and many tools have a manifest.json too).
+_WRITTEN = frozenset(("format", "name", "source", "parent", "architecture", "model_type", "parameters",
+                      "storage_dtype", "precision", "created_at", "files"))
+
+
+def written_by_us(folder: Path) -> bool:
+    """Whether `folder` is provably a checkpoint cohere-cli wrote, so that `--force` may replace it: a format-1
+    manifest.json with every field make_manifest writes, whose `files` all exist (regular files inside), and
+    nothing else in the folder but JSON (config, tokenizer, templates) and safetensors files."""
+    from cohere_cli.untrusted import is_confined
+
+    try:
+        m = read_json_object(Path(folder) / MANIFEST, MAX_MANIFEST_BYTES)
+        files = m.get("files")
+        if m.get("format") != MANIFEST_FORMAT or not _WRITTEN <= m.keys() or not isinstance(files, dict):
+            return False
+        for rel in files:
+            if not (isinstance(rel, str) and is_confined(folder, rel)
+                    and stat.S_ISREG(os.lstat(Path(folder) / rel).st_mode)):
+                return False
+        for p in Path(folder).rglob("*"):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_symlink() or not (p.is_dir() or rel in files or p.name.endswith((".json", ".safetensors"))):
+                return False
+    except (OSError, ValueError, UnicodeError):
+        return False
+    return True
 
 
 # ---- manifests --------------------------------------------------------------------------------------------------

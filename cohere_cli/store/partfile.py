@@ -144,10 +144,13 @@ class PartFile:
                     self.done.append(max(0, min(d, end - start, size_on_disk - start)))
                 self.saved = list(self.done)
                 return
-        self.done = [0] * self.n_chunks
+        self.done = []  # nothing on disk: the per-chunk list is made by start(), after the free-space check (a
+        # listed size of 1 PiB would be millions of slots for a --dry-run that fetches nothing)
 
     def start(self) -> None:
         """Make the part file exist (no fd is kept: workers open it while they write, see acquire)."""
+        if len(self.done) != self.n_chunks:
+            self.done = [0] * self.n_chunks
         self.final.parent.mkdir(parents=True, exist_ok=True)
         staged_path(self.staging, self.spec.path + ".part", "a part file")  # its folders are ours, no symlink out
         if self.saved is None:  # nothing trustworthy on disk: start clean (unlinking a symlink leaves its target)

@@ -29,8 +29,10 @@ _RESERVED = {VERIFIED, PLAN, LOCK, MANIFEST}
 
 
 def reserved_name(path: str) -> bool:
-    """Whether repo path `path` collides with the store's own files (top-level bookkeeping, `X.part` parts)."""
-    return path in _RESERVED or path.endswith((".part", ".part.json"))
+    """Whether repo path `path` collides with the store's own files: top-level bookkeeping, or a folder of that
+    name ('manifest.json/x', '.lock/x'); `X.part` parts, or a folder named like one ('x.part/y')."""
+    parts = path.split("/")
+    return parts[0] in _RESERVED or any(p.endswith((".part", ".part.json")) for p in parts)
 
 
 def atomic_json(path: Path, data: dict) -> None:

@@ -380,9 +380,9 @@ def looks_like_path(output: str) -> bool:
 
 
 def _replaceable(dest: Path) -> bool:
-    """What --force may delete: an empty folder, or a checkpoint we wrote (its manifest.json), never a symlink or
-    any other folder (a typo in -o must not cost the user a folder of their own)."""
-    from cohere_cli.store.manifest import read_manifest
+    """What --force may delete: an empty folder, or a checkpoint provably ours (store.manifest.written_by_us), never
+    a symlink or any other folder (a typo in -o must not cost the user a folder of their own)."""
+    from cohere_cli.store.manifest import written_by_us
 
     if dest.is_symlink() or not dest.is_dir():
         return False
@@ -391,7 +391,7 @@ def _replaceable(dest: Path) -> bool:
             return True
     except OSError:
         return False
-    return read_manifest(dest) is not None
+    return written_by_us(dest)
 
 
 @contextlib.contextmanager
