@@ -66,6 +66,7 @@ def test_weights_symlinked_from_outside_the_checkpoint_are_refused(ckpt, tmp_pat
     {"name": "m", "parameters": "lots", "source": "x", "quantization": "x", "quality": "x"},
     {"name": ["m"], "quality": {"a": 1}, "files": "x", "precision": 7},
     {"name": "m", "source": {"repo_id": ["x"]}, "files": {"a": "b"}, "parameters": True},
+    {"name": "m", "source": None, "quantization": None, "quality": None, "files": None, "parameters": None},
 ])
 def test_manifest_fields_of_the_wrong_type_are_ignored(ckpt, tmp_path, manifest):
     home = tmp_path / "home"

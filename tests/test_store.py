@@ -107,7 +107,7 @@ def test_manifest_fields(tiny):
     assert m["architecture"] == "CohereForCausalLM" and m["model_type"] == "cohere"
     assert m["parameters"] == expected
     assert m["storage_dtype"] == "bfloat16" and m["precision"] == "bf16"
-    assert m.get("parent") is None and m["created_at"].endswith("Z")
+    assert m["parent"] is None and m["created_at"].endswith("Z")
     assert m["source"]["commit"] == "a" * 40
     for rel, rec in m["files"].items():
         assert rec["size"] == (tiny / rel).stat().st_size

@@ -48,12 +48,12 @@ def checked(m: dict) -> dict:
     out = {}
     for k, v in m.items():
         want = _FIELDS.get(k)
-        if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
-            continue
+        if v is not None and want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
+            continue  # null stays: it is the format's "none" ("parent": null), and every reader handles it
         out[k] = v
-    if "source" in out:
+    if isinstance(out.get("source"), dict):
         out["source"] = {k: v for k, v in out["source"].items() if isinstance(v, str)}
-    if "files" in out:
+    if isinstance(out.get("files"), dict):
         out["files"] = {k: v for k, v in out["files"].items() if isinstance(k, str) and isinstance(v, dict)}
     q = out.get("quality")
     if q is not None and not (all(isinstance(q.get(k), _NUMBER) and not isinstance(q.get(k), bool)
