@@ -98,7 +98,8 @@ def peak_worker(name: str, cache: Path, n: int, gen: int, threads: int) -> None:
     bench_child.reset_peak_rss()
     for seed in range(3):  # three different prompts: a MoE's experts see new row counts in each prefill
         e.run(prompt(n, seed), gen)
-    print(json.dumps({"engine": name, "peak_rss_run": bench_child.peak_rss_bytes()}))
+    status = {k: bench_child._status_kib(k) * 1024 for k in ("RssAnon", "RssFile")}
+    print(json.dumps({"engine": name, "peak_rss_run": bench_child.peak_rss_bytes(), **status}))
 
 
 def bare_rss() -> int:
@@ -159,17 +160,19 @@ def main() -> None:
         return
     del engines
     base = bare_rss()
-    print("\n| engine | peak RSS decoding | checkpoint bytes (compute dtype) | ratio | ratio without the bare process |")
-    print("|---|---|---|---|---|")
+    print("\n| engine | peak RSS decoding | checkpoint bytes (compute dtype) | ratio | ratio without the bare process "
+          "| anonymous memory after the runs / checkpoint |")
+    print("|---|---|---|---|---|---|")
     for name in ("moe:bf16", "dense:bf16"):
         p = subprocess.run([sys.executable, __file__, "--peak-worker", name, "--cache", str(a.cache), "--threads",
                             str(a.threads), "--prompt", str(a.prompt), "--gen", "16"], capture_output=True, text=True)
         if p.returncode != 0:
             print(p.stderr[-2000:], file=sys.stderr)
             continue
-        peak = json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_run"]
-        ck = checkpoint_bytes(build(a.cache, name.split(":")[0]))
-        print(f"| {name} | {peak / 1e9:.2f} GB | {ck / 1e9:.2f} GB | {peak / ck:.2f}x | {(peak - base) / ck:.2f}x |")
+        rec = json.loads(p.stdout.strip().splitlines()[-1])
+        peak, ck = rec["peak_rss_run"], checkpoint_bytes(build(a.cache, name.split(":")[0]))
+        print(f"| {name} | {peak / 1e9:.2f} GB | {ck / 1e9:.2f} GB | {peak / ck:.2f}x | {(peak - base) / ck:.2f}x "
+              f"| {rec['RssAnon'] / ck:.2f}x (+{rec['RssFile'] / 1e6:.0f} MB of mapped files: libraries' code) |")
     print(f"(a bare `import torch, cohere_cli` process: {base / 1e6:.0f} MB)")
 
 
