@@ -798,3 +798,19 @@ if __name__ == "__main__":  # serve a folder: python tests/hub_server.py REPO_ID
         threading.Event().wait()
     except KeyboardInterrupt:
         srv.stop()
+
+
+def use_hub(monkeypatch, hub: HubServer, tmp_path: Path, **env: str) -> None:
+    """Point cohere-cli at `hub` for one test: its endpoint, a fresh HF home and store under `tmp_path`, no token
+    from the machine, quick retries; `env` sets more COHERE_CLI_* variables."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COHERE_CLI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COHERE_CLI_DL_BACKOFF", "0.01")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)

@@ -20,7 +20,7 @@ from cohere_cli.store import download
 from cohere_cli.store import staging
 from cohere_cli.cli import app
 from cohere_cli.errors import DownloadError, UsageError
-from hub_server import HOLD_LIMIT, HubServer, make_tiny_cohere
+from hub_server import HOLD_LIMIT, HubServer, make_tiny_cohere, use_hub
 
 REPO = "CohereForAI/tiny-command-r"
 GATED = "CohereForAI/tiny-gated"
@@ -50,18 +50,9 @@ def hub(ckpt):
 
 @pytest.fixture(autouse=True)
 def env(hub, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("COHERE_CLI_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COHERE_CLI_DL_CHUNK_SIZE", str(1 << 20))
-    monkeypatch.setenv("COHERE_CLI_DL_BACKOFF", "0.01")
-    monkeypatch.setenv("COHERE_CLI_DL_RETRIES", "3")
-    monkeypatch.setenv("COHERE_CLI_DL_TIMEOUT", "60")  # no read may time out on a busy machine (but see the stall test)
+    # no read may time out on a busy machine (but see the stall test)
+    use_hub(monkeypatch, hub, tmp_path, COHERE_CLI_DL_CHUNK_SIZE=str(1 << 20), COHERE_CLI_DL_RETRIES="3",
+            COHERE_CLI_DL_TIMEOUT="60")
     hub.faults.clear()
     hub.reset_counts()
     yield

@@ -20,7 +20,7 @@ from cohere_cli import store
 from cohere_cli.errors import CohereError, StoreError, UnsafeInput
 from cohere_cli.store import partfile
 from cohere_cli.store.staging import PLAN, VERIFIED, staging_lock
-from hub_server import HubServer, git_blob_id
+from hub_server import HubServer, git_blob_id, use_hub
 from limits import run_cli
 from test_download import fails as _fails
 from test_download import ok
@@ -48,13 +48,7 @@ def hub(files):
 
 @pytest.fixture(autouse=True)
 def env(hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("COHERE_CLI_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COHERE_CLI_DL_BACKOFF", "0.01")
-    monkeypatch.setenv("COHERE_CLI_DL_RETRIES", "1")
+    use_hub(monkeypatch, hub, tmp_path, COHERE_CLI_DL_RETRIES="1")
     hub.faults.clear()
     hub.clear_hostile()
     yield
