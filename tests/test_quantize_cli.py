@@ -357,7 +357,8 @@ def moe_parent(tmp_path_factory):
                                prefix_dense_intermediate_size=96))
 
 
-@pytest.mark.parametrize("bits", ["4", "8"])
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", ["8"])  # the 4-bit format of a linear is the dense tests'; int8 met a kernel bug
 def test_moe_experts_are_quantized_and_the_router_stays_in_float(moe_parent, tmp_path, bits):
     """cohere2_moe: every expert's, the shared experts' and the dense prefix's projections quantized; the router
     (`mlp.gate`, E x H) stored exactly as the parent's; the result generates (int8: a prompt long enough that an
