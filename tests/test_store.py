@@ -255,8 +255,9 @@ def test_models_list_json_and_table(populated):
     r = runner.invoke(app, ["models", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    names = [m["name"] for m in data["models"]]
+    names = [m["name"] for m in data["models"] if not m["builtin"]]
     assert names == sorted(names, key=str.lower) and len(names) == 4
+    assert data["models"][0]["name"] == "demo" and data["models"][0]["builtin"]  # the built-in, listed first
     nf4 = next(m for m in data["models"] if m["name"] == "c4ai-command-r7b-12-2024-nf4")
     assert nf4["parent"] == "CohereForAI/c4ai-command-r7b-12-2024" and nf4["size_bytes"] > 0
     r = runner.invoke(app, ["models"])
@@ -268,7 +269,7 @@ def test_models_list_json_and_table(populated):
 
 def test_models_empty_store_says_how_to_fill_it():
     r = runner.invoke(app, ["models"])
-    assert r.exit_code == 0 and r.stdout == ""
+    assert r.exit_code == 0 and "built-in" in r.stdout and len(r.stdout.splitlines()) == 2  # header, demo
     assert "cohere download" in r.stderr
 
 

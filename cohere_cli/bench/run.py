@@ -82,15 +82,19 @@ def plan_precisions(folder: Path, raw: dict, wanted: list[str] | None) -> list[P
     float_folder, float_name, float_own = folder, manifest.get("name") or folder.name, own
     if quantized_ckpt:
         parent = manifest.get("parent")
-        entry = store.get_entry(parent) if parent else None
-        float_folder = entry.path if entry else None
-        float_name = entry.name if entry else None
-        if entry:
-            float_own = entry.manifest.get("precision") or "bf16"
+        entry = store.get_entry(parent) if isinstance(parent, str) else None
+        demo = _builtin_parent(parent) if entry is None else None
+        float_folder = entry.path if entry else demo
+        float_name = entry.name if entry else store.DEMO if demo else None
+        if entry or demo:
+            float_own = (entry.manifest.get("precision") if entry else None) or "bf16"
+    elif folder.resolve() == store.BUILTIN_DEMO.resolve():
+        float_name = store.DEMO
     derived = {}
     if float_name:
+        names = {float_name, str(float_folder.absolute())}  # older quantizations recorded a folder's path
         for e in store.list_entries():
-            if e.manifest.get("parent") == float_name and e.manifest.get("precision"):
+            if e.manifest.get("parent") in names and e.manifest.get("precision"):
                 derived.setdefault(e.manifest["precision"], e)
     plans = []
     for p in wanted:
@@ -112,6 +116,16 @@ def plan_precisions(folder: Path, raw: dict, wanted: list[str] | None) -> list[P
             plans.append(Plan(p, str(float_folder), "quantize", "auto",
                               f"quantized in memory from {float_own}: bitsandbytes {how}"))
     return plans
+
+
+def _builtin_parent(parent) -> Path | None:
+    """The built-in demo when a manifest's parent names it: `demo`, or its path as quantize wrote it before."""
+    from cohere_cli import store
+
+    demo = store.builtin_entry(store.DEMO)
+    if demo is None or not isinstance(parent, str):
+        return None
+    return demo if parent == store.DEMO or parent == str(demo.absolute()) else None
 
 
 def _model_info(spec: str, folder: Path, raw: dict, d: sizes.Dims) -> dict:

@@ -38,14 +38,19 @@ class ChatOptions:
 
 
 def pick_model(spec: str | None) -> str:
-    """MODEL, else the model used last, else the built-in demo; says which when it chose."""
-    from cohere_cli.store import last_used
+    """MODEL, else the model used last (recorded by its resolved name), else the built-in demo; says which when it
+    chose, and falls back to the demo with a note when the last one is gone (removed, moved)."""
+    from cohere_cli import store
 
     if spec:
         return spec
-    chosen = last_used() or "demo"
-    info(f"no MODEL given: using {chosen} ({'the last one used' if chosen != 'demo' else 'the built-in demo'})")
-    return chosen
+    last = store.last_used()
+    if last and (store.get_entry(last) or store.builtin_entry(last) or Path(last).is_dir()):
+        info(f"no MODEL given: using {last} ({'the built-in demo' if last == store.DEMO else 'the last one used'})")
+        return last
+    gone = f"the last one used, {last}, is gone" if last else "the built-in demo"
+    info(f"no MODEL given: using demo ({gone})")
+    return store.DEMO
 
 
 def build_conversation(o: ChatOptions) -> Conversation:
@@ -80,7 +85,7 @@ def _local(o: ChatOptions):
     name = pick_model(o.model)
     rt = load_runtime(name, o.dtype)
     info(rt.summary())
-    remember_last_used(name)
+    remember_last_used(rt.key or name)
     engine = LocalChat(rt, _settings(o, rt.folder)[0], ctx=o.ctx)
     s = engine.settings  # --prompt: one turn, no /set in between
     return engine, lambda ids: print_stream(stream_generate(rt.model, rt.tokenizer, ids, s.params, s.max_tokens),

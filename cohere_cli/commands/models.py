@@ -35,12 +35,31 @@ def _entry_json(e: store.Entry) -> dict:
         "name": e.name, "path": str(e.path), "architecture": m.get("architecture"), "model_type": m.get("model_type"),
         "parameters": m.get("parameters"), "precision": m.get("precision"), "storage_dtype": m.get("storage_dtype"),
         "size_bytes": e.size_on_disk(), "source": m.get("source"), "parent": m.get("parent"),
-        "created_at": m.get("created_at"),
+        "created_at": m.get("created_at"), "builtin": False,
     }
+
+
+def _builtin_json() -> dict | None:
+    """The built-in demo as `cohere models` lists it (unless a store entry named exactly `demo` hides it)."""
+    folder = store.builtin_entry(store.DEMO)
+    if folder is None or store.get_entry(store.DEMO) is not None:
+        return None
+    cfg = _read_config(folder)
+    try:
+        stats = sizes.tensor_stats(sizes.checkpoint_files(folder))
+        params, storage = stats.parameters, stats.storage_dtype
+    except (OSError, ValueError):
+        params, storage = None, None
+    return {"name": store.DEMO, "builtin": True, "path": str(folder),
+            "architecture": (cfg.get("architectures") or [None])[0], "model_type": cfg.get("model_type"),
+            "parameters": params, "precision": sizes.precision_of(cfg, storage), "storage_dtype": storage,
+            "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()), "source": None,
+            "parent": None, "created_at": None}
 
 
 def run_list(json_out: bool = False) -> None:
     entries = store.list_entries()
+    demo = _builtin_json()
     by_name = {e.name: e for e in entries}
     for p in store.list_partials():  # the leftovers of a download published just before a kill -9
         if p.name in by_name:
@@ -49,25 +68,29 @@ def run_list(json_out: bool = False) -> None:
     if json_out:
         print(json.dumps({
             "store": str(store.store_root()),
-            "models": [_entry_json(e) for e in entries],
+            "models": ([demo] if demo else []) + [_entry_json(e) for e in entries],
             "incomplete": [{"name": p.name, "path": str(p.path), "bytes": p.bytes_on_disk} for p in partials],
         }, indent=2))
-    elif entries:
+    else:
         from rich.table import Table
 
         t = Table(box=None, pad_edge=False, header_style="bold")
         for col, kw in (("NAME", {}), ("ARCHITECTURE", {}), ("PARAMS", {"justify": "right"}), ("PRECISION", {}),
                         ("SIZE", {"justify": "right"}), ("REVISION", {})):
             t.add_column(col, **kw)
+        if demo:
+            t.add_row(demo["name"], str(demo["architecture"] or demo["model_type"] or "?"),
+                      sizes.human_params(demo["parameters"]), str(demo["precision"] or "?"),
+                      sizes.human_bytes(demo["size_bytes"]), "built-in")
         for e in entries:
             m = e.manifest
             t.add_row(shown(e.name), shown(str(m.get("architecture") or m.get("model_type") or "?")),
                       sizes.human_params(m.get("parameters")), shown(str(m.get("precision") or "?")),
                       sizes.human_bytes(e.size_on_disk()), shown(_revision(e)))
         _stdout_console().print(t)
-    else:
-        info(f"the store ({store.store_root()}) is empty: `cohere download CohereLabs/c4ai-command-r7b-12-2024` "
-             "fetches a model")
+        if not entries:
+            info(f"the store ({store.store_root()}) is empty: `cohere download CohereLabs/c4ai-command-r7b-12-2024` "
+                 "fetches a model")
     if not json_out:
         for p in partials:
             warn(f"incomplete download {p.name} ({sizes.human_bytes(p.bytes_on_disk)} kept): "
@@ -85,14 +108,13 @@ def run_rm(name: str, yes: bool = False, partial: bool = False) -> None:
             raise ModelNotFound(f"no incomplete download named '{name}': `cohere models` lists them")
         what, size = f"the incomplete download of {target.name}", target.bytes_on_disk
     else:
-        entry = store.find_entry(name)
-        if entry is None:
-            left = _partial_named(name)
-            if left is not None:
-                raise ModelNotFound(f"no store entry named '{name}', only an incomplete download: `cohere models rm "
-                                    f"--partial {left.name}` discards it")
-            raise ModelNotFound(f"no store entry named '{name}': `cohere models` lists them")
+        entry, exact = _rm_target(name)
         what, size = entry.name, entry.size_on_disk()
+        if not exact:  # a short form: never removed on --yes alone (`ollama rm` takes only a model's own name)
+            if yes or not sys.stdin.isatty():
+                raise UsageError(f"'{name}' is not the name of a store entry, only part of {entry.name}: "
+                                 f"`cohere models rm {entry.name}` removes it")
+            info(f"'{name}' matches the store entry {shown(entry.name)}")
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not removing {what} without confirmation: pass --yes")
@@ -112,6 +134,23 @@ def run_rm(name: str, yes: bool = False, partial: bool = False) -> None:
     err.print(f"removed {shown(what)} ({sizes.human_bytes(size)} freed)", highlight=False)
 
 
+def _rm_target(name: str) -> tuple[store.Entry, bool]:
+    """The entry `rm NAME` would remove, and whether NAME is its exact name (full, folder or repo part)."""
+    exact = store.get_entry(name)
+    if exact is not None:
+        return exact, True
+    if store.builtin_entry(name) is not None:
+        raise UsageError(f"{name} is the built-in demo model, part of the package: there is nothing to remove")
+    m = store.match_entry(name)
+    if m is None:
+        left = _partial_named(name)
+        if left is not None:
+            raise ModelNotFound(f"no store entry named '{name}', only an incomplete download: `cohere models rm "
+                                f"--partial {left.name}` discards it")
+        raise ModelNotFound(f"no store entry named '{name}': `cohere models` lists them")
+    return m
+
+
 def _partial_named(name: str) -> store.Partial | None:
     key = name.strip().strip("/").lower()
     return next((p for p in store.list_partials() if key in (p.name.lower(), p.path.name.lower())), None)
@@ -119,12 +158,14 @@ def _partial_named(name: str) -> store.Partial | None:
 
 # ---- info ----------------------------------------------------------------------------------------------------------
 def _locate(model: str) -> tuple[Path, dict | None, str]:
-    """MODEL -> (folder, manifest or None, display name)."""
-    entry = store.find_entry(model) if not Path(model).expanduser().is_dir() else None
-    if entry is not None:
-        return entry.path, entry.manifest, entry.name
-    folder = store.resolve_model(model)
-    return folder, store.read_manifest(folder), str(folder)
+    """MODEL -> (folder, manifest or None, display name), through the store's one resolver (store.locate); a short
+    form is said to stderr with the entry it resolved to."""
+    loc = store.locate(model)
+    if loc.entry is not None:
+        if not loc.exact:
+            info(f"{model}: the store entry {shown(loc.entry.name)} (the only one it matches)")
+        return loc.folder, loc.entry.manifest, loc.entry.name
+    return loc.folder, store.read_manifest(loc.folder), store.DEMO if loc.builtin else str(loc.folder)
 
 
 def _read_config(folder: Path) -> dict:

@@ -41,9 +41,11 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
     spec = QuantSpec(bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
                      keep=list(keep or []), head=head)
     spec.validate()
-    parent = store.resolve_model(model)
-    entry = _entry_of(parent)
-    parent_name = entry.name if entry else str(parent.absolute())
+    loc = store.locate(model)
+    parent = loc.folder
+    entry = loc.entry or _entry_of(parent)
+    # the parent as `bench` and `models` look it up: the entry's name, `demo` (not the package's install path)
+    parent_name = entry.name if entry else loc.name
     check_parent(parent)  # already quantized? (one line, before any work)
     plan = make_plan(scan(parent), spec)
     for g in spec.keep:

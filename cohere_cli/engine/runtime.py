@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cohere_cli.store import resolve_model
+from cohere_cli.store import locate
 from cohere_cli.engine.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch only once a model is loaded: the commands that import this also serve --endpoint
@@ -20,6 +20,7 @@ class Runtime:
     folder: Path
     loaded: Loaded
     tokenizer: Tokenizer
+    key: str = ""  # the resolved name to record as last used: an entry's name, `demo`, an absolute path
 
     @property
     def model(self):
@@ -39,7 +40,10 @@ class Runtime:
 def load_runtime(spec: str, dtype: str = "auto", device: str = "cpu") -> Runtime:
     from cohere_cli.weights.checkpoint import load_model
 
-    folder = resolve_model(spec)
+    loc = locate(spec)
+    folder = loc.folder
     tokenizer = Tokenizer.from_dir(folder)  # first: a missing tokenizer fails before seconds of weight loading
     loaded = load_model(folder, dtype=dtype, device=device)
-    return Runtime(spec, folder, loaded, tokenizer)
+    # the resolved name (entry, `demo`, or the folder's absolute path), not a short form: what `chat` records
+    return Runtime(loc.name if loc.entry is not None or loc.builtin else spec, folder, loaded, tokenizer,
+                   key=loc.name)

@@ -23,10 +23,12 @@ manifest.json (format 1)::
      "created_at": "2025-01-31T12:00:00Z",
      "files": {"config.json": {"size": 1234, "sha256": "..."}, ...}}
 
-MODEL on the command line (`resolve_model`) is, in this order: an existing folder; an entry name or folder name
-(case-insensitive); the repo part of a name ("c4ai-command-r7b-12-2024"); a unique trailing run of dash-separated
-words ("command-r7b-12-2024"); a unique run of words anywhere ("r7b-12-2024-nf4"); a unique substring.
-Ambiguity at a step is an error that lists the candidates."""
+MODEL on the command line (`locate`, the one resolver every command uses) is, in this order: an existing folder; an
+entry name or folder name (case-insensitive); the built-in `demo`; the repo part of a name
+("c4ai-command-r7b-12-2024"); a unique trailing run of dash-separated words ("command-r7b-12-2024"); a unique run of
+words anywhere ("r7b-12-2024-nf4"); a unique substring. Ambiguity at a step is an error that lists the candidates.
+The first three and the repo part are exact (`Located.exact`); the rest are short forms, which `models rm` never
+acts on without asking."""
 
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ import contextlib
 import difflib
 import json
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohere_cli.errors import ModelNotFound, StoreError
-from cohere_cli.store.atomic import publish_folder, write_atomic
+from cohere_cli.store.atomic import cleanup_stale_tmp, publish_folder, write_atomic
 from cohere_cli.config import read_json_object
 from cohere_cli.untrusted import confine, inert
 from cohere_cli.store.manifest import (  # noqa: F401  (store.read_manifest etc.: the entries' API)
@@ -195,9 +196,9 @@ def _contains_run(hay: list[str], needle: list[str]) -> bool:
     return any(hay[i : i + n] == needle for i in range(len(hay) - n + 1))
 
 
-def find_entry(spec: str) -> Entry | None:
-    """The entry `spec` names, by exact name, repo part, or an unambiguous short form (see the module docstring).
-    None when nothing matches; ModelNotFound when the short form is ambiguous."""
+def match_entry(spec: str) -> tuple[Entry, bool] | None:
+    """The entry `spec` names and whether by an exact name (full name, folder name, repo part) rather than a short
+    form (see the module docstring). None when nothing matches; ModelNotFound when a step is ambiguous."""
     entries = list_entries()
     key = spec.strip().strip("/").lower()
     if not key:
@@ -210,42 +211,71 @@ def find_entry(spec: str) -> Entry | None:
         lambda e: bool(words) and _contains_run(_words(e.name), words),
         lambda e: key in e.name.lower(),
     ]
-    for match in tiers:
+    for i, match in enumerate(tiers):
         hits = [e for e in entries if match(e)]
         if len(hits) == 1:
-            return hits[0]
+            return hits[0], i < 2
         if len(hits) > 1:
             names = ", ".join(e.name for e in hits)
             raise ModelNotFound(f"'{spec}' matches several store entries ({names}): give the full name")
     return None
 
 
+def find_entry(spec: str) -> Entry | None:
+    """The entry `spec` names, exactly or by an unambiguous short form; ModelNotFound when ambiguous."""
+    m = match_entry(spec)
+    return m[0] if m else None
+
+
 BUILTIN_DEMO = Path(__file__).parents[1] / "data" / "demo"
+DEMO = "demo"
 
 
 def builtin_entry(spec: str) -> Path | None:
     """`demo`: the small trained model shipped inside the package (scripts/train_demo.py)."""
-    if spec.strip().lower() == "demo" and (BUILTIN_DEMO / "config.json").is_file():
+    if spec.strip().lower() == DEMO and (BUILTIN_DEMO / "config.json").is_file():
         return BUILTIN_DEMO
     return None
 
 
-def resolve_model(spec: str) -> Path:
-    """MODEL as given on the command line -> a checkpoint folder: an existing folder, the built-in `demo`, or a
-    store entry by name or unambiguous short form. Raises ModelNotFound with close matches and what to run
-    otherwise."""
+@dataclass
+class Located:
+    """What MODEL named: a folder, and the store entry when it is one (exact: named in full, not a short form)."""
+    folder: Path
+    entry: Entry | None = None
+    exact: bool = True
+    builtin: bool = False
+
+    @property
+    def name(self) -> str:
+        """The name to show and to record (last used, a quantized entry's parent): the entry's name, `demo`, or
+        the folder's absolute path (never what the user typed: that may be a short form or relative)."""
+        return self.entry.name if self.entry else DEMO if self.builtin else str(self.folder.absolute())
+
+
+def locate(spec: str) -> Located:
+    """MODEL as given on the command line -> Located, in the module docstring's order. Raises ModelNotFound with
+    close matches and what to run otherwise."""
     p = Path(spec).expanduser()
     if p.is_dir():
-        return p
+        return Located(p)
+    exact = get_entry(spec)
+    if exact is not None:  # a store entry named exactly `demo` wins over the built-in
+        return Located(exact.path, exact)
     demo = builtin_entry(spec)
     if demo is not None:
-        return demo
-    entry = find_entry(spec)
-    if entry is not None:
-        return entry.path
+        return Located(demo, builtin=True)
+    m = match_entry(spec)
+    if m is not None:
+        return Located(m[0].path, m[0], exact=m[1])
     if p.exists():
         raise ModelNotFound(f"'{spec}' is a file, not a checkpoint folder: give the folder that holds config.json")
     raise ModelNotFound(_not_found_message(spec))
+
+
+def resolve_model(spec: str) -> Path:
+    """MODEL -> a checkpoint folder (`locate`)."""
+    return locate(spec).folder
 
 
 def _not_found_message(spec: str) -> str:
@@ -259,49 +289,8 @@ def _not_found_message(spec: str) -> str:
 
 
 # ---- building and removing entries ------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-# What publish_folder (store/atomic.py) names its folders in .tmp/ (prefix "<entry folder>.", an old entry set aside
-# as ".<entry folder>.old.") and remove_entry its trash ("<entry folder>.rm."): mkdtemp's 8 random characters, then
-# ".<pid>.tmp". Only names of exactly that shape are ours to delete.
-_TMP_NAME = re.compile(r"\.?[^/]+?\.(?:old\.|rm\.)?[a-z0-9_]{8}\.(?P<pid>[0-9]{1,10})\.tmp")
-
-
 def _cleanup_stale_tmp() -> None:
-    """Remove .tmp/ folders left by processes that died (their names carry the pid): only folders (never through a
-    symlink) whose whole name is one this tool makes."""
-    root = _tmp_root()
-    try:
-        if not stat.S_ISDIR(os.lstat(root).st_mode):
-            return
-        names = os.listdir(root)
-    except OSError:
-        return
-    for n in names:
-        m = _TMP_NAME.fullmatch(n)
-        if m is None:
-            continue
-        pid = int(m["pid"])
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        d = root / n
-        try:
-            st = os.lstat(d)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            with contextlib.suppress(OSError):
-                d.unlink()  # the link only, never its target
-        elif stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(d, ignore_errors=True)
+    cleanup_stale_tmp(_tmp_root())
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -71,3 +73,47 @@ def publish_folder(dest: Path, *, work: Path, prefix: str,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+# What publish_folder (store/atomic.py) names its folders in .tmp/ (prefix "<entry folder>.", an old entry set aside
+# as ".<entry folder>.old.") and remove_entry its trash ("<entry folder>.rm."): mkdtemp's 8 random characters, then
+# ".<pid>.tmp". Only names of exactly that shape are ours to delete.
+_TMP_NAME = re.compile(r"\.?[^/]+?\.(?:old\.|rm\.)?[a-z0-9_]{8}\.(?P<pid>[0-9]{1,10})\.tmp")
+
+
+def cleanup_stale_tmp(root: Path) -> None:
+    """Remove .tmp/ folders left by processes that died (their names carry the pid): only folders (never through a
+    symlink) whose whole name is one this tool makes."""
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return
+        names = os.listdir(root)
+    except OSError:
+        return
+    for n in names:
+        m = _TMP_NAME.fullmatch(n)
+        if m is None:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        d = root / n
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            with contextlib.suppress(OSError):
+                d.unlink()  # the link only, never its target
+        elif stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(d, ignore_errors=True)
