@@ -10,7 +10,6 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cohere_cli import __version__
-from cohere_cli.engine.sampling import BOUNDS
 from cohere_cli.errors import CohereError
 
 app = typer.Typer(
@@ -40,45 +39,10 @@ def _root(
     show_warnings()  # library code warns; here, at the one boundary, each warning becomes a "warning:" line
 
 
-# ---- shared option types -------------------------------------------------------------------------------------------
-ModelArg = Annotated[str, typer.Argument(help="Checkpoint folder (HF format) or a name in the store.")]
-def _bounded(key: str, *decls: str, help: str):
-    """An option whose range is engine.sampling.BOUNDS[key], the table SamplingParams and /set check too."""
-    lo, hi = BOUNDS[key]
-    return typer.Option(*decls, min=lo, max=hi, help=help)
-
-
-# Optional: `chat` leaves them None (not given: generation_config.json's value applies), `generate` defaults them.
-MaxTokens = Annotated[Optional[int], _bounded("max_tokens", "--max-tokens", "-n",
-                                              help="Stop after this many new tokens.")]
-Temperature = Annotated[Optional[float], _bounded("temperature", "--temperature", "-t", help="0 = greedy.")]
-TopK = Annotated[Optional[int], _bounded("top_k", "--top-k", help="Keep the K most likely tokens (0 = off).")]
-TopP = Annotated[Optional[float], _bounded("top_p", "--top-p", help="Nucleus sampling mass (1 = off).")]
-MinP = Annotated[Optional[float], _bounded("min_p", "--min-p", help="Drop tokens below P x the top probability.")]
-RepPenalty = Annotated[Optional[float], _bounded("repetition_penalty", "--repetition-penalty", help="1 = off.")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
-Dtype = Annotated[
-    Literal["auto", "float32", "bfloat16", "float16"],
-    typer.Option("--dtype", help="Compute dtype (auto picks the fastest on this machine and says which)."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of streaming text.")]
-# an OpenAI-compatible server instead of a local model (issue #8)
-Endpoint = Annotated[
-    Optional[str],
-    typer.Option("--endpoint", metavar="URL", help="Use an OpenAI-compatible server (vLLM, TGI, llama.cpp, "
-                 "transformers serve), e.g. http://gpu-box:8000/v1, instead of a local model. MODEL is then "
-                 "optional: a local copy that lends its tokenizer and templates."),
-]
-ApiKey = Annotated[
-    Optional[str], typer.Option("--api-key", envvar="COHERE_CLI_API_KEY", help="Bearer token for --endpoint.")
-]
-ServedModel = Annotated[
-    Optional[str],
-    typer.Option("--served-model", metavar="NAME", help="Model to ask --endpoint for (default: the one it serves)."),
-]
-Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest time without progress from --endpoint: until it answers, then between chunks of text (keep-alive comments do not count).")
-]
+from cohere_cli.commands.options import (  # noqa: E402  the shared option types, defined once
+    ApiKey, Dtype, Endpoint, Flag, Json, JsonReport, MaxTokens, MinP, ModelArg, PromptFile, Repeatable, RepPenalty,
+    Seed, ServedModel, Temperature, Timeout, TopK, TopP,
+)
 
 
 def _endpoint(url, api_key, served_model, timeout):
@@ -91,8 +55,10 @@ def _endpoint(url, api_key, served_model, timeout):
 def generate(
     model: ModelArg,
     prompt: Annotated[
-        Optional[str], typer.Argument(help="Raw prompt text (BOS is added, no chat template).", show_default=False)
+        Optional[str], typer.Argument(help="Raw prompt text (BOS is added, no chat template); - or a pipe: stdin.",
+                                      show_default=False)
     ] = None,
+    prompt_file: PromptFile = None,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = 0.0,
     top_k: TopK = 0,
@@ -111,13 +77,18 @@ def generate(
 
     With --endpoint, `cohere generate --endpoint URL PROMPT` (or MODEL PROMPT, MODEL lending its tokenizer)."""
     from cohere_cli.commands.generate import run_generate
+    from cohere_cli.commands.prompt_input import resolve_prompt, stdin_is_piped
     from cohere_cli.errors import UsageError
     from cohere_cli.engine.sampling import SamplingParams
 
-    if prompt is None:
-        if not endpoint:
-            raise UsageError("missing PROMPT: cohere generate MODEL PROMPT")
-        model, prompt = None, model  # `generate --endpoint URL PROMPT`
+    if prompt is None and prompt_file is None:
+        if endpoint:
+            model, prompt = None, model  # `generate --endpoint URL PROMPT`
+        elif stdin_is_piped():
+            prompt = "-"  # `echo q | cohere generate MODEL`
+        else:
+            raise UsageError("missing PROMPT: cohere generate MODEL PROMPT (or - for stdin, or --prompt-file FILE)")
+    prompt = resolve_prompt(prompt, prompt_file, what="PROMPT")
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     run_generate(model, prompt, params, max_tokens=max_tokens, dtype=dtype, json_out=json_out,
                  endpoint=_endpoint(endpoint, api_key, served_model, timeout))
@@ -128,7 +99,12 @@ def chat(
     model: Annotated[
         Optional[str], typer.Argument(help="Checkpoint folder or store name (default: the last one used, else demo).")
     ] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this one turn and exit.")] = None,
+    prompt_arg: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", help="Answer this one turn and exit, like --prompt (- reads stdin).", show_default=False)
+    ] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this one turn and exit "
+                                                  "(- reads it from stdin).")] = None,
+    prompt_file: PromptFile = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System preamble.")] = None,
     history: Annotated[
         Optional[Path], typer.Option("--history", help='Saved conversation {"messages": [...]} to continue.')
@@ -137,12 +113,13 @@ def chat(
         Optional[str], typer.Option("--template", help="Named chat template (default, tool_use, rag).")
     ] = None,
     doc: Annotated[
-        Optional[list[Path]], typer.Option("--doc", help="Attach a document for grounded answers (repeatable).")
+        Optional[list[Path]], Repeatable("--doc", metavar="FILE", help="Attach a document for grounded answers "
+                                         "(repeatable).")
     ] = None,
     citations: Annotated[
         Literal["accurate", "fast"], typer.Option("--citations", help="Grounded-answer mode (Command R rag template).")
     ] = "accurate",
-    plain: Annotated[bool, typer.Option("--plain", help="Print raw text instead of rendered Markdown.")] = False,
+    plain: Annotated[bool, Flag("--plain", help="Print raw text instead of rendered Markdown.")] = False,
     on_overflow: Annotated[
         Literal["drop", "error"],
         typer.Option("--on-overflow", help="When the context is full: drop the oldest turns, or refuse."),
@@ -169,8 +146,13 @@ def chat(
     Sampling defaults come from the model's generation_config.json; the options here override them.
     With --endpoint the answers come from that server; documents (--doc) are rendered here with MODEL's template."""
     from cohere_cli.commands.chat import ChatOptions, run_chat
+    from cohere_cli.commands.prompt_input import resolve_prompt
     from cohere_cli.engine.sampling import SamplingOverrides
+    from cohere_cli.errors import UsageError
 
+    if prompt_arg is not None and prompt is not None:
+        raise UsageError("give the prompt once: PROMPT or --prompt, not both")
+    prompt = resolve_prompt(prompt if prompt_arg is None else prompt_arg, prompt_file, what="PROMPT/--prompt")
     run_chat(ChatOptions(
         model=model, prompt=prompt, system=system, history=history, template=template, docs=doc or [],
         citations=citations, plain=plain, on_overflow=on_overflow, ctx=ctx, max_tokens=max_tokens, dtype=dtype,
@@ -181,7 +163,6 @@ def chat(
 
 
 # ---- the checkpoint store: download, models (issue #4) -------------------------------------------------------------
-JsonReport = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
 @app.command()
@@ -192,16 +173,16 @@ def download(
     ] = None,
     include: Annotated[
         Optional[list[str]],
-        typer.Option("--include", help="Fetch files matching GLOB (repeatable; replaces the default set)."),
+        Repeatable("--include", metavar="GLOB", help="Fetch files matching GLOB (repeatable; replaces the default set)."),
     ] = None,
     exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", help="Skip files matching GLOB (repeatable).")
+        Optional[list[str]], Repeatable("--exclude", metavar="GLOB", help="Skip files matching GLOB (repeatable).")
     ] = None,
     token: Annotated[
         Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN, else `hf auth login`).")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show files, sizes, free disk and memory needed; fetch nothing.")
+        bool, Flag("--dry-run", help="Show files, sizes, free disk and memory needed; fetch nothing.")
     ] = False,
     max_workers: Annotated[
         int, typer.Option("--max-workers", min=1, max=64, help="Parallel connections (big files in ranges).")
@@ -239,8 +220,8 @@ def models(ctx: typer.Context, json_out: JsonReport = False) -> None:
 @models_app.command("rm")
 def models_rm(
     name: StoreName,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    partial: Annotated[bool, typer.Option("--partial", help="Remove only the kept parts of an incomplete download "
+    yes: Annotated[bool, Flag("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    partial: Annotated[bool, Flag("--partial", help="Remove only the kept parts of an incomplete download "
                                           "of NAME (never the published entry).")] = False,
 ) -> None:
     """Delete a published entry from the store (with --partial: an incomplete download's parts)."""
@@ -294,8 +275,8 @@ def quantize(
         typer.Option("--output", "-o", metavar="NAME_OR_PATH",
                      help="Store name, or folder path, for the result (default: MODEL's name + -nf4/-fp4/-int8)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the quality report against the parent.")] = False,
+    force: Annotated[bool, Flag("--force", help="Replace an existing output.")] = False,
+    no_eval: Annotated[bool, Flag("--no-eval", help="Skip the quality report against the parent.")] = False,
 ) -> None:
     """Quantize a float checkpoint to nf4/fp4 or int8 with bitsandbytes, streamed tensor by tensor.
 
@@ -332,7 +313,7 @@ def bench(
     device: Annotated[
         Literal["auto", "cpu", "cuda"], typer.Option("--device", help="Where to run (auto: CUDA when present).")
     ] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one self-describing JSON record on stdout.")] = False,
+    json_out: Annotated[bool, Flag("--json", help="Print one self-describing JSON record on stdout.")] = False,
     compare_to: Annotated[
         Optional[Path], typer.Option("--compare-to", metavar="FILE", help="Print the change against an earlier "
                                      "`bench --json` record.")

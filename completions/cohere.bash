@@ -29,6 +29,7 @@ _cohere_complete() {
         "bench:--concurrency") return ;;
         "bench:--timeout") return ;;
         "chat:--prompt"|"chat:-p") return ;;
+        "chat:--prompt-file"|"chat:-f") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "chat:--system"|"chat:-s") return ;;
         "chat:--history") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "chat:--template") return ;;
@@ -53,6 +54,7 @@ _cohere_complete() {
         "download:--exclude") return ;;
         "download:--token") return ;;
         "download:--max-workers") return ;;
+        "generate:--prompt-file"|"generate:-f") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "generate:--max-tokens"|"generate:-n") return ;;
         "generate:--temperature"|"generate:-t") return ;;
         "generate:--top-k") return ;;
@@ -76,9 +78,9 @@ _cohere_complete() {
     case "$path" in
         "") COMPREPLY=($(compgen -W "bench chat download generate models quantize --version --help" -- "$cur")) ;;
         "bench") COMPREPLY=($(compgen -W "--seq --gen --precision --repeat --threads --device --json --compare-to --endpoint --api-key --served-model --concurrency --timeout --help" -- "$cur")) ;;
-        "chat") COMPREPLY=($(compgen -W "--prompt -p --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
+        "chat") COMPREPLY=($(compgen -W "--prompt -p --prompt-file -f --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
         "download") COMPREPLY=($(compgen -W "--revision -r --include --exclude --token --dry-run --max-workers --json --help" -- "$cur")) ;;
-        "generate") COMPREPLY=($(compgen -W "--max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
+        "generate") COMPREPLY=($(compgen -W "--prompt-file -f --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
         "models") COMPREPLY=($(compgen -W "info rm verify --json --help" -- "$cur")) ;;
         "models info") COMPREPLY=($(compgen -W "--seq --json --help" -- "$cur")) ;;
         "models rm") COMPREPLY=($(compgen -W "--yes -y --partial --help" -- "$cur")) ;;

@@ -12,7 +12,7 @@ from cohere_cli.chat.session import LocalChat, settings_from
 from cohere_cli.commands.stream import Local, Remote, print_stream
 from cohere_cli.engine.sampling import SamplingOverrides
 from cohere_cli.remote.http import DEFAULT_TIMEOUT
-from cohere_cli.ui.console import info
+from cohere_cli.ui.console import info, warn
 
 
 @dataclass
@@ -87,6 +87,8 @@ def _local(o: ChatOptions):
     info(rt.summary())
     remember_last_used(rt.key or name)
     engine = LocalChat(rt, _settings(o, rt.folder)[0], ctx=o.ctx)
+    if o.ctx and o.ctx > engine.context:
+        warn(f"--ctx {o.ctx} is more than {rt.name} can attend to: using {engine.context} tokens, its context length")
     s = engine.settings  # --prompt: one turn, no /set in between
     return engine, lambda ids: print_stream(stream_generate(rt.model, rt.tokenizer, ids, s.params, s.max_tokens),
                                             o.json_out, Local(ids))
@@ -99,6 +101,8 @@ def _remote(o: ChatOptions, conv: Conversation):
     client, server, folder, tok = connect(EndpointOptions(o.endpoint, o.api_key, o.served_model, o.timeout), o.model)
     settings, send = _settings(o, folder)
     context, source = pick_context(server.context, folder, o.ctx)
+    if o.ctx and o.ctx > context:
+        warn(f"--ctx {o.ctx} is more than the model's context: using {context} tokens ({source})")
     engine = RemoteChat(Api(client), settings, served_model=server.served, tokenizer=tok, folder=folder,
                         context=context, context_source=source, send=send)
     info(f"{client.url}: {server.served or 'its only model'}, context {context} ({source}), "

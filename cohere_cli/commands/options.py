@@ -1,0 +1,83 @@
+"""The option types `cohere`'s commands share, defined once (cohere_cli.cli uses them). Light: typer and the
+sampling bounds only, so that `cohere --help` and shell completion never import torch.
+
+How they show in --help (issue 18): a flag is a flag (`--plain`, not `--plain <bool>`), a repeatable option names
+what one occurrence takes (`--doc FILE`, not `--doc <list[Path]>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from typer.core import TyperOption
+
+from cohere_cli.engine.sampling import BOUNDS
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_has_no_value(self, ctx):
+    """typer prints `<bool>` after every flag (--help included), which reads as "takes a value": `--plain true`."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_has_no_value
+
+
+def Flag(*decls: str, help: str):  # noqa: N802  (reads like typer.Option)
+    """A boolean option that takes no value."""
+    return typer.Option(*decls, is_flag=True, help=help)
+
+
+def Repeatable(*decls: str, metavar: str, help: str):  # noqa: N802
+    """A list option given once per value: shown as `--doc FILE`, with "(repeatable)" in its help."""
+    return typer.Option(*decls, metavar=metavar, help=help)
+
+
+ModelArg = Annotated[str, typer.Argument(help="Checkpoint folder (HF format) or a name in the store.")]
+
+
+def _bounded(key: str, *decls: str, help: str):
+    """An option whose range is engine.sampling.BOUNDS[key], the table SamplingParams and /set check too."""
+    lo, hi = BOUNDS[key]
+    return typer.Option(*decls, min=lo, max=hi, help=help)
+
+
+# Optional: `chat` leaves them None (not given: generation_config.json's value applies), `generate` defaults them.
+MaxTokens = Annotated[Optional[int], _bounded("max_tokens", "--max-tokens", "-n",
+                                              help="Stop after this many new tokens.")]
+Temperature = Annotated[Optional[float], _bounded("temperature", "--temperature", "-t", help="0 = greedy.")]
+TopK = Annotated[Optional[int], _bounded("top_k", "--top-k", help="Keep the K most likely tokens (0 = off).")]
+TopP = Annotated[Optional[float], _bounded("top_p", "--top-p", help="Nucleus sampling mass (1 = off).")]
+MinP = Annotated[Optional[float], _bounded("min_p", "--min-p", help="Drop tokens below P x the top probability.")]
+RepPenalty = Annotated[Optional[float], _bounded("repetition_penalty", "--repetition-penalty", help="1 = off.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
+Dtype = Annotated[
+    Literal["auto", "float32", "bfloat16", "float16"],
+    typer.Option("--dtype", help="Compute dtype (auto picks the fastest on this machine and says which)."),
+]
+Json = Annotated[bool, Flag("--json", help="Print one JSON object on stdout instead of streaming text.")]
+JsonReport = Annotated[bool, Flag("--json", help="Print one JSON object on stdout.")]
+PromptFile = Annotated[
+    Optional[Path],
+    typer.Option("--prompt-file", "-f", metavar="FILE", help="Read the prompt from FILE (a regular file, at most "
+                 "4 MiB; trailing newlines dropped). PROMPT `-` reads it from stdin."),
+]
+# an OpenAI-compatible server instead of a local model (issue #8)
+Endpoint = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", metavar="URL", help="Use an OpenAI-compatible server (vLLM, TGI, llama.cpp, "
+                 "transformers serve), e.g. http://gpu-box:8000/v1, instead of a local model. MODEL is then "
+                 "optional: a local copy that lends its tokenizer and templates."),
+]
+ApiKey = Annotated[
+    Optional[str], typer.Option("--api-key", envvar="COHERE_CLI_API_KEY", help="Bearer token for --endpoint.")
+]
+ServedModel = Annotated[
+    Optional[str],
+    typer.Option("--served-model", metavar="NAME", help="Model to ask --endpoint for (default: the one it serves)."),
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest time without progress from --endpoint: until it answers, then between chunks of text (keep-alive comments do not count).")
+]

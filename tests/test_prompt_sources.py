@@ -1,0 +1,79 @@
+"""Issue 18: the prompt as an argument, from `-`/a pipe, or from --prompt-file, for `generate` and `chat`; flags
+shown as flags in --help; a clamped --ctx said out loud. Each drives the real command on the built-in demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "COLUMNS": "200"}
+
+
+def cohere(*args: str, stdin: str | None = None, home=None) -> subprocess.CompletedProcess:
+    env = {**ENV, **({"COHERE_CLI_HOME": str(home)} if home else {})}
+    return subprocess.run([sys.executable, "-m", "cohere_cli", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=300, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def prompt_of(r: subprocess.CompletedProcess) -> list:
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["prompt_tokens"]
+
+
+def test_generate_reads_a_piped_prompt_and_dash(tmp_path):
+    direct = prompt_of(cohere("generate", "demo", "the quick fox", "-n", "2", "--json", home=tmp_path))
+    piped = prompt_of(cohere("generate", "demo", "-n", "2", "--json", stdin="the quick fox\n", home=tmp_path))
+    dash = prompt_of(cohere("generate", "demo", "-", "-n", "2", "--json", stdin="the quick fox\n", home=tmp_path))
+    assert piped == direct == dash
+
+
+def test_prompt_file_for_generate_and_chat(tmp_path):
+    f = tmp_path / "q.txt"
+    f.write_text("the quick fox\n")
+    assert (prompt_of(cohere("generate", "demo", "--prompt-file", str(f), "-n", "2", "--json", home=tmp_path))
+            == prompt_of(cohere("generate", "demo", "the quick fox", "-n", "2", "--json", home=tmp_path)))
+    assert (prompt_of(cohere("chat", "demo", "--prompt-file", str(f), "-n", "2", "--json", home=tmp_path))
+            == prompt_of(cohere("chat", "demo", "--prompt", "the quick fox", "-n", "2", "--json", home=tmp_path)))
+
+
+def test_chat_takes_the_prompt_as_an_argument_or_dash(tmp_path):
+    want = prompt_of(cohere("chat", "demo", "--prompt", "q", "-n", "2", "--json", home=tmp_path))
+    assert prompt_of(cohere("chat", "demo", "q", "-n", "2", "--json", home=tmp_path)) == want
+    assert prompt_of(cohere("chat", "demo", "-", "-n", "2", "--json", stdin="q\n", home=tmp_path)) == want
+    assert prompt_of(cohere("chat", "demo", "--prompt", "-", "-n", "2", "--json", stdin="q", home=tmp_path)) == want
+
+
+def test_a_bad_prompt_file_is_one_error_line(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * ((4 << 20) + 1))
+    for bad in ("/dev/zero", str(tmp_path), str(tmp_path / "missing.txt"), str(big)):
+        for cmd in (["generate", "demo"], ["chat", "demo"]):
+            r = cohere(*cmd, "--prompt-file", bad, home=tmp_path)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), (bad, r.stderr)
+
+
+def test_too_much_stdin_is_one_error_line(tmp_path):
+    r = cohere("generate", "demo", "-n", "2", stdin="a" * ((4 << 20) + 1), home=tmp_path)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        "error: the prompt on stdin is over the 4 MiB a prompt may be"], r.stderr
+
+
+def test_help_shows_flags_as_flags_and_lists_by_their_item():
+    out = cohere("chat", "--help").stdout
+    assert "<bool>" not in out and "list[" not in out, out
+    assert "--doc" in out and "FILE" in out
+    for cmd in (["generate"], ["download"], ["models", "rm"], ["quantize"], ["bench"]):
+        out = cohere(*cmd, "--help").stdout
+        assert "<bool>" not in out and "list[" not in out, (cmd, out)
+
+
+def test_a_clamped_ctx_is_a_warning(tmp_path):
+    r = cohere("chat", "demo", "--ctx", "99999999", "--prompt", "hi", "-n", "2", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "--ctx 99999999" in warnings[0] and "using 8192" in warnings[0], r.stderr
+    r = cohere("chat", "demo", "--ctx", "512", "--prompt", "hi", "-n", "2", home=tmp_path)
+    assert "warning:" not in r.stderr, r.stderr
