@@ -27,7 +27,7 @@ TyperOption.display_type_rich = _flag_has_no_value
 
 def Flag(*decls: str, help: str):  # noqa: N802  (reads like typer.Option)
     """A boolean option that takes no value."""
-    return typer.Option(*decls, is_flag=True, help=help)
+    return typer.Option(*decls, help=help)  # a bool option is a flag already
 
 
 def Repeatable(*decls: str, metavar: str, help: str):  # noqa: N802
