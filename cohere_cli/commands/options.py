@@ -14,15 +14,17 @@ from typer.core import TyperOption
 
 from cohere_cli.engine.sampling import BOUNDS
 
-_display_type_rich = TyperOption.display_type_rich
+# typer (0.29, pinned in constraints.txt) prints `<bool>` after every flag, --help included, which reads as "takes a
+# value": `--plain true`. Patched in one place; a typer without this method keeps its own help text.
+_display_type_rich = getattr(TyperOption, "display_type_rich", None)
 
 
 def _flag_has_no_value(self, ctx):
-    """typer prints `<bool>` after every flag (--help included), which reads as "takes a value": `--plain true`."""
     return None if self.is_flag else _display_type_rich(self, ctx)
 
 
-TyperOption.display_type_rich = _flag_has_no_value
+if _display_type_rich is not None:
+    TyperOption.display_type_rich = _flag_has_no_value
 
 
 def Flag(*decls: str, help: str):  # noqa: N802  (reads like typer.Option)
