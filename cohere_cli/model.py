@@ -323,10 +323,14 @@ class SparseMoE(nn.Module):
         for e, n in enumerate(counts):
             if n:
                 t = tokens[start : start + n]
-                y = self.experts[e](x[t]) * w[start : start + n, None]  # (n, H)
+                y = self.run_expert(e, x[t]) * w[start : start + n, None]  # (n, H)
                 out.index_add_(0, t, y.to(out.dtype))
                 start += n
         return out
+
+    def run_expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        """Expert `e` on the rows routed to it, (n, H) -> (n, H) (weights/layout.py pads them)."""
+        return self.experts[e](rows)
 
 
 class Block(nn.Module):

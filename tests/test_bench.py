@@ -4,6 +4,7 @@ one end-to-end run on a tiny model whose --json record must hold every documente
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_moe_param_count_is_the_checkpoint_s(tmp_path):
                                                          first_k_dense_replace=1, prefix_dense_intermediate_size=96))
         d = sizes.Dims.from_config(json.loads((folder / "config.json").read_text()))
         with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            n = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys()
+            n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
                     if "vision" not in k and "projector" not in k)
         assert sizes.param_counts(d).total == n
         info = subprocess.run([sys.executable, "-m", "cohere_cli", "models", "info", str(folder), "--json"],
@@ -95,13 +96,6 @@ def test_moe_param_count_is_the_checkpoint_s(tmp_path):
         mem = rec["memory"]
         assert mem["weights_bytes"]["bf16"] == 2 * n
         assert mem["weights_read_per_token_bytes"]["bf16"] == roofline.weights_read_per_token(d, "bf16") < 2 * n
-
-
-def _prod(shape) -> int:
-    out = 1
-    for x in shape:
-        out *= x
-    return out
 
 
 def test_kv_read_and_roofline_by_hand():
