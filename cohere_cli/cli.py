@@ -40,8 +40,8 @@ def _root(
 
 
 from cohere_cli.commands.options import (  # noqa: E402  the shared option types, defined once
-    ApiKey, Dtype, Endpoint, Flag, Json, JsonReport, MaxTokens, MinP, ModelArg, PromptFile, Repeatable, RepPenalty,
-    Seed, ServedModel, Temperature, Timeout, TopK, TopP,
+    ApiKey, Bits, Blocksize, Dtype, Endpoint, Flag, Json, JsonReport, MaxTokens, MinP, ModelArg, Precisions,
+    PromptFile, QuantType, Repeatable, RepPenalty, Seed, ServedModel, Temperature, Timeout, TopK, TopP,
 )
 
 
@@ -254,9 +254,9 @@ def models_verify(model: ModelArg, json_out: JsonReport = False) -> None:
 @app.command()
 def quantize(
     model: Annotated[str, typer.Argument(help="Checkpoint folder or store name (default: the built-in demo).")] = "demo",
-    bits: Annotated[int, typer.Option("--bits", help="4 (nf4/fp4) or 8 (LLM.int8).")] = 4,
-    quant_type: Annotated[str, typer.Option("--quant-type", help="4-bit data type: nf4 or fp4.")] = "nf4",
-    blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit weights per scale (absmax) block.")] = 64,
+    bits: Bits = 4,
+    quant_type: QuantType = "nf4",
+    blocksize: Blocksize = 64,
     double_quant: Annotated[
         bool, typer.Option("--double-quant/--no-double-quant", help="Quantize the 4-bit scales too (~0.4 bit/weight).")
     ] = True,
@@ -300,12 +300,7 @@ def bench(
         int, typer.Option("--seq", min=3, help="Prefill this many tokens and decode at this context (<= the model's).")
     ] = 8192,
     gen: Annotated[int, typer.Option("--gen", min=2, help="Decode steps timed per run.")] = 128,
-    precision: Annotated[
-        Optional[str],
-        typer.Option("--precision", metavar="LIST",
-                     help="Comma-separated, of bf16, fp32, fp16, int8, nf4, fp4 (default bf16,int8,nf4; a quantized "
-                          "checkpoint: its own). One not in the store is quantized in memory."),
-    ] = None,
+    precision: Precisions = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs after a warm-up (median, spread).")] = 3,
     threads: Annotated[
         Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: torch's, one per core).")

@@ -40,6 +40,62 @@ def Repeatable(*decls: str, metavar: str, help: str):  # noqa: N802
 ModelArg = Annotated[str, typer.Argument(help="Checkpoint folder (HF format) or a name in the store.")]
 
 
+class Choices:
+    """The values an option takes, declared once. It is the option's typer `parser`: a value not among them is the
+    one-line `error: --bits must be 4 or 8 (got '3')` of every usage error (exit 2), before the command runs; its
+    `metavar` is what --help shows (`<4|8>`); its `words` are what the shell completion scripts offer
+    (cohere_cli/completion.py finds it on the option). comma=True: a comma-separated list of them (`bf16,nf4`),
+    `aliases` accepted as items too, and the text passed on as given (the command normalizes it)."""
+
+    def __init__(self, option: str, values: tuple, *, comma: bool = False, aliases: tuple[str, ...] = (),
+                 metavar: str | None = None):
+        self.option, self.values, self.comma = option, values, comma
+        self.words = tuple(str(v) for v in values)
+        self.accepted = self.words + tuple(aliases)
+        self.metavar = metavar or ("LIST" if comma else f"<{'|'.join(self.words)}>")
+
+    def _one_of(self) -> str:
+        return " or ".join(self.words) if len(self.words) < 3 else "one of " + ", ".join(self.words)
+
+    def __call__(self, value):
+        from cohere_cli.errors import UsageError
+
+        if value is None or value in self.values:  # typer passes the default through too
+            return value
+        text = str(value).strip()
+        if not self.comma:
+            for v, w in zip(self.values, self.words):
+                if w == text.lower():
+                    return v
+            raise UsageError(f"{self.option} must be {self._one_of()} (got {text!r})")
+        for item in (x.strip().lower() for x in text.split(",")):
+            if item and item not in self.accepted:
+                raise UsageError(f"{self.option} {item!r} is not one of {', '.join(self.words)}")
+        return text
+
+
+def Choice(choices: Choices, *decls: str, help: str):  # noqa: N802  (reads like typer.Option)
+    """An option that takes one of `choices` (or, comma=True, a list of them)."""
+    return typer.Option(*decls, parser=choices, metavar=choices.metavar, help=help)
+
+
+# the values quantize (weights/quant.py QuantSpec.validate) and bench (bench/run.py ALL_PRECISIONS) accept, written
+# out here so that --help and completion import neither; tests/test_completion.py checks that they agree
+BITS = Choices("--bits", (4, 8))
+QUANT_TYPES = Choices("--quant-type", ("nf4", "fp4"))
+BLOCKSIZES = Choices("--blocksize", (32, 64, 128, 256, 512, 1024, 2048, 4096), metavar="<32..4096>")
+PRECISIONS = Choices("--precision", ("bf16", "fp32", "fp16", "int8", "nf4", "fp4"), comma=True,
+                     aliases=("bfloat16", "float32", "float16", "int4"))
+Bits = Annotated[int, Choice(BITS, "--bits", help="4 (nf4/fp4) or 8 (LLM.int8).")]
+QuantType = Annotated[str, Choice(QUANT_TYPES, "--quant-type", help="4-bit data type: nf4 or fp4.")]
+Blocksize = Annotated[int, Choice(BLOCKSIZES, "--blocksize", help="4-bit weights per scale (absmax) block: a power of 2, 32 to 4096.")]
+Precisions = Annotated[
+    Optional[str],
+    Choice(PRECISIONS, "--precision", help="Comma-separated, of bf16, fp32, fp16, int8, nf4, fp4 (default "
+           "bf16,int8,nf4; a quantized checkpoint: its own). One not in the store is quantized in memory."),
+]
+
+
 def _bounded(key: str, *decls: str, help: str):
     """An option whose range is engine.sampling.BOUNDS[key], the table SamplingParams and /set check too."""
     lo, hi = BOUNDS[key]
