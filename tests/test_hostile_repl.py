@@ -240,7 +240,7 @@ def test_bad_commands_and_ctrl_c_while_the_template_renders_keep_the_session(end
     p.expect_exact("[interrupted]")
     p.expect(">>>")
     save = tmp_path / "kept.json"
-    assert "saved 4 turns" in command(p, f"/save {save}")
+    assert "saved 2 exchanges (4 messages)" in command(p, f"/save {save}")
     msgs = json.loads(save.read_text())["messages"]
     assert [(m["role"], m["content"]) for m in msgs][::2] == [("user", "first"), ("user", "second")]
     assert all(m["role"] == "assistant" and m["content"] for m in msgs[1::2])  # /regen's old answer is kept
@@ -284,7 +284,7 @@ def test_piped_input_is_bounded_and_ends_inside_an_unclosed_block(endless, tmp_p
     r = run_limited(["chat", str(endless), "--max-tokens", "2"], tmp_path, stdin)
     err = r.stderr.decode()
     assert r.returncode == 0, err
-    assert "over 4 MiB" in err and "tok/s" in err and "turn" in err  # refused, then answered, then /stats
+    assert "over 4 MiB" in err and "tok/s" in err and "answer" in err  # refused, then answered, then /stats
     assert 'ended inside a """ block' in err and "Traceback" not in err
     # the same unclosed block right at the start, and a block over the bound: still one line each, exit 0
     stdin = b'"""' + b"y\n" * (3 << 20) + b'"""\n"""open\n'

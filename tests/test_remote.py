@@ -157,7 +157,7 @@ def test_repl_over_the_server_save_context_meter_show_and_stats(server, ckpt, tm
     out = chat.say("/show")
     assert server.url in out and f"{CONTEXT} tokens" in out
     out = chat.say("/stats")
-    assert "turn" in out
+    assert "answer" in out
     chat.close()
 
 
@@ -175,7 +175,7 @@ def test_server_gone_mid_stream_leaves_the_repl_alive(tmp_path):
         out = chat.say("are you there?")  # the server is gone: one line, and the session goes on
         assert "connection refused" in out
         out = chat.say("/show")
-        assert "2 turns" in out and stub.url in out
+        assert "1 exchange (2 messages)" in out and stub.url in out
         chat.p.sendline("/exit")
         chat.p.expect(pexpect.EOF)
         chat.p.close()

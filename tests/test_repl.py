@@ -139,9 +139,9 @@ def test_save_load_undo_regen_and_prefix_reuse(endless, tmp_path):
     assert msgs[1]["content"] == "first question"
     chat.say("/reset")
     out = chat.say(f"/load {save_a}")
-    assert "loaded 4 turns" in out
+    assert "loaded 2 exchanges (4 messages)" in out
     out = chat.say("/show")
-    assert "4 turns" in out
+    assert "2 exchanges (4 messages)" in out
     chat.close()
 
 
@@ -203,7 +203,7 @@ def test_piped_input_works_without_a_terminal(endless, tmp_path):
                        input='hello\n"""two\nlines"""\n/stats\n', capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()  # answers on stdout
-    assert len(STATUS.findall(r.stderr)) == 2 and "turn" in r.stderr  # two answers, then the /stats table
+    assert len(STATUS.findall(r.stderr)) == 2 and "answer" in r.stderr  # two answers, then the /stats table
 
 
 def test_grounded_prompt_matches_transformers_rag_template(tmp_path):

@@ -5,6 +5,7 @@ template puts them); the KV session then reuses whatever prefix the cache alread
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,33 @@ class Conversation:
     def clear(self) -> None:
         self.turns.clear()
 
+    # ---- words and identity, for the REPL's messages and the engine's token counts ---------------------------------
+    def exchanges(self) -> int:
+        """How many exchanges (a message of the user's and its answer, if it has one yet): one per user message."""
+        return sum(t["role"] == "user" for t in self.turns)
+
+    def summary(self) -> str:
+        """`3 exchanges (6 messages), a preamble, 1 document`: the one vocabulary /show, /save and /load use."""
+        n, m = self.exchanges(), len(self.turns)
+        parts = [f"{n} exchange{'s' * (n != 1)} ({m} message{'s' * (m != 1)})"]
+        if self.system:
+            parts.append("a preamble")
+        if self.documents:
+            parts.append(f"{len(self.documents)} document{'s' * (len(self.documents) != 1)}")
+        return ", ".join(parts)
+
+    def hasher(self):
+        """A sha256 over what the template sees (preamble, documents, every message), one message at a time:
+        `h = conv.hasher(); h.update(message_bytes("assistant", answer))` equals the hasher of the conversation
+        with that answer added. Bookkeeping keys (`interrupted`) are not part of it."""
+        h = hashlib.sha256(json.dumps([self.system, self.documents], ensure_ascii=False).encode())
+        for t in self.turns:
+            h.update(message_bytes(t["role"], t["content"]))
+        return h
+
+    def fingerprint(self) -> str:
+        return self.hasher().hexdigest()
+
     # ---- the {"messages": [...]} file format that `--history`, /save and /load share ----------------------------
     def to_json(self) -> dict:
         out = {"messages": self.messages()}
@@ -90,6 +118,10 @@ class Conversation:
             conv.system = msgs.pop(0)["content"]
         conv.turns = [{"role": m["role"], "content": m["content"]} for m in msgs]
         return conv
+
+
+def message_bytes(role: str, content: str) -> bytes:
+    return b"\n" + json.dumps([role, content], ensure_ascii=False).encode()
 
 
 def read_messages(path: Path) -> tuple[list[dict], list[dict]]:

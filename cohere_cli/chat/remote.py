@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.chat.session import ChatBackend, ChatSettings, TurnStats, fit_context
+from cohere_cli.chat.session import AnswerRecorder, ChatBackend, ChatSettings, TurnStats, fit_context
 from cohere_cli.engine.response import Response
 from cohere_cli.errors import TemplateError
 from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
@@ -46,10 +46,10 @@ class RemoteChat(ChatBackend):
         """Render here and send a raw completion: documents, or a template other than the server's default."""
         return bool(conv.documents) or self.settings.template not in (None, "default")
 
-    def render_text(self, conv: Conversation) -> str:
+    def render_text(self, conv: Conversation, generation_prompt: bool = True) -> str:
         if self.tokenizer is None:
             raise TemplateError(NO_TOKENIZER.format(what="this"))
-        return super().render_text(conv)
+        return super().render_text(conv, generation_prompt)
 
     def check_grounding(self) -> None:
         if self.tokenizer is None:
@@ -100,23 +100,28 @@ class RemoteChat(ChatBackend):
 
     # ---- one turn ---------------------------------------------------------------------------------------------------
     def stream_strict(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
-        """One answer; RemoteError (after what arrived) when the stream breaks."""
+        """One answer; RemoteError (after what arrived) when the stream breaks. The answer is in `history` however
+        it ends (AnswerRecorder), as LocalChat's are."""
         if self._pending is None:
             self._open(conv, ids)
         call, t0, ids, sent_text, max_tokens = self._pending
         self._pending = None
         count = (lambda s: len(self.tokenizer.encode(s, add_bos=False))) if self.tokenizer else None
-        last = None
-        for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
-                           prompt_tokens=len(ids) or None, count_tokens=count, max_tokens=max_tokens):
-            last = r
-            yield r
-        if sent_text and ids and last.prompt_tokens != len(ids):
+        answer = AnswerRecorder(conv, len(ids))
+        try:
+            for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
+                               prompt_tokens=len(ids) or None, count_tokens=count, max_tokens=max_tokens):
+                answer.seen(r)
+                yield r
+        except (KeyboardInterrupt, GeneratorExit, RemoteError):  # what arrived stays in the conversation
+            self.history.append(answer.stats(interrupted=True))
+            raise
+        self.history.append(answer.stats(interrupted=False))
+        last = answer.last
+        if last is not None and sent_text and ids and last.prompt_tokens != len(ids):
             self.api.warn_once("tokenized", f"the server tokenized the prompt itself ({last.prompt_tokens} tokens, "
                                             f"{len(ids)} rendered here): it takes no token ids and adds special "
                                             f"tokens of its own, so answers may differ from local ones")
-        self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
-                                      last.ttft_s, last.decode_tokens_per_s))
 
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
         """The REPL's stream: a broken stream ends the answer with a closing Response that carries the error (one

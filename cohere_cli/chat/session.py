@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from cohere_cli.chat.conversation import Conversation
+from cohere_cli.chat.conversation import Conversation, message_bytes
 from cohere_cli.config import read_json_object
-from cohere_cli.errors import CohereWarning, ContextOverflow, TemplateError, UsageError
+from cohere_cli.errors import CohereError, CohereWarning, ContextOverflow, TemplateError, UsageError
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import SamplingOverrides, SamplingParams, check_bounds
 from cohere_cli.store.manifest import read_manifest
@@ -30,7 +30,7 @@ class ChatSettings:
     max_tokens: int = DEFAULT_MAX_TOKENS
     template: str | None = None
     citations: str = "accurate"  # Command R rag template: accurate | fast
-    on_overflow: str = "drop"  # drop the oldest turns, or refuse
+    on_overflow: str = "drop"  # drop the oldest exchanges, or refuse
 
 
 def generation_defaults(folder: Path) -> dict:
@@ -93,8 +93,9 @@ def grounded_template(tok, template: str | None, settings: ChatSettings, model: 
     return name, {"enable_citations": True}
 
 
-def render_text(tok, conv: Conversation, settings: ChatSettings, model: str) -> str:
-    """The whole conversation through the model's template, ready for generation (local or a raw completion)."""
+def render_text(tok, conv: Conversation, settings: ChatSettings, model: str, generation_prompt: bool = True) -> str:
+    """The whole conversation through the model's template, ready for generation (local or a raw completion); without
+    the generation prompt: the conversation so far, as the next prompt will start (what it costs in the context)."""
     kwargs, template = {}, settings.template
     if conv.documents:
         template, kwargs = grounded_template(tok, template, settings, model)
@@ -103,17 +104,51 @@ def render_text(tok, conv: Conversation, settings: ChatSettings, model: str) -> 
         raise TemplateError("the rag template answers from documents: attach some with --doc FILE or /doc add")
     elif template == "tool_use":
         kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
-    return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=True, **kwargs)
+    return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=generation_prompt,
+                                   **kwargs)
 
 
 @dataclass
 class TurnStats:
+    """One answer (each /regen is one more): its counts, whether it was cut short (Ctrl-C, a broken stream), and the
+    fingerprint of the conversation it left (Conversation.fingerprint), so that the tokens in use can be told for
+    whichever conversation is current after /undo, /edit or /load."""
     prompt_tokens: int
     prefilled_tokens: int
     generated: int
     ttft_s: float
     decode_tokens_per_s: float
-    dropped_turns: int = 0
+    interrupted: bool = False
+    conversation: str = ""
+
+    @property
+    def used(self) -> int:
+        """The tokens in the context once this answer was given: the prompt and the answer (its status line)."""
+        return self.prompt_tokens + self.generated
+
+
+class AnswerRecorder:
+    """What ChatBackend.stream implementations keep of the answer they stream, so that the answer is in `history`
+    however its stream ends: finished, stopped by Ctrl-C (in the model or in the caller's loop: the generator is
+    then closed), or broken off (a server gone). An answer that failed otherwise (out of memory, a bug) is not kept:
+    the REPL takes its message back."""
+
+    def __init__(self, conv: Conversation, n_prompt: int):
+        self.hasher, self.n_prompt = conv.hasher(), n_prompt  # the conversation as it was asked, before any answer
+        self.pieces: list[str] = []
+        self.last: Response | None = None
+
+    def seen(self, r: Response) -> None:
+        self.pieces.append(r.text)
+        self.last = r
+
+    def stats(self, interrupted: bool) -> TurnStats:
+        self.hasher.update(message_bytes("assistant", "".join(self.pieces)))
+        r, key = self.last, self.hasher.hexdigest()
+        if r is None:  # stopped before the first token: the prompt was (being) read, nothing answered
+            return TurnStats(self.n_prompt, 0, 0, 0.0, 0.0, interrupted=True, conversation=key)
+        return TurnStats(r.prompt_tokens, r.prefilled_tokens, r.generation_tokens, r.ttft_s, r.decode_tokens_per_s,
+                         interrupted=interrupted, conversation=key)
 
 
 def fit_context(conv: Conversation, settings: ChatSettings, context: int,
@@ -173,8 +208,28 @@ class ChatBackend:
     def name(self) -> str:
         raise NotImplementedError
 
-    def render_text(self, conv: Conversation) -> str:
-        return render_text(self.tokenizer, conv, self.settings, self.name)
+    def render_text(self, conv: Conversation, generation_prompt: bool = True) -> str:
+        return render_text(self.tokenizer, conv, self.settings, self.name, generation_prompt)
+
+    def context_used(self, conv: Conversation) -> int | None:
+        """The tokens `conv` takes in the context now: what the next prompt costs before the next message. 0 for
+        an empty conversation without preamble or documents (after /reset); the count its last answer reported
+        (prompt + answer, as its status line said, interrupted or not) while the conversation is the one that
+        answer left, as after /undo, /edit or /load of a conversation of this session; otherwise the conversation
+        rendered with the template (a preamble or documents alone, /system, /doc, a file from elsewhere). None when
+        it cannot be known here: a server without a local tokenizer, until its next answer."""
+        if not (conv.turns or conv.system or conv.documents):
+            return 0
+        key = conv.fingerprint()
+        for s in reversed(self.history):
+            if s.conversation == key:
+                return s.used
+        if self.tokenizer is None:
+            return None
+        try:
+            return len(self.tokenizer.encode(self.render_text(conv, generation_prompt=False), add_bos=False))
+        except CohereError:
+            return None
 
     def render(self, conv: Conversation) -> list[int]:
         return self._encode(conv)[1]
@@ -217,14 +272,16 @@ class LocalChat(ChatBackend):
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
         from cohere_cli.engine.generate import stream_generate
 
-        last = None
-        for r in stream_generate(self.rt.model, self.rt.tokenizer, ids, self.settings.params,
-                                 self.settings.max_tokens, session=self.session, context=self.context):
-            last = r
-            yield r
-        if last is not None:
-            self.history.append(TurnStats(last.prompt_tokens, last.prefilled_tokens, last.generation_tokens,
-                                          last.ttft_s, last.decode_tokens_per_s))
+        answer = AnswerRecorder(conv, len(ids))
+        try:
+            for r in stream_generate(self.rt.model, self.rt.tokenizer, ids, self.settings.params,
+                                     self.settings.max_tokens, session=self.session, context=self.context):
+                answer.seen(r)
+                yield r
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C: the partial answer stays in the conversation
+            self.history.append(answer.stats(interrupted=True))
+            raise
+        self.history.append(answer.stats(interrupted=False))
 
     def describe(self) -> dict:
         cfg, rt = self.rt.loaded.config, self.rt

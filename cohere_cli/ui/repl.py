@@ -27,8 +27,9 @@ HELP = [
     ("/exit", "leave (or Ctrl-D)"),
     ("/reset", "forget the conversation (keeps the preamble and documents)"),
     ("/system [TEXT]", "show or set the system preamble"),
-    ("/set NAME VALUE", "temperature, top_p, top_k, min_p, max_tokens, seed, repetition_penalty"),
-    ("/show", "model, precision, settings, context used"),
+    ("/set [NAME VALUE]", "show the settings, or set temperature, top_p, top_k, min_p, max_tokens, seed (a number "
+                          "or random), repetition_penalty"),
+    ("/show", "model, precision, settings, context used, exchanges (a message and its answer)"),
     ("/regen", "answer the last message again"),
     ("/undo", "remove the last exchange"),
     ("/edit", "edit your last message and answer it again"),
@@ -37,7 +38,7 @@ HELP = [
     ("/load FILE", "load a saved conversation"),
     ("/doc add FILE | list | clear", "documents for grounded answers with citations"),
     ("/sources", "the documents the last answer cited"),
-    ("/stats", "tokens and speed per turn"),
+    ("/stats", "tokens and speed per answer (interrupted ones too)"),
 ]
 COMMANDS = [h[0].split()[0] for h in HELP]
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "max_tokens": int,
@@ -197,13 +198,27 @@ class Repl:
         self.conv.system = arg
         info("system preamble set")
 
+    def settings(self) -> dict[str, str]:
+        """Every /set-table value as the user would type it (a seed left to chance: `random`, never `None`)."""
+        p = self.engine.settings.params
+        values = {k: getattr(p, k, None) for k in SETTABLE}
+        values["max_tokens"] = self.engine.settings.max_tokens
+        return {k: "random" if v is None else str(v) for k, v in values.items()}
+
     def cmd_set(self, arg):
         key, _, value = arg.partition(" ")
+        if not arg:  # as ollama's /show parameters: what /set would change
+            t = Table(show_header=False, box=None, pad_edge=False)
+            for k, v in self.settings().items():
+                t.add_row(k, v)
+            err.print(t)
+            info("/set NAME VALUE changes one")
+            return
         if key not in SETTABLE or not value.strip():
-            error(f"usage: /set {'|'.join(SETTABLE)} VALUE")
+            error(f"usage: /set {'|'.join(SETTABLE)} VALUE (/set alone shows them)")
             return
         try:
-            v = None if key == "seed" and value.strip().lower() == "none" else SETTABLE[key](value)
+            v = None if key == "seed" and value.strip().lower() in ("none", "random") else SETTABLE[key](value)
         except ValueError:
             error(f"{key} takes a{'n integer' if SETTABLE[key] is int else ' number'}, not {value!r}")
             return
@@ -216,19 +231,20 @@ class Repl:
             self.engine.settings.max_tokens = v
         else:
             self.engine.with_params(**{key: v})
-        info(f"{key} = {v}")
+        info(f"{key} = {self.settings()[key]}")
 
     def cmd_show(self, arg):
-        e, p = self.engine, self.engine.settings.params
+        e = self.engine
         t = Table(show_header=False, box=None, pad_edge=False)
         for k, v in e.describe().items():  # a server's model id, a checkpoint's template name: untrusted
             t.add_row(shown(k), shown(v))
-        t.add_row("sampling", f"temperature {p.temperature}, top_k {p.top_k}, top_p {p.top_p}, min_p {p.min_p}, "
-                              f"repetition_penalty {p.repetition_penalty}, seed {p.seed}")
-        t.add_row("max_tokens", str(e.settings.max_tokens))
-        used = e.history[-1].prompt_tokens + e.history[-1].generated if e.history else 0
-        t.add_row("context", f"{used}/{e.context} tokens used")
-        t.add_row("conversation", f"{len(self.conv.turns)} turns, {len(self.conv.documents)} documents")
+        v = self.settings()
+        t.add_row("sampling", ", ".join(f"{k} {v[k]}" for k in SETTABLE if k != "max_tokens"))
+        t.add_row("max_tokens", v["max_tokens"])
+        used = e.context_used(self.conv)  # the conversation as it is now: after /undo, /reset, /load too
+        t.add_row("context", f"{used}/{e.context} tokens used" if used is not None else
+                  f"?/{e.context} tokens used (the server counts them: known after the next answer)")
+        t.add_row("conversation", self.conv.summary())
         err.print(t)
 
     def cmd_regen(self, arg):
@@ -242,7 +258,8 @@ class Repl:
         if self.conv.pop_exchange() is None:
             error("nothing to undo")
         else:
-            info("removed the last exchange")
+            n = self.conv.exchanges()
+            info(f"removed the last exchange ({n} exchange{'s' * (n != 1)} left)")
 
     def cmd_edit(self, arg):
         user = self.conv.pop_exchange()
@@ -262,7 +279,9 @@ class Repl:
             return
         text = last["content"]
         how = copy_to_clipboard(text, osc52=sys.stdout.isatty())
-        info(f"copied {len(text)} characters ({how})" if how else "no clipboard here: use /save")
+        info(f"{len(text)} characters: {how}" if how else
+             "not copied: no clipboard command (wl-copy, xclip, xsel, pbcopy) and no terminal to send OSC 52 to; "
+             "/save writes the conversation to a file")
 
     def cmd_save(self, arg):
         path = Path(arg).expanduser() if arg else default_save_path()
@@ -272,14 +291,14 @@ class Repl:
             except OSError as e:
                 raise UsageError(f"cannot create {path.parent} ({e.strerror or e}): /save FILE elsewhere") from None
         self.conv.save(path)
-        info(f"saved {len(self.conv.turns)} turns to {path}")
+        info(f"saved {self.conv.summary()} to {path}")
 
     def cmd_load(self, arg):
         if not arg:
             error("usage: /load FILE")
             return
         self.conv = Conversation.load(Path(arg))
-        info(f"loaded {len(self.conv.turns)} turns from {arg}")
+        info(f"loaded {self.conv.summary()} from {arg}")
 
     def cmd_doc(self, arg):
         sub, _, rest = arg.partition(" ")
@@ -306,10 +325,15 @@ class Repl:
             err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
 
     def cmd_stats(self, arg):
-        t = Table("turn", "prompt", "prefilled", "generated", "first token", "tok/s")
+        if not self.engine.history:
+            info("no answers yet")
+            return
+        t = Table("answer", "prompt", "prefilled", "generated", "context", "first token", "tok/s", "",
+                  title="this session's answers (each /regen is one more)")
         for i, s in enumerate(self.engine.history, 1):
-            t.add_row(str(i), str(s.prompt_tokens), str(s.prefilled_tokens), str(s.generated),
-                      f"{s.ttft_s * 1000:.0f} ms", f"{s.decode_tokens_per_s:.1f}")
+            t.add_row(str(i), str(s.prompt_tokens), str(s.prefilled_tokens), str(s.generated), str(s.used),
+                      f"{s.ttft_s * 1000:.0f} ms" if s.generated else "-",
+                      f"{s.decode_tokens_per_s:.1f}" if s.generated else "-", "interrupted" if s.interrupted else "")
         err.print(t)
 
 
@@ -319,17 +343,60 @@ def default_save_path() -> Path:
     return store_root() / "chats" / f"chat-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
 
 
+CLIPBOARD_COMMANDS = (["wl-copy"], ["xclip", "-selection", "clipboard"], ["xsel", "-b", "-i"], ["pbcopy"],
+                      ["clip.exe"])
+TMUX_CONF = "`set -g set-clipboard on` in ~/.tmux.conf"
+
+
+def _ran(cmd: list[str], text: str) -> bool:
+    try:
+        subprocess.run(cmd, input=text.encode(), check=True, timeout=5, capture_output=True)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _tmux_set_clipboard() -> str:
+    """tmux's set-clipboard option (on, external: tmux passes a copy on to the terminal; off), "" if unknown."""
+    try:
+        r = subprocess.run(["tmux", "show-options", "-gv", "set-clipboard"], capture_output=True, timeout=5,
+                           text=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def copy_to_clipboard(text: str, osc52: bool) -> str | None:
-    """A clipboard command where one exists, and OSC 52 in a terminal (works over SSH). Returns how."""
-    for cmd in (["wl-copy"], ["xclip", "-selection", "clipboard"], ["xsel", "-b", "-i"], ["pbcopy"], ["clip.exe"]):
-        if shutil.which(cmd[0]) and (cmd[0] != "wl-copy" or os.environ.get("WAYLAND_DISPLAY")):
-            try:
-                subprocess.run(cmd, input=text.encode(), check=True, timeout=5, capture_output=True)
-                return cmd[0]
-            except (OSError, subprocess.SubprocessError):
-                pass
+    """Put `text` where the user can paste it; say where, and what it takes to reach the system clipboard when that
+    is not sure (never a bare "copied" for an escape sequence nobody may act on). None: nowhere.
+
+    Inside tmux ($TMUX), tmux's own paste buffer first: `tmux load-buffer -w -` also hands it to the terminal's
+    clipboard unless tmux's set-clipboard is off (a plain OSC 52 from us would be dropped by tmux's default,
+    set-clipboard external). Then a clipboard command (Wayland, X11, macOS, WSL); then, in a terminal, OSC 52
+    (works over SSH, where the terminal allows it; inside tmux only with set-clipboard on)."""
+    tmux = bool(os.environ.get("TMUX")) and shutil.which("tmux") is not None
+    if tmux:
+        if _ran(["tmux", "load-buffer", "-w", "-"], text):
+            mode = _tmux_set_clipboard()
+            if mode in ("on", "external"):
+                return ("copied to tmux's paste buffer (prefix ] pastes it), and tmux passed it on to the terminal's "
+                        "clipboard (the terminal must accept OSC 52)")
+            if mode == "off":
+                return ("copied to tmux's paste buffer (prefix ] pastes it), not to the system clipboard: tmux's "
+                        f"set-clipboard is off; {TMUX_CONF} passes copies on")
+            return ("copied to tmux's paste buffer (prefix ] pastes it), and to the terminal's clipboard if tmux's "
+                    f"set-clipboard is on or external ({TMUX_CONF})")
+        if _ran(["tmux", "load-buffer", "-"], text):  # tmux before 3.2 has no -w
+            return ("copied to tmux's paste buffer (prefix ] pastes it); this tmux cannot pass it on to the system "
+                    "clipboard (tmux 3.2 or later can)")
+    for cmd in CLIPBOARD_COMMANDS:
+        if shutil.which(cmd[0]) and (cmd[0] != "wl-copy" or os.environ.get("WAYLAND_DISPLAY")) and _ran(cmd, text):
+            return f"copied with {cmd[0]}"
     if osc52:
         sys.stdout.write("\x1b]52;c;" + base64.b64encode(text.encode()).decode() + "\x07")
         sys.stdout.flush()
-        return "OSC 52 terminal escape"
+        if os.environ.get("TMUX"):
+            return f"sent as an OSC 52 escape: inside tmux it reaches the clipboard only with {TMUX_CONF}"
+        return ("sent to the terminal as an OSC 52 escape: it is on the clipboard if the terminal accepts OSC 52 "
+                "(most do; some need it allowed in their settings)")
     return None
