@@ -19,6 +19,9 @@ from cohere_cli.store import sizes
 
 PROBE_BYTES = 1 << 30  # >> any CPU's last-level cache (32 MiB on the dev machine, 300 MiB on some Xeons)
 PROBE_REPEATS = 5
+# (max - min) / median above this (shown as ± half the range: above ±25%): the repeats disagree so much that the
+# median says more about what else the machine was doing than about the model
+NOISY_SPREAD = 0.5
 
 # ---- 1. the limit: pure arithmetic ----------------------------------------------------------------------------------
 def weights_read_per_token(d: sizes.Dims, precision: str, int8_head: bool = False) -> int:
@@ -92,6 +95,15 @@ def summarize(samples: list[float]) -> dict:
     med = statistics.median(samples)
     return {"median": med, "min": min(samples), "max": max(samples),
             "spread": (max(samples) - min(samples)) / med if med else 0.0, "samples": list(samples)}
+
+
+def noisy(stat: dict | None, limit: float = NOISY_SPREAD) -> bool:
+    """Whether a STAT (summarize's) spreads more than `limit`: other work, frequency scaling or swapping moved the
+    repeats, not the model. One sample has no spread, so it is never noisy."""
+    if not isinstance(stat, dict) or len(stat.get("samples") or []) < 2:
+        return False
+    spread = stat.get("spread")
+    return isinstance(spread, (int, float)) and spread > limit
 
 
 # ---- 2. the machine -------------------------------------------------------------------------------------------------

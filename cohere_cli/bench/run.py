@@ -21,7 +21,7 @@ from pathlib import Path
 from cohere_cli.store import sizes
 from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.bench.roofline import (PROBE_BYTES, cpu_name, decode_flops, device_peak_bandwidth, kv_read_per_token,
-                                 measure_bandwidth, prefill_flops, roofline_tokens_per_s, summarize, versions,
+                                 measure_bandwidth, noisy, prefill_flops, roofline_tokens_per_s, summarize, versions,
                                  weights_read_per_token)
 SCHEMA = "cohere-cli.bench/1"
 FLOAT_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -29,6 +29,8 @@ QUANT_PRECISIONS = ("int8", "nf4", "fp4")
 ALL_PRECISIONS = (*FLOAT_PRECISIONS, *QUANT_PRECISIONS)
 DEFAULT_PRECISIONS = ("bf16", "int8", "nf4")
 SHORT_PREFILL = 512
+# the figures of a result measured over the repeats (each a STAT: median, min, max, spread, samples)
+TIMED = ("prefill_512_tokens_per_s", "prefill_seq_tokens_per_s", "ttft_s", "decode_tokens_per_s")
 # environment variables that change CPU speed (recorded when set): thread pools and how idle threads wait
 ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME",
             "CUDA_VISIBLE_DEVICES")
@@ -311,6 +313,14 @@ def run_bench(spec: str = "demo", *, seq: int = 8192, gen: int = 128, precisions
         "settings": settings,
         "results": results,
     }
+
+
+def noisy_figures(record: dict) -> list[tuple[str, str]]:
+    """(precision, figure) of each timed figure whose repeats spread too much to trust its median
+    (roofline.noisy): the machine was busy. Empty with --repeat 1 (one sample has no spread)."""
+    return [(r.get("precision"), k) for r in record.get("results") or [] if isinstance(r, dict)
+            for k in TIMED if noisy(r.get(k))]
+
 
 def _prefill_chunk() -> int:
     from cohere_cli.engine.generate import PREFILL_CHUNK

@@ -1,6 +1,9 @@
 """`cohere bench [MODEL]`: prefill, time to first token, decode, memory, and how close decode is to the memory
 bandwidth roofline, per precision. A rich table goes to stderr; `--json` prints one record on stdout;
 `--compare-to FILE` prints the change against an earlier record (and adds it to the record as `comparison`).
+The table splits into as many as the terminal's width needs (figures are never cut to "…"); a figure whose repeats
+spread above ±25% (roofline.NOISY_SPREAD) is marked "!", and one warning line says the machine was noisy and to rerun
+with more --repeat.
 
 The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, seconds, tokens/s, FLOP/s):
 
@@ -35,9 +38,11 @@ The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, sec
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
+from cohere_cli.bench import roofline
 from cohere_cli.bench import run as bench
 from cohere_cli.store import sizes
 from cohere_cli.ui.console import err, info, warn, shown
@@ -148,12 +153,26 @@ def compare_records(old: dict, new: dict, file: str = "") -> dict:
 
 
 # ---- printing -------------------------------------------------------------------------------------------------------
-def _stat(s: dict | None, fmt: str = "{:.1f}", scale: float = 1.0) -> str:
+NOISE_MARK = "!"  # after a figure whose repeats spread more than roofline.NOISY_SPREAD
+
+
+def _num(x: float) -> str:
+    """At least 3 significant digits, every digit of the integer part: 2741, 42.8, 3.14, 0.052."""
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3g}"
+
+
+def _stat(s: dict | None, scale: float = 1.0, noisy: bool = False) -> str:
+    """A STAT's median (its unit goes in the column's header), ± half the range relative to the median when there
+    were several samples, and the noise mark."""
     if not s or s.get("median") is None:
         return "-"
-    text = fmt.format(s["median"] * scale)
+    text = _num(s["median"] * scale)
     if len(s.get("samples", [])) > 1:
-        text += f" [dim]±{s['spread'] * 50:.0f}%[/dim]"  # half the range, relative to the median
+        text += f" [dim]±{s['spread'] * 50:.0f}%[/dim]"
+    if noisy:
+        text += f"[bold yellow]{NOISE_MARK}[/bold yellow]"
     return text
 
 
@@ -167,15 +186,49 @@ def _flops(x: float | None) -> str:
 
 
 def _console():
-    """stderr, as wide as the table needs when it is not a terminal (a log file, a CI job)."""
+    """stderr: the terminal's width; not a terminal (a log file, a CI job), $COLUMNS when set, else as wide as any
+    table needs."""
     from rich.console import Console
 
-    return err if err.is_terminal else Console(stderr=True, highlight=False, width=180)
+    if err.is_terminal:
+        return err
+    cols = os.environ.get("COLUMNS", "")
+    return Console(stderr=True, highlight=False, width=int(cols) if cols.isdigit() and int(cols) > 0 else 180)
+
+
+def _print_fitted(headers: list[str], rows: list[list[str]], left: int = 1) -> None:
+    """Print a table as several, each as wide as the console allows, repeating the first column (what a row is):
+    every figure whole, never cut to "…". Columns keep their order; the first `left` are left-aligned. A column
+    wider than the console alone wraps (at spaces first) rather than being cut."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+
+    def width(i: int) -> int:
+        cells = [Text.from_markup(r[i]).cell_len for r in rows]
+        return max([*(len(line) for line in headers[i].split("\n")), *cells])
+
+    groups, used = [[]], width(0)
+    for i in range(1, len(headers)):
+        w = width(i) + 2  # two spaces between columns
+        if groups[-1] and used + w > console.width:
+            groups.append([])
+            used = width(0)
+        groups[-1].append(i)
+        used += w
+    for n, group in enumerate(groups):
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for i in (0, *group):
+            t.add_column(headers[i], justify="left" if i < left else "right", overflow="fold")
+        for r in rows:
+            t.add_row(*(r[i] for i in (0, *group)))
+        if n:
+            console.print()
+        console.print(t)
 
 
 def print_table(record: dict) -> None:
-    from rich.table import Table
-
     m, s, mod = record["machine"], record["settings"], record["model"]
     bw = m["memory_bandwidth_bytes_per_s"]
     where = m["gpu"] or m["cpu"]
@@ -185,26 +238,31 @@ def print_table(record: dict) -> None:
     err.print(f"[bold]{shown(mod['name'])}[/bold] ({mod['model_type']}, {sizes.human_params(mod['parameters'])} "
               f"parameters, context {mod['context']}) on {shown(str(where))}, {threads}; "
               f"memory bandwidth {bw / 1e9:.1f} GB/s measured{peak_txt}", soft_wrap=True)
-    seq = s["seq"]
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    cols = ("precision", "model", f"KV@{seq}", f"prefill {s['prefill_short']}", f"prefill {seq}", "TTFT",
-            f"decode@{seq}", "roofline", "of roofline", f"prefill {seq} compute", "peak memory")
-    for c in cols:
-        t.add_column(c, justify="left" if c == "precision" else "right")
+    seq, short = s["seq"], s["prefill_short"]
+    noisy_list = bench.noisy_figures(record)
+    noisy = set(noisy_list)
+    both = short != seq  # at --seq 512 or less the two prefills are one measurement
+    headers = ["precision", *([f"prefill {short}\ntok/s"] if both else []), f"prefill {seq}\ntok/s", "TTFT\nms",
+               f"decode@{seq}\ntok/s", "roofline\ntok/s", "of\nroofline", f"prefill {seq}\ncompute", "model",
+               f"KV@{seq}", "peak\nmemory"]
+    rows = []
     for r in record["results"]:
-        pm = r["peak_memory"]
+        pm, p = r["peak_memory"], r["precision"]
         if pm.get("cuda_allocated_bytes") is not None:
             mem = f"{sizes.human_bytes(pm['cuda_allocated_bytes'])} / {sizes.human_bytes(pm['cuda_reserved_bytes'])}"
         else:
             mem = sizes.human_bytes(pm["rss_bytes"])
-        t.add_row(
-            r["precision"], sizes.human_bytes(r["model_bytes"]), sizes.human_bytes(r["kv_cache_bytes"]),
-            _stat(r["prefill_512_tokens_per_s"]) + " tok/s", _stat(r["prefill_seq_tokens_per_s"]) + " tok/s",
-            _stat(r["ttft_s"], "{:.0f}", 1000) + " ms", _stat(r["decode_tokens_per_s"]) + " tok/s",
-            f"{r['decode_roofline_tokens_per_s']:.1f} tok/s", f"{r['decode_roofline_fraction'] * 100:.0f}%",
-            _flops(r["prefill_seq_flop_per_s"]), mem,
-        )
-    _console().print(t)
+
+        def stat(key, scale=1.0):
+            return _stat(r[key], scale, (p, key) in noisy)
+
+        rows.append([
+            shown(p), *([stat("prefill_512_tokens_per_s")] if both else []), stat("prefill_seq_tokens_per_s"),
+            stat("ttft_s", 1000), stat("decode_tokens_per_s"), _num(r["decode_roofline_tokens_per_s"]),
+            f"{r['decode_roofline_fraction'] * 100:.0f}%", _flops(r["prefill_seq_flop_per_s"]),
+            sizes.human_bytes(r["model_bytes"]), sizes.human_bytes(r["kv_cache_bytes"]), mem,
+        ])
+    _print_fitted(headers, rows)
     mem_kind = "CUDA allocated / reserved" if record["results"] and \
         record["results"][0]["peak_memory"].get("cuda_allocated_bytes") is not None else "peak RSS while running"
     info(f"medians of {s['repeat']} run(s) after a warm-up, ± half the range; decode at positions "
@@ -213,29 +271,32 @@ def print_table(record: dict) -> None:
     for r in record["results"]:
         if r["source"] != "checkpoint":
             info(f"{r['precision']}: {r['source']}")
+    if noisy:
+        label = {"prefill_512_tokens_per_s": f"prefill {short}", "prefill_seq_tokens_per_s": f"prefill {seq}",
+                 "ttft_s": "TTFT", "decode_tokens_per_s": f"decode@{seq}"}
+        warn(noise_warning(list(dict.fromkeys(f"{p} {label[k]}" for p, k in noisy_list)), s["repeat"]))
+
+
+def noise_warning(figures: list[str], repeat: int) -> str:
+    """The one line under a table with noise marks: which figures, why, and what to do."""
+    return (f"{NOISE_MARK} marks a spread above ±{roofline.NOISY_SPREAD * 50:.0f}% ({', '.join(figures)}): the "
+            f"machine was busy or noisy while it ran, so those medians are rough; rerun on an idle machine with "
+            f"--repeat {max(10, 2 * repeat)}")
 
 
 def print_comparison(comp: dict) -> None:
-    from rich.table import Table
-
     err.print(f"[bold]change against {shown(comp['file'])}[/bold] "
               f"({shown(str((comp['baseline'] or {}).get('created_at')))})", soft_wrap=True)
     for d in comp["differences"]:
         warn(f"differs: {d}")
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    for c in ("precision", "figure", "before", "after", "change"):
-        t.add_column(c, justify="left" if c in ("precision", "figure") else "right")
+    rows = []
     for c in comp["changes"]:
         big = abs(c["change"]) >= 0.05
         color = ("green" if c["better"] else "red") if big else "dim"
         fmt = _human if "bytes" in c["metric"] else _num
-        t.add_row(c["precision"], c["label"], fmt(c["before"]), fmt(c["after"]),
-                  f"[{color}]{c['change'] * 100:+.1f}%[/{color}]")
-    _console().print(t)
-
-
-def _num(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        rows.append([shown(c["precision"]), c["label"], fmt(c["before"]), fmt(c["after"]),
+                     f"[{color}]{c['change'] * 100:+.1f}%[/{color}]"])
+    _print_fitted(["precision", "figure", "before", "after", "change"], rows, left=2)
 
 
 def _human(x: float) -> str:
@@ -259,22 +320,18 @@ def run_remote_bench_command(model: str | None, *, endpoint, seq: int, gen: int,
 
 
 def print_remote_table(record: dict) -> None:
-    from rich.table import Table
-
     s, mod = record["settings"], record["model"]
     err.print(f"[bold]{shown(str(mod['name']))}[/bold] at {shown(s['endpoint'])}: prompt ~{s['seq']} tokens, "
               f"{s['gen']} generated per request", soft_wrap=True)
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    for c in ("concurrency", "requests", "errors", "prompt", "TTFT median", "TTFT p90", "decode/request",
-              "aggregate"):
-        t.add_column(c, justify="right")
+    rows = []
     for r in record["results"]:
         tt = r["ttft_s"]
-        t.add_row(str(r["concurrency"]), str(r["requests"]), str(r["errors"]),
-                  "-" if r["prompt_tokens"] is None else f"{r['prompt_tokens']:.0f}",
-                  _stat(tt, "{:.0f}", 1000) + " ms", "-" if tt.get("p90") is None else f"{tt['p90'] * 1000:.0f} ms",
-                  _stat(r["decode_tokens_per_s"]) + " tok/s", f"{r['aggregate_tokens_per_s']:.1f} tok/s")
-    _console().print(t)
+        rows.append([str(r["concurrency"]), str(r["requests"]), str(r["errors"]),
+                     "-" if r["prompt_tokens"] is None else f"{r['prompt_tokens']:.0f}", _stat(tt, 1000),
+                     "-" if tt.get("p90") is None else _num(tt["p90"] * 1000), _stat(r["decode_tokens_per_s"]),
+                     _num(r["aggregate_tokens_per_s"])])
+    _print_fitted(["concurrency", "requests", "errors", "prompt\ntokens", "TTFT\nmedian ms", "TTFT\np90 ms",
+                   "decode/request\ntok/s", "aggregate\ntok/s"], rows, left=0)
     info("TTFT and decode: medians over the requests, ± half the range; aggregate = all generated tokens / wall time "
          "of the level")
     for r in record["results"]:
