@@ -229,7 +229,8 @@ def read_config_json(folder: Path) -> dict:
     try:
         return read_json_object(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
-        raise CheckpointError(f"{folder} is not a checkpoint: it has no config.json") from None
+        raise CheckpointError(f"{folder} is not a checkpoint folder (no config.json): give the folder that holds a "
+                              f"model's config.json and weights, or a name `cohere models` lists") from None
     except OSError as e:
         raise CheckpointError(f"{path} is unreadable ({e.strerror or e}): re-download the checkpoint") from None
     except ValueError as e:
