@@ -80,14 +80,13 @@ def settings_from(folder: Path | None, sampling: SamplingOverrides, *, max_token
 
 def grounded_template(tok, template: str | None, settings: ChatSettings, model: str) -> tuple[str | None, dict]:
     """Which template renders documents: Command R's `rag`, or the cmd3 template's documents path."""
+    from cohere_cli.engine.tokenizer import cannot_ground, documents_template  # the decision `chat --doc` makes early
+
     templates = tok.chat_templates
-    name = template or ("rag" if "rag" in templates else "default")
-    source = templates.get(name, "")
-    if "documents" not in source:
-        raise TemplateError(
-            f"{model}'s chat template has no grounded-generation (documents) support: "
-            f"/doc clear to chat without documents"
-        )
+    name = documents_template(templates, template)
+    if name is None:
+        raise TemplateError(cannot_ground(model, templates, template, "/doc clear to chat without documents"))
+    source = templates[name]
     if "citation_mode" in source:
         return name, {"citation_mode": settings.citations}
     return name, {"enable_citations": True}

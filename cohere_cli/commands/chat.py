@@ -68,7 +68,7 @@ def build_conversation(o: ChatOptions) -> Conversation:
 
 def run_chat(o: ChatOptions) -> None:
     conv = build_conversation(o)  # bad files fail before seconds of model loading
-    engine, answer = _remote(o, conv) if o.endpoint else _local(o)
+    engine, answer = _remote(o, conv) if o.endpoint else _local(o, conv)
     drive(engine, conv, o, answer)
 
 
@@ -77,15 +77,19 @@ def _settings(o: ChatOptions, folder: Path | None):
                          on_overflow=o.on_overflow)
 
 
-def _local(o: ChatOptions):
-    from cohere_cli.engine.generate import stream_generate  # torch: only where a local model runs
-    from cohere_cli.engine.runtime import load_runtime
+def _local(o: ChatOptions, conv: Conversation):
+    from cohere_cli.engine.runtime import find_checkpoint, load_runtime
+    from cohere_cli.engine.tokenizer import read_chat_templates
     from cohere_cli.store import remember_last_used
 
-    name = pick_model(o.model)
-    rt = load_runtime(name, o.dtype)
+    ck = find_checkpoint(pick_model(o.model))
+    if conv.documents:  # from its template files: a model that cannot ground answers is refused before loading
+        _check_grounding(read_chat_templates(ck.folder), ck.name, o)
+    from cohere_cli.engine.generate import stream_generate  # torch: only where a local model runs
+
+    rt = load_runtime(ck, o.dtype)
     info(rt.summary())
-    remember_last_used(rt.key or name)
+    remember_last_used(rt.key)
     engine = LocalChat(rt, _settings(o, rt.folder)[0], ctx=o.ctx)
     if o.ctx and o.ctx > engine.context:
         warn(f"--ctx {o.ctx} is more than {rt.name} can attend to: using {engine.context} tokens, its context length")
@@ -111,11 +115,24 @@ def _remote(o: ChatOptions, conv: Conversation):
                                             Remote(ids or None, client.url, server.served))
 
 
+def _check_grounding(templates: dict[str, str], model: str, o: ChatOptions) -> None:
+    """Refuse documents (--doc, or a --history that holds some) for a model whose template cannot render them, with
+    what to do here, on the command line (the REPL's own message says /doc clear)."""
+    from cohere_cli.engine.tokenizer import cannot_ground, documents_template
+    from cohere_cli.errors import TemplateError
+
+    if documents_template(templates, o.template) is None:
+        advice = "run without --doc" if o.docs else f"chat without the documents that {o.history} holds"
+        raise TemplateError(cannot_ground(model, templates, o.template, advice))
+
+
 def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
     """What chat does with an engine, local (LocalChat) or remote (RemoteChat): with --prompt one turn, printed by
     `answer(prompt ids)`; else the REPL."""
     if conv.documents:
-        engine.check_grounding()
+        if engine.tokenizer is None:
+            engine.check_grounding()  # remote without a local MODEL: says why documents need one
+        _check_grounding(engine.tokenizer.chat_templates, engine.name, o)
     if o.prompt is not None:
         conv.add_user(o.prompt)
         ids, dropped = engine.fit(conv)

@@ -104,6 +104,40 @@ def _load_chat_templates(path: Path, config: dict) -> dict[str, str]:
     return {}
 
 
+def read_chat_templates(folder: Path) -> dict[str, str]:
+    """A checkpoint's named chat templates, read from its template files and tokenizer_config.json alone (not the
+    tokenizer.json, not the weights): enough to know what the model's prompts can hold (`documents_template`)."""
+    folder = Path(folder)
+    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    return _load_chat_templates(folder, config)
+
+
+# The released models whose chat templates render documents (grounded answers) and tools.
+GROUNDING_MODELS = "Command R, R+, R7B and A (e.g. `cohere download CohereLabs/c4ai-command-r7b-12-2024`)"
+
+
+def documents_template(templates: dict[str, str], name: str | None = None) -> str | None:
+    """The template that renders documents (a grounded answer): `name` when given, else Command R's `rag` or the
+    default (Command R7B / A have a documents path in it); None when that template has no documents path."""
+    name = name or ("rag" if "rag" in templates else "default")
+    return name if "documents" in templates.get(name, "") else None
+
+
+def tools_template(templates: dict[str, str]) -> str | None:
+    """The template that renders tool definitions: Command R's `tool_use`, or a default with a tools path."""
+    return next((n for n in ("tool_use", "default") if "tools" in templates.get(n, "")), None)
+
+
+def cannot_ground(model: str, templates: dict[str, str], name: str | None, advice: str) -> str:
+    """Why `model` cannot answer from documents, in one line, ending with `advice` (what to do where it is said)."""
+    other = documents_template(templates) if name else None
+    if other is not None:  # --template picked one without documents; the model has one that renders them
+        return f"{model}'s chat template {name!r} has no documents path, its {other!r} template has: " \
+               f"--template {other}, or {advice}"
+    return (f"{model} cannot answer from documents: its chat template has no documents (RAG) path; models that "
+            f"can: {GROUNDING_MODELS}; or {advice}")
+
+
 class Tokenizer:
     """A Cohere tokenizer loaded from a model folder. Build it with `Tokenizer.from_dir(path)`."""
 
