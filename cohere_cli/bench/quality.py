@@ -42,6 +42,7 @@ class QualityReport:
     top1_agreement: float  # fraction of positions where both models' most likely next token is the same
     seconds: float = 0.0
     text: str = "built-in"
+    vocab: int | None = None  # the tokenizer's size: a perplexity above it is worse than a uniform guess
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,21 +51,52 @@ class QualityReport:
     def from_dict(cls, d: dict) -> "QualityReport":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def lines(self) -> list[str]:
-        return format_report(self.to_dict())
+    def lines(self, parent: str | None = None) -> list[str]:
+        return format_report(self.to_dict(), parent)
 
 
-def format_report(d: dict) -> list[str]:
-    """The report as lines of text (also what `cohere models info` shows from a manifest's "quality")."""
+# What the built-in text is, for the report; a general model's perplexity on prose like it is ~5 to 30.
+EVAL_TEXT_WHAT = "the built-in evaluation text (general English: stories, explainers, a letter, a poem; "
+HIGH_PERPLEXITY = 1000  # past this the parent does not model the text at all: only the relative change means much
+
+
+def plain(v: float, digits: int = 3) -> str:
+    """A number as people write it: 105,623 / 12.3 / 0.0116 (`digits` significant digits), not 1.056e+05; only
+    numbers too small or large for that (under 1e-6, a billion or more) keep the exponent."""
+    if not math.isfinite(v) or v == 0:
+        return "0" if v == 0 else str(v)
+    if abs(v) >= 1e9 or abs(v) < 1e-6:
+        return f"{v:.{digits - 1}e}"
+    if abs(v) >= 10 ** (digits - 1):
+        return f"{v:,.0f}"
+    return f"{v:.{digits - 1 - math.floor(math.log10(abs(v)))}f}"
+
+
+def format_report(d: dict, parent: str | None = None) -> list[str]:
+    """The report as lines of text (also what `cohere models info` shows from a manifest's "quality"); `parent`
+    names the model it was measured against, when known."""
     ppl_p, ppl_q = d["parent_perplexity"], d["perplexity"]
     rel = (ppl_q / ppl_p - 1) * 100 if ppl_p else float("nan")
-    return [
-        f"quality vs parent on {d['tokens']} tokens of {d.get('text', 'built-in')} text "
-        f"({d['windows']} windows of {d['window']}, {d['dtype']}):",
-        f"  perplexity      {ppl_p:.4g} -> {ppl_q:.4g} ({rel:+.2f}%)",
-        f"  KL divergence   mean {d['kl_mean']:.4g}, p99 {d['kl_p99']:.4g} nats/token",
-        f"  top-1 agreement {d['top1_agreement'] * 100:.2f}%",
+    change = f"{rel:+.2f}%" if abs(rel) < 0.1 else f"{rel:+,.1f}%"
+    text = EVAL_TEXT_WHAT if d.get("text", "built-in") == "built-in" else "the given text ("
+    lines = [
+        f"quality vs parent, measured on {d['tokens']:,} tokens of {text}{d['windows']} windows of {d['window']}, "
+        f"{d['dtype']}):",
+        f"  perplexity      {plain(ppl_p, 4)} -> {plain(ppl_q, 4)} ({change}: the change is what matters; "
+        f"lower is better)",
+        f"  KL divergence   mean {plain(d['kl_mean'])}, p99 {plain(d['kl_p99'])} nats/token (0: the same "
+        f"predictions)",
+        f"  top-1 agreement {d['top1_agreement'] * 100:.1f}% (how often both models pick the same next token)",
     ]
+    vocab = d.get("vocab")
+    if ppl_p > HIGH_PERPLEXITY or (vocab and ppl_p > vocab):
+        how = (f"worse than a uniform guess among its {vocab:,} tokens" if vocab and ppl_p > vocab
+               else "far above the 5 to 30 of a general model")
+        who = ("the demo is a help-desk toy trained only on questions about this CLI, not on general text"
+               if parent == "demo" else f"{parent or 'the parent'} was not trained on text like it")
+        lines.append(f"  note: the parent's perplexity here is {how}: {who}. Judge the quantization by the change, "
+                     f"the KL divergence and the top-1 agreement, not by the absolute number")
+    return lines
 
 
 # ---- the checkpoint, a block at a time ------------------------------------------------------------------------------
@@ -297,7 +329,7 @@ def _evaluate(model, parent, tokenizer_folder, text, max_tokens, window, dtype, 
         parent_perplexity=math.exp(nll_p.mean().item()), perplexity=math.exp(nll_q.mean().item()),
         kl_mean=kl.mean().item(), kl_p99=torch.quantile(kl, 0.99).item(),
         top1_agreement=torch.cat(agree).double().mean().item(), seconds=time.perf_counter() - t0,
-        text="built-in" if text is None else "given",
+        text="built-in" if text is None else "given", vocab=tok.vocab_size,
     )
 
 

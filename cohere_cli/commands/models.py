@@ -221,6 +221,7 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     except (OSError, ValueError):
         storage_dtype = None
     precision = (manifest or {}).get("precision") or sizes.precision_of(cfg, storage_dtype)
+    can = capabilities(folder)
     kv = sizes.kv_cache_bytes(d, seq)
     memory = {
         "weights_bytes": {p: sizes.weights_bytes(d, p) for p in ("bf16", "int8", "nf4")},
@@ -231,7 +232,8 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     }
     if json_out:
         print(json.dumps({"name": name, "path": str(folder), "manifest": manifest, "config": summary,
-                          "parameters": params, "precision": precision, "memory": memory}, indent=2))
+                          "parameters": params, "precision": precision, "capabilities": can, "memory": memory},
+                         indent=2))
         return
     out = []
     out.append(f"{name}")
@@ -257,10 +259,11 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     out.append(f"  architecture  {(summary['architectures'] or ['?'])[0]} ({summary['model_type']})")
     out.append(f"  parameters    {sizes.human_params(params)} ({params if params else '?'})")
     out.append(f"  precision     {precision or '?'} (stored as {storage_dtype or '?'})")
+    out += _capability_lines(can)
     if manifest and manifest.get("quality"):
         from cohere_cli.bench.quality import format_report
 
-        out += format_report(manifest["quality"])
+        out += format_report(manifest["quality"], parent=manifest.get("parent"))
     out.append("config")
     out.append(f"  hidden {d.hidden}, intermediate {d.intermediate}, layers {d.layers}, heads {d.heads}, "
                f"kv heads {d.kv_heads}, head_dim {d.head_dim}, vocab {d.vocab}")
@@ -284,6 +287,37 @@ def run_info(model: str, seq: int = 8192, json_out: bool = False) -> None:
     out.append(f"  KV cache      {sizes.human_bytes(kv)} at {seq} tokens, bf16 "
                f"({sizes.human_bytes(sizes.kv_cache_bytes(d, 1))} per token{cap})")
     print(inert("\n".join(out)))  # manifest fields (names, sources) are untrusted text
+
+
+def capabilities(folder: Path) -> dict:
+    """What the model's chat templates can render, read from its template files (no weights, no tokenizer.json):
+    the template names, the one that renders documents (grounded answers, `chat --doc`) and tools, or None."""
+    from cohere_cli.engine.tokenizer import documents_template, read_chat_templates, tools_template
+    from cohere_cli.errors import TokenizerError
+
+    try:
+        templates = read_chat_templates(folder)
+    except TokenizerError as e:
+        return {"chat_templates": None, "documents": None, "tools": None, "error": str(e)}
+    return {"chat_templates": sorted(templates), "documents": documents_template(templates),
+            "tools": tools_template(templates)}
+
+
+def _capability_lines(can: dict) -> list[str]:
+    from cohere_cli.engine.tokenizer import GROUNDING_MODELS
+
+    if can["chat_templates"] is None:
+        return [f"  templates     unreadable: {can['error']}"]
+    names = can["chat_templates"]
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return [
+        f"  templates     {listed or 'none (raw completion only: cohere generate)'}",
+        f"  documents     yes: `cohere chat --doc FILE` grounds answers (its {can['documents']!r} template)"
+        if can["documents"] else f"  documents     no: its chat template has no documents (RAG) path; models that "
+                                 f"have one: {GROUNDING_MODELS}",
+        f"  tools         yes (its {can['tools']!r} template)" if can["tools"] else
+        "  tools         no: its chat template has no tools path",
+    ]
 
 
 def _size(record: dict) -> int:

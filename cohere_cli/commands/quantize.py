@@ -91,7 +91,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
           f"{sizes.human_bytes(result.out_bytes)} {spec.precision}, {result.seconds:.1f} s "
           f"({result.gb_per_s:.2f} GB/s)")
     if report is not None:
-        print("\n".join(report.lines()))
+        print("\n".join(report.lines(parent_name)))
 
 
 def _evaluate(folder: Path, parent: Path):
