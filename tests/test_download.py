@@ -467,7 +467,7 @@ def test_generate_runs_on_the_downloaded_entry(hub, tmp_path):
                         "4", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
-    assert len(rec["tokens"]) <= 4
+    assert len(rec["token_ids"]) <= 4
 
 
 def test_narrower_rerun_keeps_other_parts(hub, ckpt):

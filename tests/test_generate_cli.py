@@ -76,16 +76,18 @@ def test_generate_greedy_tokens_match_transformers_on_a_2026_checkpoint(tmp_path
 def check_greedy(ckpt) -> None:
     rec = cohere_json("generate", str(ckpt), PROMPT, "--max-tokens", "24", "--dtype", "float32")
     ref_tok = load_reference(ckpt)
-    assert rec["prompt_tokens"] == ref_tok.encode(PROMPT)  # BOS once, no <|END_OF_TURN_TOKEN|><EOS_TOKEN>
-    assert rec["prompt_tokens"].count(ref_tok.bos_token_id) == 1
-    expected = reference_greedy(ckpt, rec["prompt_tokens"], 24)
-    assert len(rec["tokens"]) >= 8, "too short to compare: pick another prompt"
-    assert rec["tokens"] == expected[: len(rec["tokens"])]
-    assert rec["finish_reason"] == ("length" if len(rec["tokens"]) == 24 else "stop")
+    assert rec["prompt_ids"] == ref_tok.encode(PROMPT)  # BOS once, no <|END_OF_TURN_TOKEN|><EOS_TOKEN>
+    assert rec["prompt_ids"].count(ref_tok.bos_token_id) == 1
+    # counts as OpenAI's usage names them, the ids beside them
+    assert rec["prompt_tokens"] == len(rec["prompt_ids"]) and rec["completion_tokens"] == len(rec["token_ids"])
+    expected = reference_greedy(ckpt, rec["prompt_ids"], 24)
+    assert len(rec["token_ids"]) >= 8, "too short to compare: pick another prompt"
+    assert rec["token_ids"] == expected[: len(rec["token_ids"])]
+    assert rec["finish_reason"] == ("length" if rec["completion_tokens"] == 24 else "stop")
     # the stream shows no control tokens (a random model emits <|USER_TOKEN|> & co.); the rest decodes as transformers
     ours = Tokenizer.from_dir(ckpt)
-    assert rec["text"] == ours.decode(rec["tokens"], skip_special_tokens=True)
-    plain = [t for t in rec["tokens"] if t not in ours.control_ids]
+    assert rec["text"] == ours.decode(rec["token_ids"], skip_special_tokens=True)
+    plain = [t for t in rec["token_ids"] if t not in ours.control_ids]
     assert rec["text"] == ref_tok.decode(plain)
     assert rec["prefill_tokens_per_s"] > 0 and rec["decode_tokens_per_s"] > 0
 
@@ -101,7 +103,7 @@ def test_generate_streams_text_to_stdout_and_stats_to_stderr(ckpt):
 def test_seeded_sampling_is_reproducible(ckpt):
     args = ("generate", str(ckpt), PROMPT, "--max-tokens", "16", "--temperature", "0.9", "--top-k", "50",
             "--top-p", "0.95", "--min-p", "0.01", "--repetition-penalty", "1.1", "--seed", "7")
-    assert cohere_json(*args)["tokens"] == cohere_json(*args)["tokens"]
+    assert cohere_json(*args)["token_ids"] == cohere_json(*args)["token_ids"]
 
 
 # ---- chat: prompt ids equal transformers' apply_chat_template ------------------------------------------------------
@@ -140,8 +142,9 @@ def test_chat_prompt_ids_equal_apply_chat_template(chat_ckpts, tmp_path, family,
     rec = cohere_json(*args)
     ref = load_reference(ckpt)
     expected = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert rec["prompt_tokens"] == list(expected)
-    assert rec["prompt_tokens"].count(ref.bos_token_id) == 1
+    assert rec["prompt_ids"] == list(expected) and rec["prompt_tokens"] == len(expected)
+    assert rec["prompt_ids"].count(ref.bos_token_id) == 1
+    assert rec["completion_tokens"] == len(rec["token_ids"]) <= 4
 
 
 def test_chat_named_template(chat_ckpts):
@@ -150,7 +153,7 @@ def test_chat_named_template(chat_ckpts):
     ref = load_reference(ckpt)
     expected = ref.apply_chat_template([{"role": "user", "content": "Find the weather"}], chat_template="tool_use",
                                        tools=[], tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert rec["prompt_tokens"] == list(expected)
+    assert rec["prompt_ids"] == list(expected)
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_keepalive_comments_do_not_reset_the_timeout():
 def test_an_endless_stream_stops_at_max_tokens():
     with StubServer("endless_tokens") as stub:  # a server that ignores max_tokens
         rec = clean_json(generate(stub, "-n", "5", "--json"))
-        assert rec["text"] == " tok" * 5 and rec["generation_tokens"] == 5 and rec["finish_reason"] == "length"
+        assert rec["text"] == " tok" * 5 and rec["completion_tokens"] == 5 and rec["finish_reason"] == "length"
         r = cohere("chat", "--endpoint", stub.url, "--prompt", "hi", "-n", "3", "--plain")  # variant: chat
         assert r.returncode == 0 and r.stdout == " tok" * 3 + "\n", r.stderr[-2000:]
 
@@ -134,7 +134,7 @@ def test_the_repl_survives_an_answer_past_the_bound():
 def test_usage_of_the_wrong_type_is_ignored(usage):
     with StubServer("usage", usage=usage) as stub:
         rec = clean_json(generate(stub, "--json"))
-        assert rec["text"] == "Once upon a time" and rec["generation_tokens"] == 4  # counted here instead
+        assert rec["text"] == "Once upon a time" and rec["completion_tokens"] == 4  # counted here instead
 
 
 def test_malformed_choices_and_deltas_are_ignored():

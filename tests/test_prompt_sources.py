@@ -19,7 +19,7 @@ def cohere(*args: str, stdin: str | None = None, home=None) -> subprocess.Comple
 
 def prompt_of(r: subprocess.CompletedProcess) -> list:
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["prompt_tokens"]
+    return json.loads(r.stdout)["prompt_ids"]
 
 
 def test_generate_reads_a_piped_prompt_and_dash(tmp_path):

@@ -121,7 +121,7 @@ def test_quantize_to_store_entry_with_quality_report(parent, tmp_path):
     # the entry is a model like any other: by name, through the same commands
     g = cohere("generate", f"{parent.name}-nf4", "The quick brown fox", "-n", "6", "--json", home=home)
     assert g.returncode == 0, g.stderr
-    assert len(json.loads(g.stdout)["tokens"]) == 6
+    assert len(json.loads(g.stdout)["token_ids"]) == 6
     # and a second quantize of the same parent needs --force
     again = cohere("quantize", str(parent), "--no-eval", home=home)
     assert again.returncode == 1 and "--force" in one_line_error(again)
@@ -386,4 +386,4 @@ def test_moe_experts_are_quantized_and_the_router_stays_in_float(moe_parent, tmp
     g = cohere("generate", str(out), "The quick brown fox jumps over the lazy dog " * 3, "-n", "6", "--json",
                home=tmp_path / "home")
     assert g.returncode == 0, g.stderr
-    assert len(json.loads(g.stdout)["tokens"]) == 6
+    assert len(json.loads(g.stdout)["token_ids"]) == 6

@@ -60,16 +60,16 @@ def test_generate_streams_from_the_server(server, ckpt):
     # no MODEL: `transformers serve` lists the model by its folder's path, and that path is the server's word, not the
     # user's: nothing local is read (see test_a_served_id_is_never_a_local_path), so counts come from its usage
     rec = cohere_json("generate", "--endpoint", server.url, "The quick brown fox", "-n", "8")
-    assert rec["endpoint"] == server.url and rec["prompt_tokens"] is None
-    assert rec["generation_tokens"] == 8 and rec["finish_reason"] == "length"
-    assert rec["text"] and rec["ttft_s"] > 0 and rec["prompt_token_count"] > 0
+    assert rec["endpoint"] == server.url and rec["prompt_ids"] is None
+    assert rec["completion_tokens"] == 8 and rec["finish_reason"] == "length"
+    assert rec["text"] and rec["ttft_s"] > 0 and rec["prompt_tokens"] > 0
     # MODEL lends its tokenizer: the prompt ids are the local ones (BOS + text), text on stdout, stats on stderr
     r = cohere("generate", str(ckpt), "The quick brown fox", "--endpoint", server.url, "-n", "8")
     assert r.returncode == 0, r.stderr
     assert r.stdout and "8 generated" in r.stderr and not error_lines(r.stderr)
     local = cohere_json("generate", str(ckpt), "The quick brown fox", "-n", "1")
     rec = cohere_json("generate", str(ckpt), "The quick brown fox", "--endpoint", server.url, "-n", "8")
-    assert rec["prompt_tokens"] == local["prompt_tokens"]
+    assert rec["prompt_ids"] == local["prompt_ids"]
 
 
 def test_a_served_id_is_never_a_local_path(ckpt):
@@ -89,10 +89,10 @@ def test_chat_prompt_over_the_server_answers_like_the_local_model(server, ckpt):
     local = cohere_json("chat", str(ckpt), *args, "--dtype", "float32")
     remote = cohere_json("chat", "--endpoint", server.url, *args)  # the server applies the template
     assert remote["text"] == local["text"]  # same weights, greedy: the same answer
-    assert remote["prompt_token_count"] == len(local["prompt_tokens"])  # the server rendered the same prompt
-    assert remote["generation_tokens"] == 8
+    assert remote["prompt_tokens"] == local["prompt_tokens"]  # the server rendered the same prompt
+    assert remote["completion_tokens"] == 8
     with_tok = cohere_json("chat", str(ckpt), "--endpoint", server.url, *args)
-    assert with_tok["prompt_tokens"] == local["prompt_tokens"] and with_tok["text"] == local["text"]
+    assert with_tok["prompt_ids"] == local["prompt_ids"] and with_tok["text"] == local["text"]
 
 
 def test_grounded_chat_renders_rag_here_and_sends_a_raw_completion(server, ckpt, tmp_path):
@@ -107,10 +107,10 @@ def test_grounded_chat_renders_rag_here_and_sends_a_raw_completion(server, ckpt,
         [{"role": "user", "content": "Which penguin is tallest?"}], chat_template="rag",
         documents=[{"title": "penguins.txt", "text": "Emperor penguins are the tallest penguins."}],
         citation_mode="fast", tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert rec["prompt_tokens"] == list(expected)
-    assert rec["generation_tokens"] == 3
+    assert rec["prompt_ids"] == list(expected)
+    assert rec["completion_tokens"] == 3
     # transformers serve takes text only and tokenizes it with its own special tokens: said once, not hidden
-    if rec["prompt_token_count"] != len(expected):
+    if rec["prompt_tokens"] != len(expected):
         assert "tokenized the prompt itself" in r.stderr
     # without a local tokenizer there is no template to render: one clear line
     r = cohere("chat", "--endpoint", server.url, "--doc", str(doc), "--prompt", "Which penguin?")

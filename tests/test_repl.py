@@ -222,7 +222,7 @@ def test_grounded_prompt_matches_transformers_rag_template(tmp_path):
         [{"role": "user", "content": "Which penguin is tallest?"}], chat_template="rag",
         documents=[{"title": "penguins.txt", "text": "Emperor penguins are the tallest penguins."}],
         citation_mode="fast", tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert json.loads(r.stdout)["prompt_tokens"] == list(expected)
+    assert json.loads(r.stdout)["prompt_ids"] == list(expected)
 
 
 def test_ctrl_c_before_the_answer_streams_keeps_the_session(monkeypatch, capsys):

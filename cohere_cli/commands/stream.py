@@ -1,6 +1,9 @@
 """Printing one generation, local or remote: text deltas to stdout as they come and a stats line on stderr, or one
 JSON object with --json. The one print loop; what differs between a local model and a server is only what the
-record and the stats line say (`Local`, `Remote`)."""
+record and the stats line say (`Local`, `Remote`).
+
+The --json record names counts as OpenAI's `usage` does (`prompt_tokens`, `completion_tokens`: numbers, what a script
+that reads OpenAI, llm or ollama output looks for) and gives the ids beside them (`prompt_ids`, `token_ids`)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ class Local:
 
     def record(self, last: Response, text: str, tokens: list[int]) -> dict:
         return {
-            "prompt_tokens": list(self.prompt_ids),
-            "tokens": tokens,
+            "prompt_tokens": len(self.prompt_ids),
+            "completion_tokens": len(tokens),
+            "prompt_ids": list(self.prompt_ids),
+            "token_ids": tokens,
             "text": text,
             "finish_reason": last.finish_reason,
             "prefill_tokens_per_s": last.prefill_tokens_per_s,
@@ -50,10 +55,10 @@ class Remote:
         return {
             "endpoint": self.endpoint,
             "model": self.model,
-            "prompt_tokens": self.prompt_ids,  # as rendered here (None without a local tokenizer)
-            "prompt_token_count": last.prompt_tokens,  # as the server counted them, when it says
-            "tokens": None,  # the server sends text, not ids
-            "generation_tokens": last.generation_tokens,
+            "prompt_tokens": last.prompt_tokens,  # as the server counted them, else as rendered here
+            "completion_tokens": last.generation_tokens,  # the server's count, else the local tokenizer's (or a guess)
+            "prompt_ids": self.prompt_ids,  # as rendered here (None without a local tokenizer)
+            "token_ids": None,  # the server sends text, not ids
             "text": text,
             "finish_reason": last.finish_reason,
             "prefill_tokens_per_s": last.prefill_tokens_per_s,
