@@ -5,11 +5,7 @@ relied on: the noise paths get their samples from the test; speed is not asserte
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -116,36 +112,3 @@ def test_a_single_run_has_no_spread_and_no_noise_warning(monkeypatch):
     err = bench_cli(monkeypatch, 80, repeat=1)
     assert "±" not in "\n".join(table_lines(err)) and "!" not in err and "warning:" not in err
     assert whole("42.8", err) and whole("2741", err)
-
-
-# ---- a precision quantized into the store, then benched (the real run) -----------------------------------------------
-@pytest.mark.slow
-def test_bench_after_quantizing_the_demo_reads_nf4_from_the_store(tmp_path):
-    env = {**os.environ, "COHERE_CLI_HOME": str(tmp_path / "home"), "COHERE_BENCH_PROBE_BYTES": str(16 << 20),
-           "COLUMNS": "80"}
-
-    def cohere(*args):
-        return subprocess.run([sys.executable, "-m", "cohere_cli", *args], capture_output=True, text=True, env=env)
-
-    q = cohere("quantize", "demo", "--bits", "4", "--no-eval")
-    assert q.returncode == 0, q.stderr
-    assert (tmp_path / "home" / "models" / "demo-nf4" / "manifest.json").is_file()
-    # the user's `cohere bench` after `cohere quantize demo --bits 4`, its precisions cut to the one in question
-    r = cohere("bench", "--seq", "32", "--gen", "4", "--repeat", "2", "--threads", "1", "--precision", "nf4", "--json")
-    assert r.returncode == 0, r.stderr
-    assert "not in the store" not in r.stderr and "warning: nf4" not in r.stderr
-    rec = json.loads(r.stdout)
-    res = {x["precision"]: x for x in rec["results"]}
-    assert list(res) == ["nf4"] and res["nf4"]["source"] == "store: demo-nf4"
-    assert res["nf4"]["quantized_linears"] == 0  # loaded quantized, not quantized in memory
-    assert "nf4: store: demo-nf4" in r.stderr
-    # the real table in 80 columns: whole headers, every median whole
-    assert "…" not in r.stderr
-    table = "\n".join(table_lines(r.stderr))
-    assert all(len(line) <= 80 for line in table.splitlines()), table
-    from cohere_cli.commands.bench import _num
-
-    for x in res.values():
-        for key, scale in (("prefill_seq_tokens_per_s", 1), ("ttft_s", 1000), ("decode_tokens_per_s", 1)):
-            assert whole(_num(x[key]["median"] * scale), table), (key, table)
-        assert whole(_num(x["decode_roofline_tokens_per_s"]), table)

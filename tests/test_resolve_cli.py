@@ -18,12 +18,14 @@ from cohere_cli import store
 from cohere_cli.cli import app
 from cohere_cli.errors import UsageError
 from hub_server import make_tiny_cohere
+from test_bench_ux import table_lines, whole
+from cohere_cli.commands.bench import _num
 
 runner = CliRunner()
 
 
-def cohere(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COHERE_CLI_HOME": str(home)}
+def cohere(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COHERE_CLI_HOME": str(home), **extra_env}
     return subprocess.run([sys.executable, "-m", "cohere_cli", *args], capture_output=True, text=True, env=env,
                           timeout=300, stdin=subprocess.DEVNULL)
 
@@ -65,11 +67,22 @@ def test_models_lists_the_builtin_demo(with_nf4, tmp_path):
 
 
 def test_bench_finds_the_demo_nf4_in_the_store(with_nf4):
+    """`cohere bench` right after `cohere quantize demo --bits 4` (its precisions cut to the one in question): nf4
+    is read from the store, not quantized again in memory, and the real table fits 80 columns with every figure
+    whole (test_bench_ux.py tests the fitting itself on made-up records)."""
     r = cohere(with_nf4, "bench", "--seq", "24", "--gen", "2", "--repeat", "1", "--threads", "1",
-               "--precision", "nf4", "--json")
+               "--precision", "nf4", "--json", COLUMNS="80", COHERE_BENCH_PROBE_BYTES=str(16 << 20))
     assert r.returncode == 0, r.stderr
-    assert "not in the store" not in r.stderr
-    assert json.loads(r.stdout)["results"][0]["source"] == "store: demo-nf4"
+    assert "not in the store" not in r.stderr and "warning: nf4" not in r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert [x["precision"] for x in res] == ["nf4"] and res[0]["source"] == "store: demo-nf4"
+    assert res[0]["quantized_linears"] == 0  # loaded quantized, not quantized in memory
+    assert "…" not in r.stderr
+    table = "\n".join(table_lines(r.stderr))
+    assert table and all(len(line) <= 80 for line in table.splitlines()), table
+    for key, scale in (("prefill_seq_tokens_per_s", 1), ("ttft_s", 1000), ("decode_tokens_per_s", 1)):
+        assert whole(_num(res[0][key]["median"] * scale), table), (key, table)
+    assert whole(_num(res[0]["decode_roofline_tokens_per_s"]), table)
 
 
 def test_chat_records_the_resolved_name_and_rm_clears_it(with_nf4):
