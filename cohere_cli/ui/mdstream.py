@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.segment import Segment, Segments
 from rich.live import Live
 from markdown_it.token import Token
 from rich.markdown import Markdown
@@ -67,11 +68,18 @@ class PlainStream:
 
 class MarkdownStream:
     """Rendered on a terminal only, so the model's text is made inert first: rich passes ESC and other control
-    characters through to the terminal (OSC 52 clipboard writes, title changes, screen clears)."""
+    characters through to the terminal (OSC 52 clipboard writes, title changes, screen clears).
+
+    The unfinished tail is redrawn only while it fits on the screen: rich's Live cannot move the cursor above the
+    top of the screen, so a taller live region would be written again, whole, below what scrolled off, every frame.
+    When the rendered tail gets taller than the screen, its top lines are printed once, as final (they would
+    scroll off anyway), and only the bottom part stays live; `shown` counts the tail's rendered lines printed so.
+    (What is printed stays as it was printed: should a block's layout change later, a table whose columns widen as
+    rows arrive, or the terminal's width, the lines above the screen keep the old one.)"""
 
     def __init__(self, console: Console | None = None, fps: float = 12.0):
         self.console = console or Console(highlight=False)
-        self.text, self.committed = "", 0
+        self.text, self.committed, self.shown = "", 0, 0
         self.min_interval, self.last_draw = 1.0 / fps, 0.0
         self.live = Live(console=self.console, auto_refresh=False, transient=True, vertical_overflow="visible")
         self.live.start()
@@ -81,17 +89,36 @@ class MarkdownStream:
             return
         self.text += inert(delta)  # per piece is enough: inert maps characters one by one
         cut = split_stable(self.text)
-        if cut > self.committed:  # print finished blocks above the live region, once
-            self.live.console.print(VisibleMarkdown(self.text[self.committed : cut]))
-            self.committed = cut
         now = time.monotonic()
-        if now - self.last_draw >= self.min_interval:
-            self.live.update(VisibleMarkdown(self.text[self.committed :]), refresh=True)
+        if cut > self.committed or now - self.last_draw >= self.min_interval:
+            self._draw(cut)
             self.last_draw = now
+
+    def _lines(self, markdown: str) -> list[list[Segment]]:
+        return self.console.render_lines(VisibleMarkdown(markdown), self.console.options, pad=False)
+
+    def _draw(self, cut: int) -> None:
+        committed, shown, final = self.committed, self.shown, []
+        if cut > committed:  # finished blocks: printed once above the live region, less what already was
+            final = self._lines(self.text[committed:cut])[shown:]
+            committed, shown = cut, 0
+        tail = self._lines(self.text[committed:])
+        over = len(tail) - shown - max(1, self.console.size.height - 2)
+        if over > 0:  # the top of a tail taller than the screen: final now
+            final += tail[shown : shown + over]
+            shown += over
+        self.live.update(_segments(tail[shown:]), refresh=not final)
+        if final:  # printing above a Live redraws it once, with the renderable just set
+            self.live.console.print(_segments(final))
+        self.committed, self.shown = committed, shown  # once printed: a Ctrl-C before then loses nothing (close)
 
     def close(self, suffix: str = "") -> None:
         self.live.update("", refresh=True)
         self.live.stop()
         rest = self.text[self.committed :] + inert(suffix)
         if rest.strip():
-            self.console.print(VisibleMarkdown(rest))
+            self.console.print(_segments(self._lines(rest)[self.shown :]))
+
+
+def _segments(lines: list[list[Segment]]) -> Segments:
+    return Segments([segment for line in lines for segment in (*line, Segment.line())])

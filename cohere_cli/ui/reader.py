@@ -5,6 +5,7 @@ always EOFError (never a wait or a busy loop)."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from cohere_cli.chat.conversation import MAX_DOCUMENT
@@ -26,6 +27,34 @@ def _stdin_line() -> str:
             pass
         raise UsageError(f"an input line is over {MAX_MESSAGE >> 20} MiB: /doc add FILE for long text")
     return line.rstrip("\n")
+
+
+@contextmanager
+def typing_unechoed(tty: bool):
+    """While an answer streams: keys typed are not echoed by the terminal. The echo would land inside rich's live
+    region and break its cursor arithmetic (a line drawn twice, an answer line overwritten). Signals stay on (Ctrl-C
+    stops the answer), and the echo comes back however the block ends. What was typed is kept for the next prompt,
+    where it shows and can be edited, as a shell or IPython keeps type-ahead (prompt-toolkit keeps it between
+    prompts too); after a Ctrl-C it is gone, as the terminal drops pending input on an interrupt."""
+    try:
+        import termios
+    except ImportError:  # Windows: its console echoes typed keys only while a read waits for them
+        termios = None
+    saved = None
+    if tty and termios is not None:
+        try:
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+            quiet = list(saved)
+            quiet[3] &= ~(termios.ECHO | termios.ECHONL)  # ISIG stays: Ctrl-C, Ctrl-Z, Ctrl-\ as ever
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        except (OSError, ValueError, termios.error):  # not a terminal after all: nothing to hide
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 class Reader:
@@ -54,6 +83,7 @@ class Reader:
             except OSError:
                 pass
         return PromptSession(history=history, key_bindings=kb, enable_history_search=False,
+                             prompt_continuation=_more,
                              completer=WordCompleter(self.words, sentence=True, match_middle=False),
                              complete_while_typing=True, reserve_space_for_menu=4)
 
@@ -96,3 +126,9 @@ class Reader:
             size += len(line) + 1
             if size <= MAX_MESSAGE:  # past it, the block is read to its end but not kept
                 lines.append(line)
+
+
+def _more(width: int, line_number: int, wrap_count: int) -> str:
+    """Before each line after the first of an Alt-Enter message: `... `, as in a \"\"\" block; a line that is only
+    wrapped (no new line in the message) is indented as far instead."""
+    return "... " if wrap_count == 0 else " " * 4

@@ -20,7 +20,7 @@ from cohere_cli.chat.session import ChatBackend
 from cohere_cli.engine.sampling import check_bounds
 from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
-from cohere_cli.ui.reader import Reader
+from cohere_cli.ui.reader import Reader, typing_unechoed
 
 HELP = [
     ("/help", "this list"),
@@ -130,40 +130,42 @@ class Repl:
         error(f"unexpected {type(ex).__name__}: {ex} (the conversation is kept: /save it, and please report this)")
 
     def answer(self) -> None:
-        ids, dropped = self.engine.fit(self.conv)  # a message that does not fit is not kept (turn restores)
-        if dropped:
-            warn(f"context full: dropped the {dropped} oldest exchange{'s' * (dropped > 1)} "
-                 f"(the preamble and documents stay)")
-        stream = PlainStream() if self.plain else MarkdownStream(self.out)
-        cites = CitationStream([d.get("title", "") for d in self.conv.documents], markdown=not self.plain) \
-            if self.conv.documents else None
-        raw, last, interrupted = [], None, False
-        try:
-            for r in self.engine.stream(self.conv, ids):
-                if r.error:
-                    error(r.error)
-                raw.append(r.text)
-                stream.update(cites.feed(r.text) if cites else r.text)
-                last = r
-        except KeyboardInterrupt:
-            interrupted = True
-        except BaseException:
-            stream.close()  # the terminal back to normal (no live region left) before the error line
-            raise
-        tail = cites.finish() if cites else ""
-        stream.close(tail)
-        self.conv.add_assistant("".join(raw), interrupted=interrupted)
-        self._before = None  # the answer is in the conversation now: whatever happens next keeps it
-        if cites:
-            self.last_footnotes = cites.footnote_lines()
-            for line in self.last_footnotes:
-                err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
-        if interrupted:
-            info("[interrupted: the partial answer stays in the conversation; /regen to answer again]")
-        elif last is not None:
-            used = last.prompt_tokens + last.generation_tokens
-            info(f"{used}/{self.engine.context} tokens · {last.prefilled_tokens} prefilled in "
-                 f"{last.ttft_s * 1000:.0f} ms · {last.decode_tokens_per_s:.1f} tok/s")
+        # keys typed meanwhile would be echoed into the live region and break its redraws (reader.py)
+        with typing_unechoed(self.tty):
+            ids, dropped = self.engine.fit(self.conv)  # a message that does not fit is not kept (turn restores)
+            if dropped:
+                warn(f"context full: dropped the {dropped} oldest exchange{'s' * (dropped > 1)} "
+                     f"(the preamble and documents stay)")
+            stream = PlainStream() if self.plain else MarkdownStream(self.out)
+            cites = CitationStream([d.get("title", "") for d in self.conv.documents], markdown=not self.plain) \
+                if self.conv.documents else None
+            raw, last, interrupted = [], None, False
+            try:
+                for r in self.engine.stream(self.conv, ids):
+                    if r.error:
+                        error(r.error)
+                    raw.append(r.text)
+                    stream.update(cites.feed(r.text) if cites else r.text)
+                    last = r
+            except KeyboardInterrupt:
+                interrupted = True
+            except BaseException:
+                stream.close()  # the terminal back to normal (no live region left) before the error line
+                raise
+            tail = cites.finish() if cites else ""
+            stream.close(tail)
+            self.conv.add_assistant("".join(raw), interrupted=interrupted)
+            self._before = None  # the answer is in the conversation now: whatever happens next keeps it
+            if cites:
+                self.last_footnotes = cites.footnote_lines()
+                for line in self.last_footnotes:
+                    err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
+            if interrupted:
+                info("[interrupted: the partial answer stays in the conversation; /regen to answer again]")
+            elif last is not None:
+                used = last.prompt_tokens + last.generation_tokens
+                info(f"{used}/{self.engine.context} tokens · {last.prefilled_tokens} prefilled in "
+                     f"{last.ttft_s * 1000:.0f} ms · {last.decode_tokens_per_s:.1f} tok/s")
 
     # ---- slash commands -----------------------------------------------------------------------------------------
     def command(self, line: str) -> str | None:
