@@ -121,7 +121,8 @@ def test_the_repl_survives_an_answer_past_the_bound():
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "more than 32 MiB of answer text" in errors[0], r.stderr[-2000:]
-    assert "turn" in r.stderr.split(errors[0])[1]  # /stats, after the error
+    stats = r.stderr.split(errors[0])[1]  # /stats, after the error: the stopped answer is in it, whole
+    assert "this session's answers" in stats and "interrupted" in stats and "…" not in stats, stats
     assert len(r.stdout) == (MAX_BODY // 1_000_000) * 1_000_000 + 1
 
 

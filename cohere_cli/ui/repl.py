@@ -21,6 +21,7 @@ from cohere_cli.engine.sampling import check_bounds
 from cohere_cli.errors import CohereError, UsageError
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
 from cohere_cli.ui.reader import Reader, typing_unechoed
+from cohere_cli.ui.toolview import list_tools, tool_answer
 
 HELP = [
     ("/help", "this list"),
@@ -39,6 +40,7 @@ HELP = [
     ("/doc add FILE | list | clear", "documents for grounded answers with citations"),
     ("/sources", "the documents the last answer cited"),
     ("/stats", "tokens and speed per answer (interrupted ones too)"),
+    ("/tools", "the tools the model may call (--tools FILE)"),
 ]
 COMMANDS = [h[0].split()[0] for h in HELP]
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "max_tokens": int,
@@ -55,6 +57,7 @@ class Repl:
         self.reader = Reader(self.tty, history_file, words)
         self.last_footnotes: list[str] = []
         self._before = None  # the conversation as it was before the current turn (turn, _restore)
+        self.tools = self.tool_view = None  # --tools: a ToolLoop (chat/toolloop.py) and its view (ui/toolview.py)
 
     # ---- main loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -130,6 +133,8 @@ class Repl:
         error(f"unexpected {type(ex).__name__}: {ex} (the conversation is kept: /save it, and please report this)")
 
     def answer(self) -> None:
+        if self.tools is not None:
+            return tool_answer(self)
         # keys typed meanwhile would be echoed into the live region and break its redraws (reader.py)
         with typing_unechoed(self.tty):
             ids, dropped = self.engine.fit(self.conv)  # a message that does not fit is not kept (turn restores)
@@ -250,10 +255,11 @@ class Repl:
         err.print(t)
 
     def cmd_regen(self, arg):
-        if not self.conv.turns or self.conv.turns[-1]["role"] != "assistant":
+        i = max((i for i, t in enumerate(self.conv.turns) if t["role"] == "user"), default=len(self.conv.turns))
+        if i >= len(self.conv.turns) - 1:
             error("nothing to regenerate yet")
             return
-        self.conv.turns.pop()
+        del self.conv.turns[i + 1:]  # its answer, and with tools the calls and results before it
         self.answer()
 
     def cmd_undo(self, arg):
@@ -326,12 +332,17 @@ class Repl:
         for line in self.last_footnotes:
             err.print(f"[cyan]{shown(line)}[/cyan]", soft_wrap=True)
 
+    def cmd_tools(self, arg):
+        list_tools(self.tools, self.tool_view)
+
     def cmd_stats(self, arg):
         if not self.engine.history:
             info("no answers yet")
             return
-        t = Table("answer", "prompt", "prefilled", "generated", "context", "first token", "tok/s", "",
-                  title="this session's answers (each /regen is one more)")
+        t = Table(title="this session's answers (each /regen is one more)")
+        for name in ("#", "prompt", "prefilled", "generated", "context", "TTFT", "tok/s"):
+            t.add_column(name, overflow="fold")  # a narrow terminal wraps a number, never cuts it to "27…"
+        t.add_column("", no_wrap=True, min_width=len("interrupted"))
         for i, s in enumerate(self.engine.history, 1):
             t.add_row(str(i), str(s.prompt_tokens), str(s.prefilled_tokens), str(s.generated), str(s.used),
                       f"{s.ttft_s * 1000:.0f} ms" if s.generated else "-",
