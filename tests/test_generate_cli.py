@@ -92,6 +92,12 @@ def check_greedy(ckpt) -> None:
     assert rec["prefill_tokens_per_s"] > 0 and rec["decode_tokens_per_s"] > 0
 
 
+# streaming and seeding do not depend on the architecture: one checkpoint of each model type (each case costs two
+# CLI starts; the greedy-parity test above covers every case)
+ONE_PER_TYPE = pytest.mark.parametrize("ckpt", ["cohere-gqa", "cohere2-window-bf16"], indirect=True)
+
+
+@ONE_PER_TYPE
 def test_generate_streams_text_to_stdout_and_stats_to_stderr(ckpt):
     r = cohere("generate", str(ckpt), PROMPT, "--max-tokens", "12", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
@@ -100,6 +106,7 @@ def test_generate_streams_text_to_stdout_and_stats_to_stderr(ckpt):
     assert "tok/s" in r.stderr and "prompt tokens" in r.stderr
 
 
+@ONE_PER_TYPE
 def test_seeded_sampling_is_reproducible(ckpt):
     args = ("generate", str(ckpt), PROMPT, "--max-tokens", "16", "--temperature", "0.9", "--top-k", "50",
             "--top-p", "0.95", "--min-p", "0.01", "--repetition-penalty", "1.1", "--seed", "7")
