@@ -77,3 +77,10 @@ def test_a_clamped_ctx_is_a_warning(tmp_path):
     assert len(warnings) == 1 and "--ctx 99999999" in warnings[0] and "using 8192" in warnings[0], r.stderr
     r = cohere("chat", "demo", "--ctx", "512", "--prompt", "hi", "-n", "2", home=tmp_path)
     assert "warning:" not in r.stderr, r.stderr
+
+
+def test_a_flag_given_a_value_says_flags_take_none(tmp_path):
+    """`cohere chat --plain true --prompt hi`: click reads 'true' as MODEL (a flag takes no value); the one line says
+    so instead of only 'no store entry named true'."""
+    r = cohere("chat", "--plain", "true", "--prompt", "hi", home=tmp_path)
+    assert r.returncode != 0 and "takes no value" in r.stderr and "Traceback" not in r.stderr, r.stderr

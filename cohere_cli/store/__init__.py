@@ -284,6 +284,8 @@ def _not_found_message(spec: str) -> str:
     close = difflib.get_close_matches(spec, pool, n=3, cutoff=0.5)
     close = list(dict.fromkeys(close))
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    if spec.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):  # `--plain true`: read as MODEL
+        hint = " (a flag such as --plain or --json takes no value: write it alone, without true/false)"
     fetch = f"`cohere download {spec}` fetches it" if spec.count("/") == 1 else "`cohere download REPO_ID` fetches one"
     return f"no checkpoint folder or store entry named '{spec}'{hint}: `cohere models` lists the store, {fetch}"
 
