@@ -41,7 +41,7 @@ def _root(
 
 from cohere_cli.commands.options import (  # noqa: E402  the shared option types, defined once
     ApiKey, Bits, Blocksize, Dtype, Endpoint, Flag, Json, JsonReport, MaxTokens, MinP, ModelArg, Precisions,
-    PromptFile, QuantType, Repeatable, RepPenalty, Seed, ServedModel, Temperature, Timeout, TopK, TopP,
+    PromptFile, QuantType, Repeatable, RepPenalty, Seed, ServedModel, Temperature, Timeout, Tools, TopK, TopP,
 )
 
 
@@ -140,6 +140,11 @@ def chat(
     api_key: ApiKey = None,
     served_model: ServedModel = None,
     timeout: Timeout = 120.0,
+    tools: Tools = None,
+    yes: Annotated[bool, Flag("--yes", "-y", help="Run the model's tool calls without asking (this session).")] = False,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=1, max=100, help="Rounds of tool calls per message, at most.")
+    ] = 5,
 ) -> None:
     """Chat with a model using its own chat template: an interactive session, or one turn with --prompt.
 
@@ -158,7 +163,8 @@ def chat(
         citations=citations, plain=plain, on_overflow=on_overflow, ctx=ctx, max_tokens=max_tokens, dtype=dtype,
         json_out=json_out, sampling=SamplingOverrides(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                                       repetition_penalty=repetition_penalty, seed=seed),
-        endpoint=endpoint, api_key=api_key, served_model=served_model, timeout=timeout,
+        endpoint=endpoint, api_key=api_key, served_model=served_model, timeout=timeout, tools=tools or [], yes=yes,
+        max_steps=max_steps,
     ))
 
 

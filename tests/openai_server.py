@@ -117,6 +117,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _tools(self, body: dict, opts: dict) -> None:
+        if self.path.endswith("/chat/completions"):
+            if "tools" in body and opts.get("refuse_tools"):
+                return self._send(400, b'{"error": {"message": "this server does not support tools", '
+                                       b'"type": "invalid_request_error"}}')
+            events = _tools_events(body, opts)
+        elif not isinstance(body.get("prompt"), str):  # as TGI: text prompts only
+            return self._send(400, b'{"error": {"message": "prompt must be a string"}}')
+        else:
+            events = _completion_events(body, opts)
+        data = b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events) + b"data: [DONE]\n\n"
+        self._send(200, data, "text/event-stream")
+
     def _endless(self, head: bytes, ctype: str, piece: bytes = ENDLESS, pace: bool = False) -> None:
         """A chunked body that starts with `head` and repeats `piece` until the client hangs up (or release())."""
         self.send_response(200)
@@ -175,6 +188,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if behaviour == "chunks":
             return self._send(200, b"".join(e if isinstance(e, bytes) else b"data: %s\n\n" % json.dumps(e).encode()
                                             for e in opts["events"]), "text/event-stream")
+        if behaviour == "tools":
+            return self._tools(body, opts)
         if behaviour == "whole":
             return self._send(200, json.dumps({
                 "id": "x", "object": "text_completion", "model": "stub",
@@ -216,6 +231,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except OSError:
             self.close_connection = True
+
+
+def _tools_events(body: dict, opts: dict) -> list:
+    """`tools` behaviour, /chat/completions: a server that parses tool calls (vLLM): asked with tools after a user
+    message, it calls opts["call"] (name, arguments), its arguments split over two chunks as vLLM streams them;
+    after the tool results, it answers opts["answer"]."""
+    name, arguments = opts.get("call", ("weather", {"city": "Paris"}))
+    args = json.dumps(arguments)
+    if "tools" in body and body["messages"][-1]["role"] == "user":
+        head = {"index": 0, "id": "call_stub_1", "type": "function", "function": {"name": name, "arguments": ""}}
+        deltas = [[head], [{"index": 0, "function": {"arguments": args[:5]}}],
+                  [{"index": 0, "function": {"arguments": args[5:]}}]]
+        events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": d}, "finish_reason": None}]}
+                  for d in deltas]
+        return events + [{"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+    words = opts.get("answer", "It is sunny in Paris.").split(" ")
+    return [{"choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
+            for i, w in enumerate(words)] + [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+
+
+def _completion_events(body: dict, opts: dict) -> list:
+    """`tools` behaviour, /completions: the text of the first of opts["rules"] ([[TEXT, ANSWER], ...]) whose TEXT is
+    in the prompt from its last user message on (a prompt rendered by the client, parsed by the client)."""
+    tail = body["prompt"].rsplit("<|USER_TOKEN|>", 1)[-1]
+    say = next((a for t, a in opts.get("rules", []) if t in tail), "no rule for this prompt")
+    pieces = [say[i:i + 7] for i in range(0, len(say), 7)]
+    return [{"choices": [{"index": 0, "text": p, "finish_reason": None}]} for p in pieces] + [
+        {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}]
 
 
 class StubServer:

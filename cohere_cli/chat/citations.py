@@ -25,10 +25,13 @@ def _docs_r(spec: str) -> list[int]:
     return [int(x) for x in spec.replace(" ", "").split(",") if x]
 
 
-def _docs_3(spec: str) -> list[int]:
+def _docs_3(spec: str, source=None) -> list[int]:
+    """The sources of a cmd3 closing tag: result indices (documents are the results of call 0), or with `source`
+    whatever source(call, result) numbers them (tool use: each call's result is a source of its own)."""
     docs = []
     for call, results in re.findall(r"(\d+):\[([\d,\s]*)\]", spec):
-        docs += [int(x) for x in results.replace(" ", "").split(",") if x]
+        docs += [int(x) if source is None else source(int(call), int(x))
+                 for x in results.replace(" ", "").split(",") if x]
     return docs
 
 
@@ -43,6 +46,7 @@ class CitationStream:
     footnotes: dict[int, int] = field(default_factory=dict)  # document index -> footnote number
     _open: bool = False
     _at_start: bool = True  # strip the blank after "Grounded answer:", which may arrive in a later delta
+    source: object = None  # cmd3 tool use: (call index, result index) -> index in titles (_docs_3)
 
     def feed(self, delta: str) -> str:
         self.buf += delta
@@ -118,7 +122,7 @@ class CitationStream:
         if m.re in (OPEN_R, OPEN_3):
             self._open = True
             return "**" if self.markdown else ""
-        docs = _docs_r(m.group(1)) if m.re is CLOSE_R else _docs_3(m.group(1))
+        docs = _docs_r(m.group(1)) if m.re is CLOSE_R else _docs_3(m.group(1), self.source)
         close = "**" if self.markdown and self._open else ""
         self._open = False
         return close + self._marker(docs)

@@ -29,13 +29,17 @@ MAX_MESSAGES = 10_000
 @dataclass
 class Conversation:
     system: str | None = None
-    turns: list[dict] = field(default_factory=list)  # {"role": "user"|"assistant", "content": str[, "interrupted"]}
+    # {"role": "user"|"assistant", "content": str[, "interrupted"]}; tool use (OpenAI's message format):
+    # {"role": "assistant", "content": str|None, "tool_calls": [...][, "tool_plan"]}, {"role": "tool",
+    # "tool_call_id", "content"}
+    turns: list[dict] = field(default_factory=list)
     documents: list[dict] = field(default_factory=list)  # {"title": ..., "text": ...}
 
     def messages(self) -> list[dict]:
-        """What the template sees: system first (if any), then the turns without our bookkeeping keys."""
+        """What the template sees: system first (if any), then the turns without our bookkeeping keys (a tool
+        call's `tool_calls` / `tool_plan` and a tool result's `tool_call_id` are kept: OpenAI's message format)."""
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [{"role": t["role"], "content": t["content"]} for t in self.turns]
+        return head + [_public(t) for t in self.turns]
 
     def add_user(self, text: str) -> None:
         self.turns.append({"role": "user", "content": text})
@@ -82,7 +86,7 @@ class Conversation:
         with that answer added. Bookkeeping keys (`interrupted`) are not part of it."""
         h = hashlib.sha256(json.dumps([self.system, self.documents], ensure_ascii=False).encode())
         for t in self.turns:
-            h.update(message_bytes(t["role"], t["content"]))
+            h.update(message_bytes(t["role"], t["content"], {k: t[k] for k in TOOL_KEYS if k in t}))
         return h
 
     def fingerprint(self) -> str:
@@ -116,12 +120,66 @@ class Conversation:
         conv = cls(documents=docs)
         if msgs and msgs[0]["role"] == "system":
             conv.system = msgs.pop(0)["content"]
-        conv.turns = [{"role": m["role"], "content": m["content"]} for m in msgs]
+        conv.turns = msgs
         return conv
 
 
-def message_bytes(role: str, content: str) -> bytes:
-    return b"\n" + json.dumps([role, content], ensure_ascii=False).encode()
+TOOL_KEYS = ("tool_calls", "tool_plan", "tool_call_id")
+MAX_ID = 256  # characters of a tool call id or a tool name in a loaded file (real ones: ~30)
+MAX_FILE_CALLS = 32  # tool calls in one assistant message of a loaded file (engine.toolcalls.MAX_CALLS)
+
+
+def _public(t: dict) -> dict:
+    return {"role": t["role"], "content": t["content"], **{k: t[k] for k in TOOL_KEYS if k in t}}
+
+
+def message_bytes(role: str, content: str | None, tool: dict | None = None) -> bytes:
+    return b"\n" + json.dumps([role, content, tool] if tool else [role, content], ensure_ascii=False).encode()
+
+
+def _tool_calls(calls) -> list[dict] | None:
+    """A loaded message's `tool_calls`, each {"id", "type": "function", "function": {"name", "arguments": str}}
+    (arguments given as an object are kept as its JSON text); None when they are not that."""
+    if not isinstance(calls, list) or not 0 < len(calls) <= MAX_FILE_CALLS:
+        return None
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not (isinstance(fn, dict) and isinstance(c.get("id"), str) and 0 < len(c["id"]) <= MAX_ID
+                and isinstance(fn.get("name"), str) and 0 < len(fn["name"]) <= MAX_ID):
+            return None
+        args = fn.get("arguments", "{}")
+        if isinstance(args, dict):
+            args = json.dumps(args, ensure_ascii=False)
+        if not isinstance(args, str):
+            return None
+        out.append({"id": c["id"], "type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
+
+
+def _message(m, i: int, path: Path) -> dict:
+    """One validated message of a loaded file, with only the keys a chat uses; UsageError otherwise."""
+    bad = f"conversation file {path}: message {i}"
+    if not (isinstance(m, dict) and m.get("role") in ROLES):
+        raise UsageError(f"{bad} needs a role ({', '.join(sorted(ROLES))}) and a string content")
+    out = {"role": m["role"], "content": m.get("content")}
+    if m["role"] == "assistant" and m.get("tool_calls") is not None:
+        out["tool_calls"] = _tool_calls(m["tool_calls"])
+        if out["tool_calls"] is None:
+            raise UsageError(f'{bad}: tool_calls must be a list of 1 to {MAX_FILE_CALLS} {{"id", "function": '
+                             f'{{"name", "arguments"}}}} objects')
+        if isinstance(m.get("tool_plan"), str):
+            out["tool_plan"] = m["tool_plan"]
+        if out["content"] is None:
+            return out
+    if m["role"] == "tool":
+        call_id = m.get("tool_call_id")
+        if not (isinstance(call_id, str) and 0 < len(call_id) <= MAX_ID):
+            raise UsageError(f"{bad}: a tool message needs its tool_call_id (a string)")
+        out["tool_call_id"] = call_id
+    if not isinstance(out["content"], str):
+        raise UsageError(f"{bad} needs a role ({', '.join(sorted(ROLES))}) and a string content")
+    return out
 
 
 def read_messages(path: Path) -> tuple[list[dict], list[dict]]:
@@ -134,15 +192,12 @@ def read_messages(path: Path) -> tuple[list[dict], list[dict]]:
     if len(msgs) > MAX_MESSAGES:
         raise UsageError(f"conversation file {path} holds {len(msgs)} messages, over the {MAX_MESSAGES} a chat "
                          f"may load: keep the recent part of it")
-    for i, m in enumerate(msgs):
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise UsageError(f"conversation file {path}: message {i} needs a role ({', '.join(sorted(ROLES))}) "
-                             f"and a string content")
+    msgs = [_message(m, i, path) for i, m in enumerate(msgs)]
     docs = data.get("documents") or []
     if not (isinstance(docs, list) and all(isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
                                            for d in docs)):
         raise UsageError(f"conversation file {path}: documents must be a list of objects with string values")
-    return [dict(m) for m in msgs], docs
+    return msgs, docs
 
 
 def read_document(path: Path) -> dict:

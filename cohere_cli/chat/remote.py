@@ -12,7 +12,7 @@ from cohere_cli.chat.session import AnswerRecorder, ChatBackend, ChatSettings, T
 from cohere_cli.engine.response import Response
 from cohere_cli.errors import TemplateError
 from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
-from cohere_cli.remote.http import RemoteError
+from cohere_cli.remote.http import HTTPStatusError, RemoteError
 
 
 # ---- chat ----------------------------------------------------------------------------------------------------------
@@ -35,6 +35,10 @@ class RemoteChat(ChatBackend):
         self.send = set(send) if send is not None else None  # sampling fields to send (None: all)
         self.history: list[TurnStats] = []
         self._pending = None
+        # tools: sent in the chat request while the server takes them (it parses the calls: vLLM); after a refusal
+        # (4xx) the prompt is rendered here and the calls parsed here (chat/toolloop.py), as documents are
+        self.tools_refused = False
+        self.keep_markers: tuple[str, ...] = ()  # markers the answer's text keeps (a tool-call parser reads them)
 
     @property
     def name(self) -> str:
@@ -44,7 +48,12 @@ class RemoteChat(ChatBackend):
     # ---- rendering (local, when a tokenizer is known) ---------------------------------------------------------------
     def _raw(self, conv: Conversation) -> bool:
         """Render here and send a raw completion: documents, or a template other than the server's default."""
-        return bool(conv.documents) or self.settings.template not in (None, "default")
+        return bool(conv.documents) or self.settings.template not in (None, "default") or (
+            self.settings.tools is not None and self.tools_refused)
+
+    def parses_tools(self, conv: Conversation) -> bool:
+        """Whether the server gets `tools` and parses the calls itself (else they are parsed from the text here)."""
+        return self.settings.tools is not None and not self._raw(conv)
 
     def render_text(self, conv: Conversation, generation_prompt: bool = True) -> str:
         if self.tokenizer is None:
@@ -85,12 +94,25 @@ class RemoteChat(ChatBackend):
                 text = text[len(bos):]  # a server that tokenizes text adds BOS itself
         else:
             body["messages"] = conv.messages()
+            if self.settings.tools is not None:
+                body["tools"] = self.settings.tools
+                body["messages"] = [{k: v for k, v in m.items() if k != "tool_plan"} for m in body["messages"]]
         t0 = time.perf_counter()
         try:
             call, as_ids = self.api.open("completion" if raw else "chat", body, prompt_ids=ids if raw else None,
                                          prompt_text=text)
         except KeyboardInterrupt:
             raise RemoteError("cancelled before the server answered") from None
+        except HTTPStatusError as e:
+            if "tools" not in body or not 400 <= e.status < 500 or e.status in (401, 403, 404, 429):
+                raise
+            if self.tokenizer is None:
+                raise RemoteError(f"{self.api.client.url} refused the tools ({e}); parsing them here needs the "
+                                  f"model's template: give MODEL (a local copy with its tokenizer)") from None
+            self.tools_refused = True
+            self.api.warn_once("tools", f"{self.api.client.url} does not take tools ({e}): the prompt is "
+                                        f"rendered here and the tool calls parsed here")
+            return self._open(conv, ids)
         self._pending = (call, t0, ids, raw and not as_ids, max_tokens)
 
     def _close_pending(self) -> None:
@@ -109,7 +131,7 @@ class RemoteChat(ChatBackend):
         count = (lambda s: len(self.tokenizer.encode(s, add_bos=False))) if self.tokenizer else None
         answer = AnswerRecorder(conv, len(ids))
         try:
-            for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer),
+            for r in responses(self.api, call, t0=t0, filt=TextFilter.for_tokenizer(self.tokenizer, self.keep_markers),
                                prompt_tokens=len(ids) or None, count_tokens=count, max_tokens=max_tokens):
                 answer.seen(r)
                 yield r

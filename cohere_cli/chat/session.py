@@ -31,6 +31,7 @@ class ChatSettings:
     template: str | None = None
     citations: str = "accurate"  # Command R rag template: accurate | fast
     on_overflow: str = "drop"  # drop the oldest exchanges, or refuse
+    tools: list[dict] | None = None  # OpenAI-format tool schemas offered to the model (`--tools`); None: no tools
 
 
 def generation_defaults(folder: Path) -> dict:
@@ -96,6 +97,16 @@ def render_text(tok, conv: Conversation, settings: ChatSettings, model: str, gen
     """The whole conversation through the model's template, ready for generation (local or a raw completion); without
     the generation prompt: the conversation so far, as the next prompt will start (what it costs in the context)."""
     kwargs, template = {}, settings.template
+    if settings.tools is not None:  # tool use (chat/toolloop.py): the model's tool template, documents if it has them
+        template = tool_template(tok, template)
+        kwargs["tools"] = settings.tools
+        if conv.documents and "documents" in tok.chat_templates[template]:
+            kwargs["documents"] = conv.documents
+        from cohere_cli.engine.toolcalls import template_messages
+
+        messages = [{k: v for k, v in m.items() if v is not None} for m in template_messages(conv.messages())]
+        return tok.apply_chat_template(messages, template=template, add_generation_prompt=generation_prompt,
+                                       **kwargs)
     if conv.documents:
         template, kwargs = grounded_template(tok, template, settings, model)
         kwargs["documents"] = conv.documents
@@ -105,6 +116,25 @@ def render_text(tok, conv: Conversation, settings: ChatSettings, model: str, gen
         kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
     return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=generation_prompt,
                                    **kwargs)
+
+
+def tool_template(tok, template: str | None) -> str:
+    """The template that renders tools: --template when given, else Command R's `tool_use` or a cmd3 default."""
+    from cohere_cli.engine.tokenizer import renders_tools, tools_template
+
+    name = template or tools_template(tok.chat_templates)
+    if name is None or not renders_tools(tok.chat_templates.get(name, "")):
+        raise TemplateError(f"this model's chat template{f' {name!r}' if name else ''} has no tools path: tool use "
+                            f"needs Command R, R+, R7B or A (their tool_use or default template)")
+    return name
+
+
+def tool_format(tok, template: str | None) -> str:
+    """The tool-call format the model writes: cmd3's `<|START_ACTION|>` blocks or Command R's `Action:` list."""
+    from cohere_cli.engine.toolcalls import FORMAT_CMD3, FORMAT_COMMAND_R, START_ACTION
+
+    source = tok.chat_templates.get(tool_template(tok, template), "")
+    return FORMAT_CMD3 if START_ACTION in source else FORMAT_COMMAND_R
 
 
 @dataclass

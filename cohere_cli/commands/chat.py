@@ -35,6 +35,9 @@ class ChatOptions:
     api_key: str | None = None
     served_model: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    tools: list[str] = field(default_factory=list)  # --tools FILE (repeatable): JSON, .py, or a built-in name
+    yes: bool = False  # --yes: run tool calls without asking
+    max_steps: int = 5  # --max-steps: rounds of tool calls per message
 
 
 def pick_model(spec: str | None) -> str:
@@ -68,8 +71,35 @@ def build_conversation(o: ChatOptions) -> Conversation:
 
 def run_chat(o: ChatOptions) -> None:
     conv = build_conversation(o)  # bad files fail before seconds of model loading
+    tools = load_all_tools(o.tools)
     engine, answer = _remote(o, conv) if o.endpoint else _local(o, conv)
-    drive(engine, conv, o, answer)
+    drive(engine, conv, o, answer, tools)
+
+
+def load_all_tools(specs: list[str]):
+    """The tools of every --tools argument; a name given twice is a usage error."""
+    from cohere_cli.chat.tools import load_tools
+    from cohere_cli.errors import UsageError
+
+    tools, seen = [], {}
+    for spec in specs:
+        for t in load_tools(spec):
+            if t.name in seen:
+                raise UsageError(f"--tools: two tools are named {t.name!r} ({seen[t.name]} and {spec})")
+            seen[t.name] = spec
+            tools.append(t)
+    return tools
+
+
+def _check_tools(templates: dict[str, str], model: str, o: ChatOptions) -> None:
+    """Refuse --tools for a model whose template has no tools path, from its template files (before loading)."""
+    from cohere_cli.engine.tokenizer import renders_tools, tools_template
+    from cohere_cli.errors import TemplateError
+
+    name = o.template or tools_template(templates)
+    if name is None or not renders_tools(templates.get(name, "")):
+        raise TemplateError(f"{model} cannot use tools: its chat template{f' {name!r}' if o.template else ''} has no "
+                            f"tools path; models that can: Command R, R+, R7B and A; or run without --tools")
 
 
 def _settings(o: ChatOptions, folder: Path | None):
@@ -83,8 +113,10 @@ def _local(o: ChatOptions, conv: Conversation):
     from cohere_cli.store import remember_last_used
 
     ck = find_checkpoint(pick_model(o.model))
-    if conv.documents:  # from its template files: a model that cannot ground answers is refused before loading
+    if conv.documents and not o.tools:  # from its template files: one that cannot ground is refused before loading
         _check_grounding(read_chat_templates(ck.folder), ck.name, o)
+    if o.tools:
+        _check_tools(read_chat_templates(ck.folder), ck.name, o)
     from cohere_cli.engine.generate import stream_generate  # torch: only where a local model runs
 
     rt = load_runtime(ck, o.dtype)
@@ -126,13 +158,26 @@ def _check_grounding(templates: dict[str, str], model: str, o: ChatOptions) -> N
         raise TemplateError(cannot_ground(model, templates, o.template, advice))
 
 
-def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
+def drive(engine, conv: Conversation, o: ChatOptions, answer, tools=()) -> None:
     """What chat does with an engine, local (LocalChat) or remote (RemoteChat): with --prompt one turn, printed by
-    `answer(prompt ids)`; else the REPL."""
-    if conv.documents:
+    `answer(prompt ids)`; else the REPL. With tools, each turn goes through the tool loop (chat/toolloop.py)."""
+    loop = None
+    if tools:
+        from cohere_cli.chat.toolloop import ToolLoop
+
+        if engine.tokenizer is not None:
+            _check_tools(engine.tokenizer.chat_templates, engine.name, o)
+        loop = ToolLoop(engine, list(tools), max_steps=o.max_steps, markdown=not o.plain)
+    elif conv.documents:
         if engine.tokenizer is None:
             engine.check_grounding()  # remote without a local MODEL: says why documents need one
         _check_grounding(engine.tokenizer.chat_templates, engine.name, o)
+    if o.prompt is not None and loop is not None:
+        from cohere_cli.ui.toolview import one_shot
+
+        conv.add_user(o.prompt)
+        one_shot(loop, conv, json_out=o.json_out, yes=o.yes)
+        return
     if o.prompt is not None:
         conv.add_user(o.prompt)
         ids, dropped = engine.fit(conv)
@@ -143,4 +188,10 @@ def drive(engine, conv: Conversation, o: ChatOptions, answer) -> None:
     from cohere_cli.ui.repl import Repl
     from cohere_cli.store import store_root
 
-    Repl(engine, conv, plain=o.plain, history_file=store_root() / "chat_history").run()
+    repl = Repl(engine, conv, plain=o.plain, history_file=store_root() / "chat_history")
+    if loop is not None:
+        from cohere_cli.ui.toolview import TerminalToolView
+
+        repl.tools, loop.markdown = loop, not repl.plain
+        repl.tool_view = TerminalToolView(plain=repl.plain, out=repl.out, tty=repl.tty, yes=o.yes)
+    repl.run()

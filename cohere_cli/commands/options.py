@@ -139,3 +139,9 @@ ServedModel = Annotated[
 Timeout = Annotated[
     float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="Longest time without progress from --endpoint: until it answers, then between chunks of text (keep-alive comments do not count).")
 ]
+Tools = Annotated[
+    Optional[list[str]],
+    Repeatable("--tools", metavar="FILE", help="Tools the model may call (repeatable): a JSON list of OpenAI-format "
+               "tools, each with an optional \"exec\" argv; a .py file whose functions become tools; or the "
+               "built-in list_models. Each call is shown and confirmed (y/N/always) unless --yes."),
+]

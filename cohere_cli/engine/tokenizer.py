@@ -15,6 +15,8 @@ Cohere quirks handled here (see the spec, section 4 and pitfalls 10/14):
 
 from __future__ import annotations
 
+import re
+
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,7 +127,12 @@ def documents_template(templates: dict[str, str], name: str | None = None) -> st
 
 def tools_template(templates: dict[str, str]) -> str | None:
     """The template that renders tool definitions: Command R's `tool_use`, or a default with a tools path."""
-    return next((n for n in ("tool_use", "default") if "tools" in templates.get(n, "")), None)
+    return next((n for n in ("tool_use", "default") if renders_tools(templates.get(n, ""))), None)
+
+
+def renders_tools(source: str) -> bool:
+    """Whether a template renders a `tools` list (R7B's default mentions tools but sets them to [] first)."""
+    return "tools" in source and not re.search(r"{%-?\s*set\s+tools\s*=\s*\[\]\s*-?%}", source)
 
 
 def cannot_ground(model: str, templates: dict[str, str], name: str | None, advice: str) -> str:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 from cohere_cli.engine.response import Response
 from cohere_cli.config import read_config_json
 from cohere_cli.errors import CheckpointError, CohereWarning
+from cohere_cli.remote.tool_deltas import tool_call_deltas
 from cohere_cli.remote.http import DEFAULT_TIMEOUT, MAX_BODY, Call, Client, HTTPStatusError, RemoteError
 
 ASSUMED_CONTEXT = 8192  # when neither the server, a local config nor --ctx says
@@ -189,12 +190,14 @@ class TextFilter:
         self.buf, self.stopped = "", False
 
     @classmethod
-    def for_tokenizer(cls, tok) -> "TextFilter":
+    def for_tokenizer(cls, tok, keep: Iterable[str] = ()) -> "TextFilter":
+        """The filter for `tok`'s markers; those in `keep` pass through (a tool-call parser reads them)."""
+        keep = set(keep)
         if tok is None:
-            return cls()
+            return cls([s for s in STOP_MARKERS if s not in keep], [d for d in DROP_MARKERS if d not in keep])
         stop = [tok.id_to_token(i) for i in sorted(tok.stop_ids)]
         drop = [tok.id_to_token(i) for i in sorted(tok.control_ids)]
-        return cls([s for s in stop if s], [d for d in drop if d])
+        return cls([s for s in stop if s and s not in keep], [d for d in drop if d and d not in keep])
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -316,6 +319,7 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
     `max_tokens` tokens of text (a chunk is at least one, and one per LONGEST_TOKEN characters) is cut off there:
     finish_reason "length". The whole answer is bounded by MAX_BODY, as a whole (non-streamed) body is."""
     usage, finish, n, size, t_first, t_last = None, None, 0, 0, None, None
+    calls: dict[int, dict] = {}  # the server's tool calls (OpenAI `tool_calls` deltas), by index
     parts: list[str] | None = [] if count_tokens is not None else None  # kept only to be counted at the end
     prompt = prompt_tokens or 0
 
@@ -338,6 +342,9 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 text += _choice_text(choice)
+                size += tool_call_deltas(choice, calls)
+                if size > MAX_BODY:
+                    raise RemoteError(f"{api.client.url} sent more than {MAX_BODY >> 20} MiB of tool calls: cut off")
                 reason = choice.get("finish_reason")
                 if reason and isinstance(reason, str):
                     finish = FINISH.get(reason, reason[:40])
@@ -377,7 +384,10 @@ def responses(api: Api, call: Call, *, t0: float, filt: TextFilter, prompt_token
     count = count_field((usage or {}).get("completion_tokens")) if not filt.stopped else None
     if count is None:
         count = count_tokens("".join(parts) + tail) if parts is not None else n
-    yield make(tail, count, finish or "stop", cached)
+    last = make(tail, count, finish or "stop", cached)
+    if calls:
+        last.tool_calls = [calls[i] for i in sorted(calls)]
+    yield last
 
 
 # ---- generate ------------------------------------------------------------------------------------------------------
