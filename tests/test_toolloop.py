@@ -38,6 +38,7 @@ GROUNDED = ("Relevant Documents: 0,1\nCited Documents: 0,1\nGrounded answer: It 
             "and <co: 1>2.1 million people</co: 1> live there.")
 RULES_R = [
     {"tail": ["Carefully perform the following instructions"], "say": GROUNDED},  # the rag instruction
+    {"tail": ["loop forever"], "say": 'Action: ```json\n[{"tool_name": "weather", "parameters": {"city": "Oslo"}}]\n```'},
     {"tail": ["<results>"], "say": DIRECT},  # results are in: done with tools
     {"tail": ["broken"], "say": 'Action: ```json\n[{"tool_name": "weather", "parameters": {"city": "Paris"]\n```'},
     {"tail": ["block"], "say": 'Action: ```json\n[{"tool_name": "block", "parameters": {"city": "Rome"}}]\n```'},
@@ -150,7 +151,7 @@ def test_malformed_call_save_load_and_replay(setup, tmp_path):
     saved = tmp_path / "chat.json"
     prompts = tmp_path / "a.jsonl"
     r = cohere(setup, "r.json", "chat", str(setup["cr"]), *setup["tools"], "--yes", prompts=prompts,
-               stdin=f"this is broken\n/undo\nWhat is the weather in Paris?\n/save {saved}\nthanks\n")
+               stdin=f"this is broken\n/undo\nWhat is the weather in Paris?\n/save {saved}\nthanks\nloop forever\n")
     assert r.returncode == 0, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: the model's tool call is malformed: the action's JSON is malformed"]
@@ -160,7 +161,9 @@ def test_malformed_call_save_load_and_replay(setup, tmp_path):
     data = json.loads(saved.read_text())
     assert [x["role"] for x in data["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
     assert Conversation.load(saved).to_json() == data  # loaded back whole
-    after = json.loads(prompts.read_text().splitlines()[-1])  # "thanks", after the tool exchange
+    assert "stopped after 5 rounds of tool calls (--max-steps 5): ask again to go on" in r.stderr
+    assert r.stderr.count("tool call: weather {\"city\": \"Oslo\"}") == 5
+    after = json.loads(prompts.read_text().splitlines()[-7])  # "thanks", after the tool exchange
     prompts_b = tmp_path / "b.jsonl"
     r = cohere(setup, "r.json", "chat", str(setup["cr"]), *setup["tools"], prompts=prompts_b,
                stdin=f"/load {saved}\n/tools\nthanks\n")
