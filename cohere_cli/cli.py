@@ -42,6 +42,7 @@ def _root(
 from cohere_cli.commands.options import (  # noqa: E402  the shared option types, defined once
     ApiKey, Bits, Blocksize, Dtype, Endpoint, Flag, Json, JsonReport, MaxTokens, MinP, ModelArg, Precisions,
     PromptFile, QuantType, Repeatable, RepPenalty, Seed, ServedModel, Temperature, Timeout, Tools, TopK, TopP,
+    HideThinking, Think, ThinkBudget,
 )
 
 
@@ -145,6 +146,9 @@ def chat(
     max_steps: Annotated[
         int, typer.Option("--max-steps", min=1, max=100, help="Rounds of tool calls per message, at most.")
     ] = 5,
+    think: Think = None,
+    think_budget: ThinkBudget = None,
+    hide_thinking: HideThinking = False,
 ) -> None:
     """Chat with a model using its own chat template: an interactive session, or one turn with --prompt.
 
@@ -164,7 +168,7 @@ def chat(
         json_out=json_out, sampling=SamplingOverrides(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                                       repetition_penalty=repetition_penalty, seed=seed),
         endpoint=endpoint, api_key=api_key, served_model=served_model, timeout=timeout, tools=tools or [], yes=yes,
-        max_steps=max_steps,
+        max_steps=max_steps, think=think, think_budget=think_budget, hide_thinking=hide_thinking,
     ))
 
 

@@ -47,7 +47,7 @@ _cohere_complete() {
             "models:rm") path="models rm" ;;
             "models:verify") path="models verify" ;;
             "bench:--seq"|"bench:--gen"|"bench:--precision"|"bench:--repeat"|"bench:--threads"|"bench:--device"|"bench:--compare-to"|"bench:--endpoint"|"bench:--api-key"|"bench:--served-model"|"bench:--concurrency"|"bench:--timeout") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
-            "chat:--prompt"|"chat:-p"|"chat:--prompt-file"|"chat:-f"|"chat:--system"|"chat:-s"|"chat:--history"|"chat:--template"|"chat:--doc"|"chat:--citations"|"chat:--on-overflow"|"chat:--ctx"|"chat:--max-tokens"|"chat:-n"|"chat:--temperature"|"chat:-t"|"chat:--top-k"|"chat:--top-p"|"chat:--min-p"|"chat:--repetition-penalty"|"chat:--seed"|"chat:--dtype"|"chat:--endpoint"|"chat:--api-key"|"chat:--served-model"|"chat:--timeout"|"chat:--tools"|"chat:--max-steps") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
+            "chat:--prompt"|"chat:-p"|"chat:--prompt-file"|"chat:-f"|"chat:--system"|"chat:-s"|"chat:--history"|"chat:--template"|"chat:--doc"|"chat:--citations"|"chat:--on-overflow"|"chat:--ctx"|"chat:--max-tokens"|"chat:-n"|"chat:--temperature"|"chat:-t"|"chat:--top-k"|"chat:--top-p"|"chat:--min-p"|"chat:--repetition-penalty"|"chat:--seed"|"chat:--dtype"|"chat:--endpoint"|"chat:--api-key"|"chat:--served-model"|"chat:--timeout"|"chat:--tools"|"chat:--max-steps"|"chat:--think-budget") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             "download:--revision"|"download:-r"|"download:--include"|"download:--exclude"|"download:--token"|"download:--max-workers") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             "generate:--prompt-file"|"generate:-f"|"generate:--max-tokens"|"generate:-n"|"generate:--temperature"|"generate:-t"|"generate:--top-k"|"generate:--top-p"|"generate:--min-p"|"generate:--repetition-penalty"|"generate:--seed"|"generate:--dtype"|"generate:--endpoint"|"generate:--api-key"|"generate:--served-model"|"generate:--timeout") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             "models info:--seq") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
@@ -91,6 +91,7 @@ _cohere_complete() {
         "chat:--timeout") compopt +o default 2>/dev/null; return ;;
         "chat:--tools") compopt +o default 2>/dev/null; return ;;
         "chat:--max-steps") compopt +o default 2>/dev/null; return ;;
+        "chat:--think-budget") compopt +o default 2>/dev/null; return ;;
         "download:--revision"|"download:-r") compopt +o default 2>/dev/null; return ;;
         "download:--include") compopt +o default 2>/dev/null; return ;;
         "download:--exclude") compopt +o default 2>/dev/null; return ;;
@@ -125,7 +126,7 @@ _cohere_complete() {
     case "$path" in
         "") COMPREPLY=($(compgen -W "bench chat download generate models quantize --version --help" -- "$cur")) ;;
         "bench") COMPREPLY=($(compgen -W "--seq --gen --precision --repeat --threads --device --json --compare-to --endpoint --api-key --served-model --concurrency --timeout --help" -- "$cur")) ;;
-        "chat") COMPREPLY=($(compgen -W "--prompt -p --prompt-file -f --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --tools --yes -y --max-steps --help" -- "$cur")) ;;
+        "chat") COMPREPLY=($(compgen -W "--prompt -p --prompt-file -f --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --tools --yes -y --max-steps --think --no-think --think-budget --hide-thinking --help" -- "$cur")) ;;
         "download") COMPREPLY=($(compgen -W "--revision -r --include --exclude --token --dry-run --max-workers --json --help" -- "$cur")) ;;
         "generate") COMPREPLY=($(compgen -W "--prompt-file -f --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --help" -- "$cur")) ;;
         "models") COMPREPLY=($(compgen -W "info rm verify --json --help" -- "$cur")) ;;

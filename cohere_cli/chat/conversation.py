@@ -29,7 +29,7 @@ MAX_MESSAGES = 10_000
 @dataclass
 class Conversation:
     system: str | None = None
-    # {"role": "user"|"assistant", "content": str[, "interrupted"]}; tool use (OpenAI's message format):
+    # {"role": "user"|"assistant", "content": str[, "reasoning_content"][, "interrupted"]}; tool use (OpenAI's format):
     # {"role": "assistant", "content": str|None, "tool_calls": [...][, "tool_plan"]}, {"role": "tool",
     # "tool_call_id", "content"}
     turns: list[dict] = field(default_factory=list)
@@ -44,8 +44,10 @@ class Conversation:
     def add_user(self, text: str) -> None:
         self.turns.append({"role": "user", "content": text})
 
-    def add_assistant(self, text: str, interrupted: bool = False) -> None:
+    def add_assistant(self, text: str, interrupted: bool = False, thinking: str | None = None) -> None:
         turn = {"role": "assistant", "content": text}
+        if thinking:  # the template renders it as it expects (chat/thinking.py)
+            turn["reasoning_content"] = thinking
         if interrupted:
             turn["interrupted"] = True
         self.turns.append(turn)
@@ -124,7 +126,7 @@ class Conversation:
         return conv
 
 
-TOOL_KEYS = ("tool_calls", "tool_plan", "tool_call_id")
+TOOL_KEYS = ("tool_calls", "tool_plan", "tool_call_id", "reasoning_content")
 MAX_ID = 256  # characters of a tool call id or a tool name in a loaded file (real ones: ~30)
 MAX_FILE_CALLS = 32  # tool calls in one assistant message of a loaded file (engine.toolcalls.MAX_CALLS)
 
@@ -163,6 +165,8 @@ def _message(m, i: int, path: Path) -> dict:
     if not (isinstance(m, dict) and m.get("role") in ROLES):
         raise UsageError(f"{bad} needs a role ({', '.join(sorted(ROLES))}) and a string content")
     out = {"role": m["role"], "content": m.get("content")}
+    if m["role"] == "assistant" and isinstance(m.get("reasoning_content"), str):
+        out["reasoning_content"] = m["reasoning_content"]
     if m["role"] == "assistant" and m.get("tool_calls") is not None:
         out["tool_calls"] = _tool_calls(m["tool_calls"])
         if out["tool_calls"] is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.chat.session import AnswerRecorder, ChatBackend, ChatSettings, TurnStats, fit_context
+from cohere_cli.chat.session import AnswerRecorder, ChatBackend, ChatSettings, TurnStats, fit_context, think_kwargs
 from cohere_cli.engine.response import Response
 from cohere_cli.errors import TemplateError
 from cohere_cli.remote.backend import ASSUMED_CONTEXT, Api, TextFilter, responses, sampling_fields
@@ -94,6 +94,9 @@ class RemoteChat(ChatBackend):
                 text = text[len(bos):]  # a server that tokenizes text adds BOS itself
         else:
             body["messages"] = conv.messages()
+            if self.tokenizer is not None and (kw := think_kwargs(self.tokenizer, self.settings.template,
+                                                                  self.settings.think)):
+                body["chat_template_kwargs"] = kw  # --think/--no-think: the switch of the template it renders
             if self.settings.tools is not None:
                 body["tools"] = self.settings.tools
                 body["messages"] = [{k: v for k, v in m.items() if k != "tool_plan"} for m in body["messages"]]

@@ -32,6 +32,8 @@ class ChatSettings:
     citations: str = "accurate"  # Command R rag template: accurate | fast
     on_overflow: str = "drop"  # drop the oldest exchanges, or refuse
     tools: list[dict] | None = None  # OpenAI-format tool schemas offered to the model (`--tools`); None: no tools
+    think: bool | None = None  # --think / --no-think: the template's thinking switch (None: its default)
+    think_budget: int | None = None  # --think-budget: thinking tokens before <|END_THINKING|> is forced (local)
 
 
 def generation_defaults(folder: Path) -> dict:
@@ -106,7 +108,7 @@ def render_text(tok, conv: Conversation, settings: ChatSettings, model: str, gen
 
         messages = [{k: v for k, v in m.items() if v is not None} for m in template_messages(conv.messages())]
         return tok.apply_chat_template(messages, template=template, add_generation_prompt=generation_prompt,
-                                       **kwargs)
+                                       **kwargs, **think_kwargs(tok, template, settings.think))
     if conv.documents:
         template, kwargs = grounded_template(tok, template, settings, model)
         kwargs["documents"] = conv.documents
@@ -115,7 +117,16 @@ def render_text(tok, conv: Conversation, settings: ChatSettings, model: str, gen
     elif template == "tool_use":
         kwargs["tools"] = []  # chat has no tools to offer; the template still needs the list
     return tok.apply_chat_template(conv.messages(), template=template, add_generation_prompt=generation_prompt,
-                                   **kwargs)
+                                   **kwargs, **think_kwargs(tok, template, settings.think))
+
+
+def think_kwargs(tok, template: str | None, think: bool | None) -> dict:
+    """`{switch: think}` for the template's thinking switch (engine/thinking.py), when --think/--no-think is given
+    and the template has one."""
+    from cohere_cli.engine.thinking import template_source, think_switch
+
+    switch = think_switch(template_source(tok.chat_templates, template)) if think is not None else None
+    return {switch: think} if switch else {}
 
 
 def tool_template(tok, template: str | None) -> str:
@@ -300,11 +311,14 @@ class LocalChat(ChatBackend):
     # ---- one turn ------------------------------------------------------------------------------------------------
     def stream(self, conv: Conversation, ids: list[int]) -> Iterator[Response]:
         from cohere_cli.engine.generate import stream_generate
+        from cohere_cli.engine.thinking import think_budget
 
         answer = AnswerRecorder(conv, len(ids))
+        think = think_budget(self.rt.tokenizer, self.settings.think_budget, ids, self.settings.tools is not None)
         try:
             for r in stream_generate(self.rt.model, self.rt.tokenizer, ids, self.settings.params,
-                                     self.settings.max_tokens, session=self.session, context=self.context):
+                                     self.settings.max_tokens, session=self.session, context=self.context,
+                                     think=think):
                 answer.seen(r)
                 yield r
         except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C: the partial answer stays in the conversation

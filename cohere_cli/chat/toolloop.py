@@ -29,6 +29,7 @@ from typing import Protocol
 from cohere_cli.chat.citations import CitationStream
 from cohere_cli.chat.conversation import Conversation
 from cohere_cli.chat.session import ChatBackend, tool_format
+from cohere_cli.chat.thinking import piece
 from cohere_cli.chat.tools import Tool, run_tool
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.toolcalls import (END_ACTION, END_RESPONSE, END_TEXT, END_THINKING, FORMAT_CMD3, MAX_CALLS,
@@ -70,9 +71,12 @@ class ToolLoop:
                  markdown: bool = True, timeout_s: float | None = None):
         self.engine, self.tools, self.max_steps, self.markdown = engine, {t.name: t for t in tools}, max_steps, markdown
         self.timeout_s = timeout_s
-        engine.settings.tools = [t.schema for t in tools]
         tok = engine.tokenizer
-        self.fmt = tool_format(tok, engine.settings.template) if tok is not None else FORMAT_COMMAND_R
+        if tools:
+            engine.settings.tools = [t.schema for t in tools]
+            self.fmt = tool_format(tok, engine.settings.template) if tok is not None else FORMAT_COMMAND_R
+        else:  # no tools: a plain chat whose template has a thinking phase, its answers read by the same parser
+            self.fmt = FORMAT_CMD3
         if self.fmt == FORMAT_CMD3 and hasattr(engine, "keep_markers"):
             engine.keep_markers = CMD3_MARKERS  # a raw completion's text keeps the blocks the parser reads
 
@@ -85,17 +89,18 @@ class ToolLoop:
         while True:
             parser, result = self._round(conv, view, cited=self._has_results(conv, start))
             text = parser.text.strip() if self.fmt == FORMAT_CMD3 else result.text
+            thinking = parser.thinking.strip() if self.fmt == FORMAT_CMD3 else None  # chat/thinking.py: history
             if result.interrupted:  # Ctrl-C in the answer: the partial answer stays, as in plain chat
-                conv.add_assistant(text, interrupted=True)
+                conv.add_assistant(text, interrupted=True, thinking=thinking)
                 return replace(result, text=text, steps=steps)
             if parser.failed:  # the model's action is unusable: one line, its text kept, the turn over
                 view.error(f"the model's tool call is malformed: {parser.failed}")
-                conv.add_assistant(text)
+                conv.add_assistant(text, thinking=thinking)
                 return replace(result, text=text, steps=steps)
             if not parser.tool_calls and (parser.directly_answer or self._empty(parser)) and self.fmt != FORMAT_CMD3:
                 return self._grounded_answer(conv, view, start, steps)
-            if not parser.tool_calls:
-                conv.add_assistant(text)
+            if not parser.tool_calls or not self.tools:
+                conv.add_assistant(text, thinking=thinking)
                 return replace(result, text=text, steps=steps)
             if steps >= self.max_steps:
                 view.note(f"stopped after {steps} rounds of tool calls (--max-steps {self.max_steps}): ask again "
@@ -118,14 +123,13 @@ class ToolLoop:
             view.dropped(dropped)
         tok = self.engine.tokenizer
         prefix = tok.decode(ids[-8:]) if tok is not None and ids else ""
-        parser = ToolCallParser(self.fmt, tools=self.tools, prefix=prefix)
+        parser = ToolCallParser(self.fmt, tools=self.tools or None, prefix=prefix)
         cites = None
         if cited or conv.documents:
             cites = CitationStream(titles if titles is not None else self._titles(conv), markdown=self.markdown)
             if self.fmt == FORMAT_CMD3 and titles is None:
                 n = len(conv.documents)  # documents are call 0's results; then one source per tool call
                 cites.source = (lambda call, res: res if call == 0 else n + call - 1) if n else (lambda call, res: call)
-        controls = tok.control_ids if tok is not None else frozenset()
         raw, last, interrupted = [], None, False
         view.begin()
 
@@ -144,11 +148,8 @@ class ToolLoop:
             for r in self.engine.stream(conv, ids):
                 if r.error:
                     view.error(r.error)
-                piece = r.text
-                if r.token is not None and r.token in controls:
-                    piece = tok.id_to_token(r.token) or ""  # a control token: the cmd3 blocks are made of them
-                raw.append(piece)
-                show(parser.feed(piece))
+                raw.append(piece(r, tok))  # a control token as its marker: the cmd3 blocks are made of them
+                show(parser.feed(raw[-1]))
                 if r.tool_calls:
                     self._server_calls(parser, r.tool_calls)
                 last = r

@@ -38,6 +38,9 @@ class ChatOptions:
     tools: list[str] = field(default_factory=list)  # --tools FILE (repeatable): JSON, .py, or a built-in name
     yes: bool = False  # --yes: run tool calls without asking
     max_steps: int = 5  # --max-steps: rounds of tool calls per message
+    think: bool | None = None  # --think / --no-think: the template's thinking switch (None: its default)
+    think_budget: int | None = None  # --think-budget N: <|END_THINKING|> forced after N thinking tokens (local)
+    hide_thinking: bool = False  # --hide-thinking: one line instead of the thinking
 
 
 def pick_model(spec: str | None) -> str:
@@ -103,8 +106,10 @@ def _check_tools(templates: dict[str, str], model: str, o: ChatOptions) -> None:
 
 
 def _settings(o: ChatOptions, folder: Path | None):
-    return settings_from(folder, o.sampling, max_tokens=o.max_tokens, template=o.template, citations=o.citations,
-                         on_overflow=o.on_overflow)
+    settings, send = settings_from(folder, o.sampling, max_tokens=o.max_tokens, template=o.template,
+                                   citations=o.citations, on_overflow=o.on_overflow)
+    settings.think, settings.think_budget = o.think, o.think_budget
+    return settings, send
 
 
 def _local(o: ChatOptions, conv: Conversation):
@@ -125,15 +130,31 @@ def _local(o: ChatOptions, conv: Conversation):
     engine = LocalChat(rt, _settings(o, rt.folder)[0], ctx=o.ctx)
     if o.ctx and o.ctx > engine.context:
         warn(f"--ctx {o.ctx} is more than {rt.name} can attend to: using {engine.context} tokens, its context length")
+    from cohere_cli.engine.thinking import think_budget
+
     s = engine.settings  # --prompt: one turn, no /set in between
-    return engine, lambda ids: print_stream(stream_generate(rt.model, rt.tokenizer, ids, s.params, s.max_tokens),
-                                            o.json_out, Local(ids))
+    return engine, lambda ids: print_stream(split(rt.tokenizer, o, ids)(stream_generate(
+        rt.model, rt.tokenizer, ids, s.params, s.max_tokens, think=think_budget(rt.tokenizer, s.think_budget, ids,
+                                                                                False))),
+        o.json_out, Local(ids), o.hide_thinking)
+
+
+def split(tok, o: ChatOptions, ids: list[int]):
+    """What separates thinking from the answer for `chat --prompt` (chat/thinking.py), or nothing to do."""
+    from cohere_cli.chat.thinking import ThinkingSplit, thinks
+
+    return ThinkingSplit(tok, ids) if thinks(tok, o.template) else (lambda stream: stream)
 
 
 def _remote(o: ChatOptions, conv: Conversation):
     from cohere_cli.chat.remote import RemoteChat
     from cohere_cli.remote.backend import Api, EndpointOptions, connect, pick_context
 
+    from cohere_cli.errors import UsageError
+
+    if o.think_budget is not None:  # a server samples every token itself: none can be forced from here
+        raise UsageError("--think-budget works with a local model only: a server's generation cannot be given the "
+                         "end-of-thinking token from here (--endpoint); use --max-tokens, or --no-think")
     client, server, folder, tok = connect(EndpointOptions(o.endpoint, o.api_key, o.served_model, o.timeout), o.model)
     settings, send = _settings(o, folder)
     context, source = pick_context(server.context, folder, o.ctx)
@@ -143,8 +164,8 @@ def _remote(o: ChatOptions, conv: Conversation):
                         context=context, context_source=source, send=send)
     info(f"{client.url}: {server.served or 'its only model'}, context {context} ({source}), "
          f"tokenizer {'from ' + str(folder) if tok is not None else 'none here (plain chat; counts from the server)'}")
-    return engine, lambda ids: print_stream(engine.stream_strict(conv, ids), o.json_out,
-                                            Remote(ids or None, client.url, server.served))
+    return engine, lambda ids: print_stream(split(tok, o, ids)(engine.stream_strict(conv, ids)), o.json_out,
+                                            Remote(ids or None, client.url, server.served), o.hide_thinking)
 
 
 def _check_grounding(templates: dict[str, str], model: str, o: ChatOptions) -> None:
@@ -161,10 +182,15 @@ def _check_grounding(templates: dict[str, str], model: str, o: ChatOptions) -> N
 def drive(engine, conv: Conversation, o: ChatOptions, answer, tools=()) -> None:
     """What chat does with an engine, local (LocalChat) or remote (RemoteChat): with --prompt one turn, printed by
     `answer(prompt ids)`; else the REPL. With tools, each turn goes through the tool loop (chat/toolloop.py)."""
-    loop = None
-    if tools:
-        from cohere_cli.chat.toolloop import ToolLoop
+    from cohere_cli.chat.thinking import thinks
+    from cohere_cli.chat.toolloop import CMD3_MARKERS, ToolLoop
 
+    loop = None
+    thinking = thinks(engine.tokenizer, o.template)
+    _check_thinking(engine.tokenizer, o, thinking)
+    if thinking and hasattr(engine, "keep_markers"):
+        engine.keep_markers = CMD3_MARKERS  # a server's text keeps the blocks the parser reads
+    if tools:
         if engine.tokenizer is not None:
             _check_tools(engine.tokenizer.chat_templates, engine.name, o)
         loop = ToolLoop(engine, list(tools), max_steps=o.max_steps, markdown=not o.plain)
@@ -176,8 +202,10 @@ def drive(engine, conv: Conversation, o: ChatOptions, answer, tools=()) -> None:
         from cohere_cli.ui.toolview import one_shot
 
         conv.add_user(o.prompt)
-        one_shot(loop, conv, json_out=o.json_out, yes=o.yes)
+        one_shot(loop, conv, json_out=o.json_out, yes=o.yes, hide_thinking=o.hide_thinking)
         return
+    if thinking and loop is None and o.prompt is None:  # the REPL: answers read by the tool loop's parser, no tools
+        loop = ToolLoop(engine, [], markdown=not o.plain)
     if o.prompt is not None:
         conv.add_user(o.prompt)
         ids, dropped = engine.fit(conv)
@@ -193,5 +221,19 @@ def drive(engine, conv: Conversation, o: ChatOptions, answer, tools=()) -> None:
         from cohere_cli.ui.toolview import TerminalToolView
 
         repl.tools, loop.markdown = loop, not repl.plain
-        repl.tool_view = TerminalToolView(plain=repl.plain, out=repl.out, tty=repl.tty, yes=o.yes)
+        repl.tool_view = TerminalToolView(plain=repl.plain, out=repl.out, tty=repl.tty, yes=o.yes,
+                                          hide_thinking=o.hide_thinking)
     repl.run()
+
+
+def _check_thinking(tok, o: ChatOptions, thinking: bool) -> None:
+    """One line when a reasoning option can change nothing with this template."""
+    from cohere_cli.engine.thinking import template_source, think_switch
+
+    if tok is None:
+        return
+    if o.think is not None and not think_switch(template_source(tok.chat_templates, o.template)):
+        info(f"{'--think' if o.think else '--no-think'} changes nothing: this model's chat template has no thinking "
+             f"switch (a reasoning template's `reasoning` variable)")
+    if (o.think_budget is not None or o.hide_thinking) and not thinking:
+        info("this model's chat template has no thinking phase: --think-budget and --hide-thinking change nothing")

@@ -145,3 +145,16 @@ Tools = Annotated[
                "tools, each with an optional \"exec\" argv; a .py file whose functions become tools; or the "
                "built-in list_models. Each call is shown and confirmed (y/N/always) unless --yes."),
 ]
+# reasoning (issue 19): templates with a thinking phase (engine/thinking.py)
+Think = Annotated[
+    Optional[bool],
+    typer.Option("--think/--no-think", help="Turn the model's thinking on or off, where its chat template has a "
+                 "switch (a reasoning template's `reasoning`); default: the template's own.", show_default=False),
+]
+ThinkBudget = Annotated[
+    Optional[int],
+    typer.Option("--think-budget", metavar="N", min=0, max=1 << 20, help="End thinking after N tokens: the "
+                 "end-of-thinking token is put in as the model's next token (a local model only)."),
+]
+HideThinking = Annotated[bool, Flag("--hide-thinking", help="Do not show the model's thinking: one line says how "
+                                    "long it was (--json still records it).")]

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 from cohere_cli.engine.response import Response
 from cohere_cli.ui.console import err, out_write, shown
+from cohere_cli.ui.thinking import ThinkingNote
 
 
 @dataclass
@@ -72,20 +73,31 @@ class Remote:
                 f"tok/s, first token {r.ttft_s * 1000:.0f} ms, finish: {r.finish_reason}")
 
 
-def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remote) -> Response:
+def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remote,
+                 hide_thinking: bool = False) -> Response:
     """Print the stream; return its closing Response. When it breaks off (a RemoteError), the text that arrived stays
     printed, its line ended on a terminal, and the error propagates (one line at the CLI boundary). The text is kept
-    only for --json (its record holds it); printed, only its last character is (was the line ended?)."""
-    tokens, text, tail, last = [], [], "", None
+    only for --json (its record holds it); printed, only its last character is (was the line ended?). Thinking
+    (`Response.thinking`, chat/thinking.py) goes to stderr dimmed, or is counted with `hide_thinking`; --json
+    records it as `thinking`, apart from `text`."""
+    tokens, text, thinking, tail, last = [], [], [], "", None
+    note = ThinkingNote(hide_thinking)
     try:
         for r in stream:
             if r.token is not None:
                 tokens.append(r.token)
             if json_out:
                 text.append(r.text)
-            elif r.text:
-                out_write(r.text)
-                tail = r.text[-1]
+                thinking.append(r.thinking)
+            else:
+                if note.show(r.thinking):
+                    tail = "thinking"
+                if r.text:
+                    if tail == "thinking":
+                        err.print()  # the thinking's line ended: the answer starts apart from it
+                    note.close()
+                    out_write(r.text)
+                    tail = r.text[-1]
             last = r
     except BaseException:
         if not json_out and tail not in ("", "\n") and sys.stdout.isatty():
@@ -93,8 +105,13 @@ def print_stream(stream: Iterator[Response], json_out: bool, what: Local | Remot
         raise
     if json_out:
         # JSON escapes C0 controls, not DEL or C1 (ensure_ascii=False): out_write keeps a terminal safe from those
-        out_write(json.dumps(what.record(last, "".join(text), tokens), ensure_ascii=False) + "\n")
+        record = {**what.record(last, "".join(text), tokens), "thinking": "".join(thinking).strip()}
+        out_write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
+        if tail == "thinking":
+            err.print()
+            tail = ""
+        note.close()
         if tail != "\n":
             out_write("\n")  # end the answer's line, on a terminal and in a file alike
         err.print(f"[dim]{shown(what.stats(last))}[/dim]")  # a server's finish_reason is untrusted

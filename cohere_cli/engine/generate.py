@@ -15,6 +15,7 @@ from cohere_cli.errors import ContextOverflow
 from cohere_cli.engine.response import Response
 from cohere_cli.model import CohereForCausalLM, KVCache
 from cohere_cli.engine.sampling import Sampler, SamplingParams
+from cohere_cli.engine.thinking import ThinkBudget
 
 PREFILL_CHUNK = 512
 
@@ -76,9 +77,11 @@ def stream_generate(
     context: int | None = None,
     session: Session | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
+    think: ThinkBudget | None = None,
 ) -> Iterator[Response]:
     """Generate up to `max_tokens` after `prompt_ids`, stopping early at any of `stop_ids`. With a `session`,
-    the cache is reused for the longest common prefix and left holding prompt + answer for the next call."""
+    the cache is reused for the longest common prefix and left holding prompt + answer for the next call. With
+    `think` (--think-budget), the tokens it forces are fed instead of sampled ones (engine/thinking.py)."""
     device = model.model.embed_tokens.weight.device
     context = min(context or model.config.max_position_embeddings, session.max_seq if session else 1 << 62)
     n_prompt = len(prompt_ids)
@@ -99,7 +102,8 @@ def stream_generate(
     t0 = time.perf_counter()
     logits = prefill(model, history[reused:n_prompt], session.cache, reused, prefill_chunk)
     session.ids.extend(prompt_ids[reused:])
-    token = sampler(logits, history[:n_prompt])
+    pick = think.next if think is not None else (lambda sample: sample())
+    token = pick(lambda: sampler(logits, history[:n_prompt]))
     t_first = time.perf_counter()
     prefill_tps = (n_prompt - reused) / max(t_first - t0, 1e-9)
 
@@ -123,7 +127,7 @@ def stream_generate(
         step_in[0, 0] = token
         logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
         session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
-        token = sampler(logits, history[: n_prompt + n])
+        token = pick(lambda: sampler(logits, history[: n_prompt + n]))
     generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer
     elapsed = time.perf_counter() - t_first  # n-1 decode steps ran after the prefill produced token 1
     yield response(detok.flush(), None, generated, (n - 1) / elapsed if n > 1 else 0.0, finish)

@@ -20,3 +20,4 @@ class Response:
     prefilled_tokens: int = 0  # prompt tokens actually run through the model (the rest came from the cache)
     error: str | None = None  # with finish_reason "error": what broke the answer off, one line for the user
     tool_calls: list | None = None  # on a server's closing response: the tool calls it parsed (untrusted, unchecked)
+    thinking: str = ""  # thinking text of this step, split from `text` (chat/thinking.py ThinkingSplit)

@@ -14,6 +14,7 @@ from cohere_cli.engine.response import Response
 from cohere_cli.ui.console import err, error, info, out_write, shown, warn
 from cohere_cli.ui.mdstream import MarkdownStream, PlainStream
 from cohere_cli.ui.reader import typing_unechoed
+from cohere_cli.ui.thinking import ThinkingNote
 from cohere_cli.untrusted import one_line
 
 MAX_SHOWN_RESULT = 200  # characters of a tool's result shown (the model gets all of it, within its bound)
@@ -25,16 +26,19 @@ class TerminalToolView:
     asking (--yes); answering `always` does so for the rest of the session. Without a terminal to ask on (piped
     input), a call is not run unless --yes: reading the answer would eat the next line of the input."""
 
-    def __init__(self, *, plain: bool, out=None, tty: bool, yes: bool = False, collect: bool = False):
+    def __init__(self, *, plain: bool, out=None, tty: bool, yes: bool = False, collect: bool = False,
+                 hide_thinking: bool = False):
         self.plain, self.out, self.tty, self.always, self.collect = plain, out, tty, yes, collect
         self.stream = None
         self.footnote_lines: list[str] = []
         self._quiet = None
         self._thinking = False
+        self.thoughts = ThinkingNote(hide_thinking)
 
     # ---- the answer streaming -------------------------------------------------------------------------------------
     def begin(self) -> None:
         self.stream, self._thinking = None, False
+        self.thoughts.count = 0
         self._quiet = typing_unechoed(self.tty)  # keys typed while it streams are not echoed into it (reader.py)
         self._quiet.__enter__()
 
@@ -42,13 +46,13 @@ class TerminalToolView:
         if not text or self.collect:
             return
         self._end_thinking()
+        self.thoughts.close()
         if self.stream is None:
             self.stream = PlainStream() if self.plain else MarkdownStream(self.out)
         self.stream.update(text)
 
     def thinking(self, text: str) -> None:
-        if text:  # on stderr: with --json too
-            err.print(f"[dim italic]{shown(text)}[/dim italic]", end="", soft_wrap=True)
+        if self.thoughts.show(text):  # on stderr: with --json too
             self._thinking = True
 
     def _end_thinking(self) -> None:
@@ -58,6 +62,7 @@ class TerminalToolView:
 
     def end(self, last: Response | None, interrupted: bool) -> None:
         self._end_thinking()
+        self.thoughts.close()
         if self.stream is not None:
             self.stream.close()
             self.stream = None
@@ -131,7 +136,7 @@ def tool_answer(repl) -> None:
 
 def list_tools(loop: ToolLoop | None, view: TerminalToolView | None) -> None:
     """/tools: the tools the model may call."""
-    if loop is None:
+    if loop is None or not loop.tools:
         info("no tools: start the chat with --tools FILE (a JSON list, a .py file, or list_models)")
         return
     t = Table(show_header=False, box=None, pad_edge=False)
@@ -146,16 +151,17 @@ def list_tools(loop: ToolLoop | None, view: TerminalToolView | None) -> None:
          f"at most {loop.max_steps} rounds of calls per message")
 
 
-def one_shot(loop: ToolLoop, conv, *, json_out: bool, yes: bool) -> TurnResult:
+def one_shot(loop: ToolLoop, conv, *, json_out: bool, yes: bool, hide_thinking: bool = False) -> TurnResult:
     """`chat --prompt` with tools: the turn printed as it goes (plain text on stdout), or with --json one object
     holding the final text and the whole conversation in OpenAI's message format (tool_calls and tool messages)."""
     tty = sys.stdin.isatty() and sys.stderr.isatty()
-    view = TerminalToolView(plain=True, tty=tty, yes=yes, collect=json_out)
+    view = TerminalToolView(plain=True, tty=tty, yes=yes, collect=json_out, hide_thinking=hide_thinking)
     loop.markdown = False  # printed as it comes: citations as [n] marks, no ** around the cited spans
     result = loop.turn(conv, view)
     last = result.last
     if json_out:
-        record = {"text": result.text, "messages": conv.to_json()["messages"], "steps": result.steps,
+        record = {"text": result.text, "thinking": (conv.last("assistant") or {}).get("reasoning_content", ""),
+                  "messages": conv.to_json()["messages"], "steps": result.steps,
                   "finish_reason": last.finish_reason if last else None,
                   "prompt_tokens": last.prompt_tokens if last else 0,
                   "completion_tokens": last.generation_tokens if last else 0}
