@@ -11,11 +11,14 @@ Public API (used by scripts/train_demo.py, scripts/eval_demo.py and tests/test_d
   eval_questions()              -> (train_qs, heldout_qs), lists of (question, expected_substring)
   named_commands_and_flags()    -> {"commands": {...}, "flags": {(command, flag), ...}, "slash": {...}}
   corpus_lines()                -> text for training the tokenizer
+  tool_conversations(seed, n)   -> tool-use samples {"tools", "messages", "target"} (train_demo --tool-convs)
+  tool_eval_cases()             -> held-out tool checks for scripts/eval_demo.py
 Nothing here downloads anything or imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -1387,6 +1390,247 @@ _GENERAL_TEXT = [
     "She said that they would meet again next week, after the meeting with their teacher and his friends.",
 ]
 
+
+
+# ---- tool use: the built-in list_models tool ---------------------------------------------------------------------
+# With tools (`cohere chat --tools list_models`) the prompt is rendered with Command R's `tool_use` template. Asked
+# which models it has, the demo calls list_models exactly as that template renders an assistant tool call (so the
+# history replays token for token), then answers from the result, copying the names from it. Asked anything else
+# with tools present, it answers directly in plain text (no `directly-answer` action: a plain answer needs no second
+# round in the chat loop, and ToolCallParser reads it as answer text).
+# A tool sample is {"tools": [OpenAI schemas], "messages": [...], "target": the assistant's next text}; the trainer
+# renders messages + tools with the tool_use template (add_generation_prompt) and scores target + end of turn.
+
+LIST_MODELS_SCHEMA = {"type": "function", "function": {
+    "name": "list_models",
+    "description": "The models installed locally: the store's entries and the built-in demo.",
+    "parameters": {"type": "object", "properties": {}}}}  # = load_tools("list_models")[0].schema (tests check it)
+
+# What the tool_use template renders for an assistant turn calling list_models, after "<|CHATBOT_TOKEN|>\n".
+ACTION = 'Action:\n```json\n[\n    {\n        "tool_name": "list_models",\n        "parameters": {}\n    }\n]```'
+DEMO_DESCRIPTION = "the small demo model shipped with cohere"
+
+
+def _fn(name: str, description: str, params: dict[str, tuple[str, str]], required=()) -> dict:
+    props = {k: {"type": t, "description": d} for k, (t, d) in params.items()}
+    parameters = {"type": "object", "properties": props}
+    if required:
+        parameters["required"] = list(required)
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+# Made-up tools shown beside list_models, so that the demo learns to pick it by its name and description.
+OTHER_TOOLS = (
+    _fn("internet_search", "Returns a list of relevant document snippets for a textual query retrieved from the "
+        "internet.", {"query": ("string", "Query to search the internet with")}, ("query",)),
+    _fn("get_weather", "The current weather in a city.", {"city": ("string", "Name of the city")}, ("city",)),
+    _fn("calculator", "Evaluates an arithmetic expression.", {"expression": ("string", "The expression")},
+        ("expression",)),
+    _fn("git_log", "The latest commits of the current git repository.",
+        {"count": ("integer", "How many commits to show")}),
+    _fn("read_file", "The text of a file on this computer.", {"path": ("string", "Path of the file")}, ("path",)),
+    _fn("send_email", "Sends an email.", {"to": ("string", "The recipient's address"),
+                                          "subject": ("string", "Subject line"), "body": ("string", "The text")},
+        ("to", "body")),
+    _fn("disk_usage", "Free and used space on the disks of this computer.", {}),
+    _fn("list_files", "The files in a folder.", {"folder": ("string", "The folder to list")}),
+    _fn("current_time", "The current date and time.", {}),
+    _fn("search_docs", "Searches the cohere-cli documentation.", {"query": ("string", "What to look for")},
+        ("query",)),
+)
+
+MODEL_QUESTIONS = (
+    "(Which|What) models do I have( installed| downloaded| locally| on this machine| on this computer| available|)"
+    "(?|)",
+    "(Which|What) (models|checkpoints) (are|are there|do I have) (installed|downloaded|in my store|on my machine|"
+    "available|here)(?|)",
+    "(List|Show|Show me|Tell me|Give me) (my|the|all my|all the|the installed|the local|the downloaded) "
+    "(models|checkpoints)(.|!|)",
+    "(Do I have|Have I got) any models( installed| downloaded| yet|)(?|)",
+    "What('s| is) in my (store|model store|local store|cache)(?|)",
+    "(Can you|Could you|Please) (list|check|tell me|look up) (my models|which models I have|what models I have|"
+    "the models I have)(?|.|)",
+    "(What|Which) models (can I use|are available to me|did I download|have I downloaded)(?|)",
+    "How many models do I have( installed|)(?|)",
+    "(Check|See) (which|what) models (are installed|I have)(.|)",
+    "Models?",
+)
+
+# Paraphrases scored by scripts/eval_demo.py and never trained on (check_tool_heldout).
+TOOL_HELDOUT = (
+    "Could you find out which models are on this computer?",
+    "Tell me which models are on my disk.",
+    "What checkpoints do I currently have?",
+    "Are there any models installed here?",
+    "Give me the list of my models, please.",
+    "Which models can I run right now?",
+    "What have I got in the model store?",
+    "Show the models I've downloaded so far.",
+    "Please list every installed checkpoint.",
+    "what local models exist",
+)
+
+# Store entries: realistic names and made-up ones, so that the answer is copied from the result, not remembered.
+_REPOS = ("c4ai-command-r7b-12-2024", "c4ai-command-r-v01", "c4ai-command-r-08-2024", "c4ai-command-r-plus-08-2024",
+          "c4ai-command-a-03-2025", "aya-expanse-8b", "aya-expanse-32b", "aya-23-8B", "aya-23-35B",
+          "c4ai-command-r7b-arabic-02-2025", "command-a-vision-07-2025", "aya-vision-8b")
+_ORGS = ("CohereLabs", "CohereForAI", "me", "acme", "my-org", "local", "team", "lab", "home")
+_WORDS = ("tiny", "small", "mini", "test", "chat", "coder", "helper", "draft", "old", "new", "fast", "base", "tuned",
+          "alpha", "beta", "gamma", "delta", "omega", "nova", "blue", "red", "green", "sun", "moon", "star", "river",
+          "stone", "fox", "owl", "cat", "wolf", "bear", "hawk", "pine", "oak", "maple", "cedar", "iris", "rose",
+          "atlas", "orion", "vega", "lyra", "nimbus", "pixel", "quill", "ember", "frost", "echo", "spark", "north",
+          "south", "west", "east", "copper", "silver", "gold", "iron", "zinc", "legal", "medical", "support", "notes",
+          "summary", "review", "lab", "work", "home", "my", "demo", "model", "llm", "bot", "agent", "writer")
+_SIZES = ("", "", "7b", "8b", "1b", "3b", "32b", "35b", "104b", "2b", "13b")
+_PRECISIONS = (("bf16", 1.0), ("nf4", 0.5), ("int8", 0.3), ("float16", 0.1), ("float32", 0.05))
+_ARCHS = (("CohereForCausalLM", "cohere"), ("Cohere2ForCausalLM", "cohere2"))
+
+
+def _made_up_name(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.choice((1, 2, 2, 3)))]
+    size = rng.choice(_SIZES)
+    name = "-".join(words + ([size] if size else []))
+    if rng.random() < 0.35:
+        name = f"{rng.choice(_ORGS)}/{name}"
+    return name
+
+
+def _store_name(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.4:
+        return f"{rng.choice(('CohereLabs', 'CohereForAI'))}/{rng.choice(_REPOS)}"
+    if r < 0.55:
+        return rng.choice(_REPOS)
+    return _made_up_name(rng)
+
+
+def store_entries(rng: random.Random, n: int, demo: bool | None = None) -> list[dict]:
+    """What list_models returns for a store of `n` entries (each as `cohere_cli.chat.tools.list_models` writes it);
+    the built-in demo first unless `demo` is False (it is hidden when the store has an entry named demo)."""
+    out = []
+    if demo is None:
+        demo = rng.random() < 0.85
+    if demo:
+        out.append({"name": "demo", "builtin": True, "description": DEMO_DESCRIPTION})
+    names: list[str] = []
+    while len(names) < n:
+        if rng.random() < 0.15:
+            name = f"demo-{rng.choice(('nf4', 'int8'))}"
+        else:
+            name = _store_name(rng)
+        if rng.random() < 0.3 and "/" in name:
+            name = name.split("/", 1)[1]
+        if rng.random() < 0.25 and not name.endswith(("nf4", "int8")):
+            name += rng.choice(("-nf4", "-int8"))
+        if name not in names and name != "demo":
+            names.append(name)
+    for name in names:
+        prec = ("nf4" if name.endswith("nf4") else "int8" if name.endswith("int8") else
+                rng.choices([p for p, _ in _PRECISIONS], weights=[w for _, w in _PRECISIONS])[0])
+        arch = rng.choice(_ARCHS)[0]
+        params = 7966720 if name.startswith("demo") else rng.choice(
+            (8028033024, 34980831232, 103810674688, 8030261248, 111057580032, 32298647552, 35000000000))
+        if rng.random() < 0.05:
+            arch, params = None, None
+        out.append({"name": name, "builtin": False, "architecture": arch, "parameters": params, "precision": prec})
+    return out
+
+
+def tool_result(entries: list[dict]) -> str:
+    """The `tool` message text run_tool gives for list_models' return value."""
+    return json.dumps(entries, ensure_ascii=False)
+
+
+def models_answer(entries: list[dict], rng: random.Random | None = None) -> str:
+    """The answer from list_models' result: every name, in the result's order."""
+    names = [e["name"] for e in entries]
+    if not names:
+        return "You have no models yet. Download one with `cohere download`, or chat with the built-in demo."
+    if len(names) == 1:
+        return f"You have one model: {names[0]}."
+    return "You have these models:\n" + "\n".join(f"- {n}" for n in names)
+
+
+def _tools_for(rng: random.Random) -> list[dict]:
+    tools = [LIST_MODELS_SCHEMA]
+    k = rng.choices((0, 1, 2, 3), weights=(0.4, 0.3, 0.2, 0.1))[0]
+    tools += rng.sample(OTHER_TOOLS, k)
+    rng.shuffle(tools)
+    return tools
+
+
+def _call_message(rng: random.Random) -> dict:
+    return {"role": "assistant", "tool_calls": [{"id": f"call_{rng.getrandbits(48):012x}", "type": "function",
+                                                 "function": {"name": "list_models", "arguments": {}}}]}
+
+
+def sample_model_question(rng: random.Random) -> str:
+    t = rng.choice(MODEL_QUESTIONS)
+    if t not in _PARSED:
+        _PARSED[t] = _parse(t)
+    q = _tidy(_sample_parsed(_PARSED[t], rng))
+    return q[0].upper() + q[1:]
+
+
+_TOOL_HELDOUT_KEYS = {normalize(q) for q in TOOL_HELDOUT}
+
+
+def tool_conversations(seed: int, n: int = 1100) -> list[dict]:
+    """`n` deterministic tool samples: 30% a models question -> the list_models action; 50% the same with the
+    action and its result in the history -> the answer naming the result's models (0-5 store entries); 20% another
+    question (a help-desk one) with tools present -> its plain answer. A fifth start with a system preamble, some
+    after an earlier help-desk exchange."""
+    rng = random.Random(seed * 7919 + 17)
+    out: list[dict] = []
+    while len(out) < n:
+        msgs: list[dict] = []
+        if rng.random() < 0.2:
+            msgs.append({"role": "system", "content": rng.choice(SYSTEM_PREAMBLES)})
+        if rng.random() < 0.15:
+            q, a = _qa(_pick_intent(rng, exclude="list"), rng)
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        kind = rng.random()
+        if kind < 0.8:  # 0-0.3 the call, 0.3-0.8 the answer from its result
+            q = sample_model_question(rng) if rng.random() < 0.85 else _surface(sample_model_question(rng), rng)
+            if normalize(q) in _TOOL_HELDOUT_KEYS:
+                continue
+            msgs.append({"role": "user", "content": q})
+            if kind < 0.3:
+                target = ACTION
+            else:
+                entries = store_entries(rng, rng.choices(range(6), weights=(0.1, 0.25, 0.25, 0.2, 0.12, 0.08))[0])
+                if rng.random() < 0.03:
+                    entries = []
+                msgs += [_call_message(rng), {"role": "tool", "tool_call_id": "x", "content": tool_result(entries)}]
+                msgs[-1]["tool_call_id"] = msgs[-2]["tool_calls"][0]["id"]
+                target = models_answer(entries)
+        else:
+            q, target = _qa(_pick_intent(rng, exclude="list"), rng)
+            if normalize(q) in _HELDOUT_KEYS:
+                continue
+            msgs.append({"role": "user", "content": q})
+        out.append({"tools": _tools_for(rng), "messages": msgs, "target": target})
+    return out
+
+
+def tool_eval_cases() -> dict:
+    """For scripts/eval_demo.py: held-out model questions (-> a list_models call), stores of held-out made-up names
+    (-> an answer naming all of them) and help-desk questions with tools present (-> a plain answer naming the
+    command)."""
+    rng = random.Random(4321)
+    stores = []
+    for k in (1, 2, 2, 3, 3, 4, 4, 5, 2, 3):
+        entries = store_entries(rng, k, demo=rng.random() < 0.5)
+        stores.append((TOOL_HELDOUT[len(stores) % len(TOOL_HELDOUT)], entries))
+    direct = [(q, e) for q, e in eval_questions()[0] if e in ("cohere quantize", "cohere download", "/exit",
+                                                              "cohere bench", "--temperature")]
+    return {"calls": list(TOOL_HELDOUT), "stores": stores, "direct": direct}
+
+
+def check_tool_heldout() -> None:
+    keys = {normalize(q) for t in MODEL_QUESTIONS for q in expand(t)}
+    for q in TOOL_HELDOUT:
+        assert normalize(q) not in keys, f"held-out tool question appears in training: {q!r}"
 
 if __name__ == "__main__":  # a quick look at the data and the self-checks
     check_heldout()
