@@ -159,12 +159,12 @@ class Term:
         self.p.wait()
 
 
-def screen_lines(data: bytes) -> list[str]:
-    """The scrollback and screen of an 80x24 terminal after `data` (as a pty passes it: LF to CR LF)."""
-    screen = pyte.HistoryScreen(COLS, ROWS, history=100_000)
+def screen_lines(data: bytes, cols: int = COLS) -> list[str]:
+    """The scrollback and screen of a `cols`x24 terminal after `data` (as a pty passes it: LF to CR LF)."""
+    screen = pyte.HistoryScreen(cols, ROWS, history=100_000)
     pyte.ByteStream(screen).feed(data.replace(b"\n", b"\r\n"))
     rows = [*screen.history.top, *(screen.buffer[y] for y in range(ROWS))]
-    lines = [("".join(row[x].data for x in range(COLS))).rstrip() for row in rows]
+    lines = [("".join(row[x].data for x in range(cols))).rstrip() for row in rows]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -235,6 +235,30 @@ def test_a_tall_tail_streamed_in_pieces_ends_as_if_printed_at_once(kind):
             pieces.append(text[i : i + n])
             i += n
         assert shown(pieces, fps=1e9) == at_once, seed
+
+
+@pytest.mark.parametrize("case", ["span closes", "terminal widens"])
+def test_a_tail_that_rewraps_after_its_top_was_printed_loses_nothing(case):
+    """Lines already printed above the screen cannot be redrawn; when the tail re-wraps under them (a `**` that closes
+    removes characters from lines above; a wider terminal changes every line), the next lines go on exactly where
+    the printed text stopped: every word on the screen once, in order (the reviewer's repro lost w0163)."""
+    from rich.console import Console
+
+    from cohere_cli.ui.mdstream import MarkdownStream
+
+    words = [f"w{i:04d}" for i in range(400)]
+    text = "QQQQ **bold " + " ".join(words) + " end** tail."
+    out, wide = io.StringIO(), 120
+    console = Console(file=out, width=COLS, height=ROWS, force_terminal=True, highlight=False, color_system=None)
+    stream = MarkdownStream(console, fps=1e9)
+    for k in range(0, len(text), 7):
+        if case == "terminal widens" and k == 7 * 200:
+            console.width = wide
+        stream.update(text[k : k + 7])
+    stream.close()
+    shown = screen_lines(out.getvalue().encode(), cols=wide)
+    assert WORD.findall("\n".join(shown)) == words, "\n".join(shown)
+    assert "tail." in shown[-1] or "tail." in "\n".join(shown[-3:])
 
 
 def test_keys_typed_during_an_answer_are_not_echoed_into_it(endless, tmp_path):

@@ -73,13 +73,17 @@ class MarkdownStream:
     The unfinished tail is redrawn only while it fits on the screen: rich's Live cannot move the cursor above the
     top of the screen, so a taller live region would be written again, whole, below what scrolled off, every frame.
     When the rendered tail gets taller than the screen, its top lines are printed once, as final (they would
-    scroll off anyway), and only the bottom part stays live; `shown` counts the tail's rendered lines printed so.
-    (What is printed stays as it was printed: should a block's layout change later, a table whose columns widen as
-    rows arrive, or the terminal's width, the lines above the screen keep the old one.)"""
+    scroll off anyway), and only the bottom part stays live.
+
+    What is printed is tracked as text, not as a number of lines: `printed` counts the tail's characters already
+    on the screen (whitespace and the markers `*_`~` not counted; a blank line counts one). A tail can re-wrap after its top was printed: a
+    `**` that closes removes two characters from a line above, a resize changes every line. Each redraw renders
+    the tail again and skips exactly the characters printed, cutting a line in the middle if it must, so nothing is
+    lost or shown twice; only the line breaks above the screen keep their old places."""
 
     def __init__(self, console: Console | None = None, fps: float = 12.0):
         self.console = console or Console(highlight=False)
-        self.text, self.committed, self.shown = "", 0, 0
+        self.text, self.committed, self.printed = "", 0, 0
         self.min_interval, self.last_draw = 1.0 / fps, 0.0
         self.live = Live(console=self.console, auto_refresh=False, transient=True, vertical_overflow="visible")
         self.live.start()
@@ -98,26 +102,60 @@ class MarkdownStream:
         return self.console.render_lines(VisibleMarkdown(markdown), self.console.options, pad=False)
 
     def _draw(self, cut: int) -> None:
-        committed, shown, final = self.committed, self.shown, []
+        committed, printed, final = self.committed, self.printed, []
         if cut > committed:  # finished blocks: printed once above the live region, less what already was
-            final = self._lines(self.text[committed:cut])[shown:]
-            committed, shown = cut, 0
-        tail = self._lines(self.text[committed:])
-        over = len(tail) - shown - max(1, self.console.size.height - 2)
+            final = _skip(self._lines(self.text[committed:cut]), printed)
+            committed, printed = cut, 0
+        tail = _skip(self._lines(self.text[committed:]), printed)
+        over = len(tail) - max(1, self.console.size.height - 2)
         if over > 0:  # the top of a tail taller than the screen: final now
-            final += tail[shown : shown + over]
-            shown += over
-        self.live.update(_segments(tail[shown:]), refresh=not final)
+            final += tail[:over]
+            printed += sum(_weight(line) for line in tail[:over])
+            tail = tail[over:]
+        self.live.update(_segments(tail), refresh=not final)
         if final:  # printing above a Live redraws it once, with the renderable just set
             self.live.console.print(_segments(final))
-        self.committed, self.shown = committed, shown  # once printed: a Ctrl-C before then loses nothing (close)
+        self.committed, self.printed = committed, printed  # once printed: a Ctrl-C before then loses nothing (close)
 
     def close(self, suffix: str = "") -> None:
         self.live.update("", refresh=True)
         self.live.stop()
         rest = self.text[self.committed :] + inert(suffix)
         if rest.strip():
-            self.console.print(_segments(self._lines(rest)[self.shown :]))
+            self.console.print(_segments(_skip(self._lines(rest), self.printed)))
+
+
+_UNCOUNTED = frozenset(" \t\n\r\xa0*_`~")  # whitespace moves when a line re-wraps; markers vanish when a span closes
+
+
+def _weight(line: list[Segment]) -> int:
+    """The line's counted characters; a blank line (a block's margin, which does not move when text re-wraps)
+    counts as one, so that it is not printed twice."""
+    return sum(1 for seg in line if not seg.control for ch in seg.text if ch not in _UNCOUNTED) or 1
+
+
+def _skip(lines: list[list[Segment]], printed: int) -> list[list[Segment]]:
+    """`lines` less their first `printed` counted characters; a line printed in part keeps its rest."""
+    for i, line in enumerate(lines):
+        if printed <= 0:
+            return lines[i:]
+        w = _weight(line)
+        if w <= printed:
+            printed -= w
+            continue
+        rest: list[Segment] = []
+        for seg in line:
+            if seg.control or printed <= 0:
+                rest.append(seg)
+                continue
+            for j, ch in enumerate(seg.text):
+                if printed <= 0:
+                    rest.append(Segment(seg.text[j:], seg.style))
+                    break
+                if ch not in _UNCOUNTED:
+                    printed -= 1
+        return [rest] + lines[i + 1 :]
+    return []
 
 
 def _segments(lines: list[list[Segment]]) -> Segments:
