@@ -183,3 +183,15 @@ def test_every_command_says_the_same_of_a_folder_without_config_json(tmp_path, c
     assert all(line.startswith(want) for line in lines.values()), lines
     assert len(set(lines.values())) == 1, lines  # word for word
     assert "tokenizer.json" not in lines["chat"] and "cohere models" in lines["chat"]
+
+
+@pytest.mark.parametrize("vocab", ["abc", [1], True, -5, None])
+def test_a_tampered_vocab_in_a_manifest_report_is_ignored(vocab):
+    """The report's `vocab` comes from a manifest (untrusted): a value that is not a positive number is left out,
+    never a traceback in `cohere models info` (the reviewer's repro: "vocab": "abc")."""
+    from cohere_cli.bench.quality import format_report
+
+    d = dict(tokens=100, windows=1, window=128, dtype="float32", parent_perplexity=1.0e5, perplexity=1.1e5,
+             kl_mean=0.01, kl_p99=0.1, top1_agreement=0.9, vocab=vocab)
+    text = "\n".join(format_report(d))
+    assert "perplexity" in text and "uniform guess" not in text

@@ -84,3 +84,11 @@ def test_a_flag_given_a_value_says_flags_take_none(tmp_path):
     so instead of only 'no store entry named true'."""
     r = cohere("chat", "--plain", "true", "--prompt", "hi", home=tmp_path)
     assert r.returncode != 0 and "takes no value" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_empty_prompt_on_stdin_or_in_a_file_is_one_error_line(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    for args, stdin in ((("generate", "demo"), ""), (("chat", "demo", "-"), ""), (("generate", "demo", "-f", str(empty)), None)):
+        r = cohere(*args, stdin=stdin, home=tmp_path)
+        assert r.returncode != 0 and "is empty" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -88,7 +88,8 @@ def format_report(d: dict, parent: str | None = None) -> list[str]:
         f"predictions)",
         f"  top-1 agreement {d['top1_agreement'] * 100:.1f}% (how often both models pick the same next token)",
     ]
-    vocab = d.get("vocab")
+    vocab = d.get("vocab")  # from a manifest: untrusted, a number or nothing
+    vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 else None
     if ppl_p > HIGH_PERPLEXITY or (vocab and ppl_p > vocab):
         how = (f"worse than a uniform guess among its {vocab:,} tokens" if vocab and ppl_p > vocab
                else "far above the 5 to 30 of a general model")

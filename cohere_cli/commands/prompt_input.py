@@ -25,7 +25,10 @@ def _text(data: bytes, where: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"the prompt in {where} is not UTF-8 text") from None
-    return text.rstrip("\r\n")  # as `$(cat FILE)` would pass it
+    text = text.rstrip("\r\n")  # as `$(cat FILE)` would pass it
+    if not text.strip():  # `</dev/null`, an empty file: a mistake, not a wish to generate from nothing
+        raise UsageError(f"the prompt in {where} is empty: give the text as an argument, on stdin or in a file")
+    return text
 
 
 def resolve_prompt(prompt: str | None, prompt_file: Path | None, *, what: str) -> str | None:
