@@ -7,7 +7,8 @@ _cohere_store_names() {  # add to COMPREPLY the store names that start with $1
     shopt -q failglob && fg=1 && shopt -u failglob
     for m in "$root"/models/*/manifest.json; do
         n="${m%/manifest.json}"; n="${n##*/}"; n="${n/--//}"  # folder "Org--repo": entry "Org/repo"
-        [[ -f $m && $n != .* && $n == "$cur"* ]] && COMPREPLY+=("$n")
+        # quoted as a word (%q): a name with a space, $( ) or * from the store's folder names is inserted inert
+        [[ -f $m && $n != .* && $n == "$cur"* ]] && COMPREPLY+=("$(printf '%q' "$n")")
     done
     [[ -n $fg ]] && shopt -s failglob
     return 0
@@ -15,7 +16,7 @@ _cohere_store_names() {  # add to COMPREPLY the store names that start with $1
 _cohere_model() {  # MODEL: a store name or a checkpoint folder
     local d
     _cohere_store_names "$1"
-    while IFS= read -r d; do COMPREPLY+=("$d/"); done < <(compgen -d -- "$1")
+    while IFS= read -r d; do COMPREPLY+=("$(printf '%q/' "$d")"); done < <(compgen -d -- "$1")
     [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == */ ]] && compopt -o nospace 2>/dev/null
     return 0
 }

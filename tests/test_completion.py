@@ -237,3 +237,14 @@ def test_cli_shows_and_checks_choices(tmp_path):
     r = run("bench", "--precision", "bf16,int3")  # refused before any work (no model is loaded)
     assert r.returncode == 2 and r.stderr.strip() == "error: --precision 'int3' is not one of bf16, fp32, fp16, " \
                                                      "int8, nf4, fp4", r.stderr
+
+
+def test_bash_inserts_odd_store_names_as_one_inert_word(tmp_path, cwd, home):
+    """Folder names in the store are untrusted text: a space, `$( )` or `*` is completed quoted (printf %q), one
+    word that bash will neither split, substitute nor glob (the reviewer's `my model` and `dollar$(touch_x)`)."""
+    for name in ("my model", "dollar$(touch_x)", "star*glob"):
+        (home / "models" / name).mkdir(parents=True)
+        (home / "models" / name / "manifest.json").write_text("{}")
+    got = bash_complete(tmp_path, cwd, home, ["cohere", "chat", "my"], ["cohere", "chat", "dollar"],
+                        ["cohere", "chat", "star"])
+    assert got == [{"my\\ model"}, {"dollar\\$\\(touch_x\\)"}, {"star\\*glob"}]
