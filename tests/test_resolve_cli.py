@@ -121,3 +121,14 @@ def test_rm_never_removes_a_short_form_on_yes(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "removed Org/nl" in r.stderr
     r = runner.invoke(app, ["models", "rm", "Other/ab", "--yes"])
     assert r.exit_code == 0 and store.get_entry("Other/ab") is None
+
+
+def test_a_folder_without_a_checkpoint_does_not_hide_a_name(tmp_path, monkeypatch):
+    """`mkdir demo && cohere models info demo`: a folder in the current directory with no config.json does not hide
+    the built-in demo (the README: `demo` is always the built-in); a folder with a config.json still wins."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COHERE_CLI_HOME", str(tmp_path / "home"))
+    (tmp_path / "demo").mkdir()
+    assert store.locate("demo").builtin
+    (tmp_path / "empty").mkdir()
+    assert store.locate("empty").folder == Path("empty")  # no such name: the folder, and its own error later

@@ -257,8 +257,11 @@ def locate(spec: str) -> Located:
     """MODEL as given on the command line -> Located, in the module docstring's order. Raises ModelNotFound with
     close matches and what to run otherwise."""
     p = Path(spec).expanduser()
-    if p.is_dir():
+    if p.is_dir() and (p / "config.json").exists():
         return Located(p)
+    if p.is_dir() and not any(n(spec) for n in (get_entry, builtin_entry, match_entry)):
+        return Located(p)  # a folder that is not a checkpoint, and no name: the caller says "no config.json"
+    # a folder named `demo` in the current directory that holds no checkpoint does not hide the built-in
     exact = get_entry(spec)
     if exact is not None:  # a store entry named exactly `demo` wins over the built-in
         return Located(exact.path, exact)
