@@ -112,9 +112,10 @@ class MarkdownStream:
             final += tail[:over]
             printed += sum(_weight(line) for line in tail[:over])
             tail = tail[over:]
-        self.live.update(_segments(tail), refresh=not final)
-        if final:  # printing above a Live redraws it once, with the renderable just set
+        self.live.update(_segments(tail))
+        if final:  # printed above the live region (which rich redraws after it, as it was before this update)
             self.live.console.print(_segments(final))
+        self.live.refresh()  # the region with the new tail: without this the tail shown is the previous frame's
         self.committed, self.printed = committed, printed  # once printed: a Ctrl-C before then loses nothing (close)
 
     def close(self, suffix: str = "") -> None:
