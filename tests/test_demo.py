@@ -23,6 +23,7 @@ from cohere_cli.engine.tokenizer import read_chat_templates
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_data  # noqa: E402
+from eval_demo import tool_turn  # noqa: E402 - the eval's greedy tool turn, one copy for both
 
 DEMO = Path(cohere_cli.__file__).parent / "data" / "demo"
 NAMED = demo_data.named_commands_and_flags()
@@ -157,24 +158,6 @@ def _list_models_schema() -> dict:
     return load_tools("list_models")[0].schema
 
 
-def _tool_turn(rt, messages: list[dict], max_tokens: int):
-    """Greedy output for `messages` with tools=[list_models] (the tool_use template), read by ToolCallParser."""
-    from cohere_cli.engine.generate import stream_generate
-    from cohere_cli.engine.sampling import SamplingParams
-    from cohere_cli.engine.toolcalls import FORMAT_COMMAND_R, ToolCallParser, template_messages
-
-    prompt = rt.tokenizer.apply_chat_template(template_messages(messages), tools=[_list_models_schema()],
-                                              add_generation_prompt=True)
-    ids = rt.tokenizer.encode(prompt, add_bos=False)
-    parser = ToolCallParser(FORMAT_COMMAND_R, tools=["list_models"])
-    text = ""
-    for r in stream_generate(rt.model, rt.tokenizer, ids, SamplingParams(), max_tokens):
-        text += r.text
-        parser.feed(r.text)
-    parser.finish()
-    return prompt, ids, text, parser
-
-
 def test_tool_data_is_what_the_tool_and_the_template_give():
     """The training data's list_models schema and result text are the built-in tool's, and its action is exactly
     what the tool_use template renders for that call in the history (so a chat replays what the model wrote)."""
@@ -206,7 +189,7 @@ def test_tool_prompt_fits_the_context(rt):
 
 @needs_tools
 def test_demo_calls_list_models_when_asked_which_models_it_has(rt):
-    _, _, text, parser = _tool_turn(rt, [{"role": "user", "content": "which models do I have?"}], 64)
+    text, parser = tool_turn(rt, [{"role": "user", "content": "which models do I have?"}], 64)
     assert not parser.failed and not parser.directly_answer, text
     assert [c["function"]["name"] for c in parser.tool_calls] == ["list_models"], text
     assert json.loads(parser.tool_calls[0]["function"]["arguments"]) == {}
@@ -223,14 +206,14 @@ def test_demo_answers_with_the_models_of_the_result(rt):
     history = [{"role": "user", "content": "which models do I have?"},
                {"role": "assistant", "content": None, "tool_calls": [call]},
                {"role": "tool", "tool_call_id": "call_0", "content": json.dumps(entries)}]
-    _, _, text, parser = _tool_turn(rt, history, 96)
+    text, parser = tool_turn(rt, history, 96)
     assert not parser.tool_calls and not parser.failed, text
     assert "acme/owl-notes-3b" in text and "vega-chat-int8" in text, text
 
 
 @needs_tools
 def test_demo_with_the_tool_still_answers_help_desk_questions_directly(rt):
-    _, _, text, parser = _tool_turn(rt, [{"role": "user", "content": _TRAIN_QS["cohere bench"]}], 32)
+    text, parser = tool_turn(rt, [{"role": "user", "content": _TRAIN_QS["cohere bench"]}], 32)
     assert not parser.tool_calls and not parser.failed and "cohere bench" in text, text
 
 
