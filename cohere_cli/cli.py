@@ -355,6 +355,37 @@ def bench(
                       json_out=json_out, compare_to=compare_to)
 
 
+# ---- serve (issue #20) ---------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint folder or store name (default: the built-in demo model).")
+    ] = "demo",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; one other than loopback needs "
+                                      "--api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    api_key: Annotated[
+        Optional[str], typer.Option("--api-key", envvar="COHERE_CLI_API_KEY",
+                                    help="Require Authorization: Bearer KEY (or set $COHERE_CLI_API_KEY).")
+    ] = None,
+    ctx: Annotated[
+        Optional[int], typer.Option("--ctx", min=16, help="Context per request (default: the model's, at most 8192).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=256, help="Requests decoded together.")] = 8,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=0, max=4096, help="Requests waiting for a slot; past it: 503.")
+    ] = 64,
+    dtype: Dtype = "auto",
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (chat, completions, tools, documents; streamed or not).
+
+    Binds 127.0.0.1 by default; Ctrl-C stops it."""
+    from cohere_cli.commands.serve import run_serve
+
+    run_serve(model, host=host, port=port, api_key=api_key, ctx=ctx, max_batch=max_batch, max_queue=max_queue,
+              dtype=dtype)
+
+
 # ---- the one error boundary ----------------------------------------------------------------------------------------
 def main() -> None:
     try:

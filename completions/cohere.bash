@@ -44,6 +44,7 @@ _cohere_complete() {
             ":generate") path="generate" ;;
             ":models") path="models" ;;
             ":quantize") path="quantize" ;;
+            ":serve") path="serve" ;;
             "models:info") path="models info" ;;
             "models:rm") path="models rm" ;;
             "models:verify") path="models verify" ;;
@@ -53,6 +54,7 @@ _cohere_complete() {
             "generate:--prompt-file"|"generate:-f"|"generate:--max-tokens"|"generate:-n"|"generate:--temperature"|"generate:-t"|"generate:--top-k"|"generate:--top-p"|"generate:--min-p"|"generate:--repetition-penalty"|"generate:--seed"|"generate:--dtype"|"generate:--endpoint"|"generate:--api-key"|"generate:--served-model"|"generate:--timeout") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             "models info:--seq") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             "quantize:--bits"|"quantize:--quant-type"|"quantize:--blocksize"|"quantize:--keep"|"quantize:--head"|"quantize:--output"|"quantize:-o") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
+            "serve:--host"|"serve:--port"|"serve:--api-key"|"serve:--ctx"|"serve:--max-batch"|"serve:--max-queue"|"serve:--dtype") i=$((i + 1)); [[ ${COMP_WORDS[i]} == = ]] && i=$((i + 1)) ;;
             *) [[ $w == -* || $w == = ]] || npos=$((npos + 1)) ;;
         esac
     done
@@ -118,14 +120,21 @@ _cohere_complete() {
         "quantize:--keep") compopt +o default 2>/dev/null; return ;;
         "quantize:--head") COMPREPLY=($(compgen -W "int8 float" -- "$cur")); return ;;
         "quantize:--output"|"quantize:-o") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "serve:--host") compopt +o default 2>/dev/null; return ;;
+        "serve:--port") compopt +o default 2>/dev/null; return ;;
+        "serve:--api-key") compopt +o default 2>/dev/null; return ;;
+        "serve:--ctx") compopt +o default 2>/dev/null; return ;;
+        "serve:--max-batch") compopt +o default 2>/dev/null; return ;;
+        "serve:--max-queue") compopt +o default 2>/dev/null; return ;;
+        "serve:--dtype") COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
     esac
     if [[ $cur != -* ]]; then
         case "$path:$npos" in
-            "bench:0"|"chat:0"|"generate:0"|"models info:0"|"models rm:0"|"models verify:0"|"quantize:0") _cohere_model "$cur"; return ;;
+            "bench:0"|"chat:0"|"generate:0"|"models info:0"|"models rm:0"|"models verify:0"|"quantize:0"|"serve:0") _cohere_model "$cur"; return ;;
         esac
     fi
     case "$path" in
-        "") COMPREPLY=($(compgen -W "bench chat download generate models quantize --version --help" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "bench chat download generate models quantize serve --version --help" -- "$cur")) ;;
         "bench") COMPREPLY=($(compgen -W "--seq --gen --precision --repeat --threads --device --json --compare-to --endpoint --api-key --served-model --concurrency --timeout --help" -- "$cur")) ;;
         "chat") COMPREPLY=($(compgen -W "--prompt -p --prompt-file -f --system -s --history --template --doc --citations --plain --on-overflow --ctx --max-tokens -n --temperature -t --top-k --top-p --min-p --repetition-penalty --seed --dtype --json --endpoint --api-key --served-model --timeout --tools --yes -y --max-steps --think --no-think --think-budget --hide-thinking --help" -- "$cur")) ;;
         "download") COMPREPLY=($(compgen -W "--revision -r --include --exclude --token --dry-run --max-workers --json --help" -- "$cur")) ;;
@@ -135,6 +144,7 @@ _cohere_complete() {
         "models rm") COMPREPLY=($(compgen -W "--yes -y --partial --help" -- "$cur")) ;;
         "models verify") COMPREPLY=($(compgen -W "--json --help" -- "$cur")) ;;
         "quantize") COMPREPLY=($(compgen -W "--bits --quant-type --blocksize --double-quant --no-double-quant --keep --head --output -o --force --no-eval --help" -- "$cur")) ;;
+        "serve") COMPREPLY=($(compgen -W "--host --port --api-key --ctx --max-batch --max-queue --dtype --help" -- "$cur")) ;;
     esac
 }
 complete -o default -F _cohere_complete cohere
