@@ -28,9 +28,13 @@ def check_exposure(host: str, api_key: str | None) -> None:
                          f"COHERE_CLI_API_KEY) to serve there, or leave --host at 127.0.0.1")
 
 
-def served_name(ck) -> str:
-    """What /v1/models lists: the store name or `demo`; a folder's own name (never its path: that is ours)."""
-    return ck.name if ck.name == ck.key else ck.folder.name
+def served_name(model: str, folder) -> str:
+    """What /v1/models lists: the store name or `demo` (a client finds its local copy by that name); a folder's own
+    name, never its path (where our files are is none of a client's business)."""
+    from cohere_cli.store import locate
+
+    loc = locate(model)
+    return loc.name if loc.entry is not None or loc.builtin else folder.name
 
 
 def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int | None, max_batch: int,
@@ -50,7 +54,7 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
     info(rt.summary())
     context = min(ctx or min(rt.context, DEFAULT_CTX_CAP), rt.context)
     engine = BatchEngine(rt.model, rt.tokenizer, max_batch=max_batch, context=context, max_queue=max_queue)
-    served = Served(served_name(ck), rt.tokenizer, context, rt.folder, generation_defaults(rt.folder))
+    served = Served(served_name(model, ck.folder), rt.tokenizer, context, rt.folder, generation_defaults(rt.folder))
     worker = Worker(engine)
     config = uvicorn.Config(create_app(served, worker, api_key=api_key), host=host, port=port, lifespan="off",
                             log_level="warning", access_log=False, timeout_graceful_shutdown=5,
@@ -62,11 +66,15 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
         raise UsageError(f"cannot listen on {host}:{port}: is the port in use? (--port N)") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    info(f"serving {served.name} at http://{shown}:{bound}/v1 (OpenAI API: /v1/chat/completions, /v1/completions, "
-         f"/v1/models; context {context}, batch {max_batch}, queue {max_queue}"
-         f"{', API key required' if api_key else ''}); Ctrl-C stops")
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            # said once uvicorn listens and handles Ctrl-C itself: from here on a Ctrl-C is a clean stop
+            info(f"serving {served.name} at http://{shown}:{bound}/v1 (OpenAI API: /v1/chat/completions, "
+                 f"/v1/completions, /v1/models; context {context}, batch {max_batch}, queue {max_queue}"
+                 f"{', API key required' if api_key else ''}); Ctrl-C stops")
+
         def handle_exit(self, sig, frame):
             worker.stop()  # open answers end now, so the graceful shutdown does not wait for them
             super().handle_exit(sig, frame)
