@@ -44,7 +44,10 @@ def _driver() -> None:
         for i, r in enumerate(said(*a, **kw), 1):
             yield r
             if i == pause:
-                (folder / f"held.{answers[0]}").write_text(_echo())
+                # written whole, then renamed: the test reads it as soon as it exists, never a half-written file
+                held, whole = folder / f"held.{answers[0]}", folder / f"held.{answers[0]}.tmp"
+                whole.write_text(_echo())
+                os.replace(whole, held)
                 go, deadline = folder / f"go.{answers[0]}", time.monotonic() + HOLD_LIMIT
                 while not go.exists():
                     assert time.monotonic() < deadline, "the test never let the answer go on"
@@ -149,7 +152,10 @@ class Term:
         return sum("tok/s" in s for s in self.lines())
 
     def end(self) -> None:
-        """Ctrl-D, and the chat ends."""
+        """Ctrl-D at a prompt, and the chat ends. Only once the prompt shows, so in raw mode: sent while the chat
+        still prints an answer's status line (the tty in cooked mode), the tty would keep it as a NUL for the next
+        read, which prompt-toolkit takes for Ctrl-@, and the chat would go on."""
+        self.until(lambda: self.cursor_line().startswith(">>>"), "a prompt to end the chat at")
         self.p.sendeof()
         while True:
             try:
@@ -177,12 +183,19 @@ def between(lines: list[str], start: str, end: str) -> list[str]:
     return lines[i + 1 : j]
 
 
+def tall_paragraph() -> tuple[list[str], str]:
+    """A short paragraph, then one of 420 lines of ten words (25,220 characters): the words, and the text."""
+    words = [f"w{i:04d}" for i in range(1, 4201)]
+    return words, "A first paragraph.\n\n" + "\n".join(" ".join(words[i : i + 10]) for i in range(0, len(words), 10)) + "\n"
+
+
 def test_an_answer_taller_than_the_terminal_is_written_once(endless, tmp_path):
     """An unfinished paragraph taller than the screen: what scrolls off is written once, as final, only what is still
     on the screen is redrawn; the answer ends complete, in order, every line once, in bounded bytes."""
-    words = [f"w{i:04d}" for i in range(1, 4201)]
-    text = "A first paragraph.\n\n" + "\n".join(" ".join(words[i : i + 10]) for i in range(0, len(words), 10)) + "\n"
-    piece = 1500  # 20 pieces: even if every piece is a frame, the redraws stay within the bound below
+    words, text = tall_paragraph()
+    # 17 pieces. How many are frames depends on the machine (at most 12 a second); with every one a frame the bytes
+    # stay within the bound below, and the screen is in order after every write (test_every_write_of_a_tall_...)
+    piece = 1500
     t = Term(tmp_path, text, piece, pause=8, args=[str(endless), "--max-tokens", "40"])
     t.prompt(1)
     t.p.send("go on\r")
@@ -235,6 +248,44 @@ def test_a_tall_tail_streamed_in_pieces_ends_as_if_printed_at_once(kind):
             pieces.append(text[i : i + n])
             i += n
         assert shown(pieces, fps=1e9) == at_once, seed
+
+
+def test_every_write_of_a_tall_answer_leaves_the_screen_in_order():
+    """MarkdownStream itself, every piece a frame (the most frames a slow machine can get): after each write to the
+    terminal, where a reader may look before the next one comes, the screen shows the answer's start, in order. Rich
+    redraws its live region after a print above it as it was at the last refresh: printing final lines in one write
+    and the new tail in the next showed the old tail under them in between (words twice, seen mid-answer by the test
+    above on a loaded machine). And the whole answer stays within that test's bound of 3 bytes a character."""
+    from rich.console import Console
+
+    from cohere_cli.ui.mdstream import MarkdownStream
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.each: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.each.append(s)
+            return super().write(s)
+
+    words, text = tall_paragraph()
+    out = Writes()
+    stream = MarkdownStream(Console(file=out, width=COLS, height=ROWS, force_terminal=True, highlight=False,
+                                    color_system=None), fps=1e9)
+    for i in range(0, len(text), 1500):
+        stream.update(text[i : i + 1500])
+    stream.close()
+    screen = pyte.HistoryScreen(COLS, ROWS, history=100_000)
+    feed = pyte.ByteStream(screen).feed
+    for n, s in enumerate(out.each, 1):
+        feed(s.replace("\n", "\r\n").encode())
+        rows = [*screen.history.top, *(screen.buffer[y] for y in range(ROWS))]
+        seen = WORD.findall("\n".join("".join(row[x].data for x in range(COLS)) for row in rows))
+        assert seen == words[: len(seen)], f"after write {n} of {len(out.each)}: words repeated or missing"
+    assert seen == words
+    written = len(out.getvalue().encode()) + out.getvalue().count("\n")  # a pty writes a LF as CR LF
+    assert written < 3 * len(text), f"{written} bytes written for a {len(text)}-character answer"
 
 
 @pytest.mark.parametrize("case", ["span closes", "terminal widens"])

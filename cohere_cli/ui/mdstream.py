@@ -112,18 +112,25 @@ class MarkdownStream:
             final += tail[:over]
             printed += sum(_weight(line) for line in tail[:over])
             tail = tail[over:]
-        self.live.update(_segments(tail))
-        if final:  # printed above the live region (which rich redraws after it, as it was before this update)
-            self.live.console.print(_segments(final))
-        self.live.refresh()  # the region with the new tail: without this the tail shown is the previous frame's
-        self.committed, self.printed = committed, printed  # once printed: a Ctrl-C before then loses nothing (close)
+        # One frame, one write, in which the screen is always a prefix of the answer: rich redraws the live region
+        # after anything printed above it as it was at its last refresh, so printing the final lines under the old
+        # tail would show that stale tail below them (words twice) until the next refresh, and write it for nothing.
+        # The region is emptied first, then the final lines, then the new tail.
+        with self.console:
+            if final:
+                self.live.update(Segments([]), refresh=True)
+                self.live.console.print(_segments(final))
+                self.committed, self.printed = committed, printed  # printed: a Ctrl-C from here loses nothing
+            self.live.update(_segments(tail), refresh=True)
+        self.committed, self.printed = committed, printed
 
     def close(self, suffix: str = "") -> None:
-        self.live.update("", refresh=True)
-        self.live.stop()
-        rest = self.text[self.committed :] + inert(suffix)
-        if rest.strip():
-            self.console.print(_segments(_skip(self._lines(rest), self.printed)))
+        with self.console:  # one write: the tail never blinks out between the live region and its final print
+            self.live.update("", refresh=True)
+            self.live.stop()
+            rest = self.text[self.committed :] + inert(suffix)
+            if rest.strip():
+                self.console.print(_segments(_skip(self._lines(rest), self.printed)))
 
 
 _UNCOUNTED = frozenset(" \t\n\r\xa0*_`~")  # whitespace moves when a line re-wraps; markers vanish when a span closes
