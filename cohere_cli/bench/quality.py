@@ -22,7 +22,7 @@ from cohere_cli.errors import CheckpointError
 EVAL_TEXT = "eval_text.txt"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_WINDOW = 512
-HEAD_CHUNK = 128  # positions per lm_head chunk (a 256000-token vocabulary: 128 x 256000 fp32 = 131 MB per model)
+HEAD_LOGITS = 128 * 256000  # logits per lm_head chunk and model: 131 MB of fp32 (128 positions of a 256000 vocabulary)
 
 
 def eval_text() -> str:
@@ -115,6 +115,21 @@ def _shell(path: str, module):
     return root
 
 
+def _meta():
+    """Build modules on meta without random initialisation (checkpoint._no_init: nn.init on meta imports
+    torch._dynamo, seconds of every evaluation); every weight is read from the checkpoint."""
+    import contextlib
+
+    import torch
+
+    from cohere_cli.weights.checkpoint import _no_init
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.device("meta"))
+    stack.enter_context(_no_init())
+    return stack
+
+
 class LayerStream:
     """A checkpoint folder read one part (embedding, block i, final norm, head) at a time, float or bitsandbytes."""
 
@@ -170,37 +185,31 @@ class LayerStream:
         return shell.get_submodule(path).eval().requires_grad_(False)
 
     def block(self, i: int):
-        import torch
-
         from cohere_cli.model import Block
 
-        with torch.device("meta"):
+        with _meta():
             b = Block(self.cfg, i)
         from cohere_cli.weights.layout import fuse_block
 
         return fuse_block(self.load(f"model.layers.{i}", b))  # the inference layout load_model gives the model core
 
     def embedding(self):
-        import torch
         from torch import nn
 
-        with torch.device("meta"):
+        with _meta():
             e = nn.Embedding(self.cfg.vocab_size, self.cfg.hidden_size)
         return self.load("model.embed_tokens", e).weight
 
     def norm(self):
-        import torch
-
         from cohere_cli.model import LayerNorm
 
-        with torch.device("meta"):
+        with _meta():
             n = LayerNorm(self.cfg.hidden_size, self.cfg.norm_eps)
         return self.load("model.norm", n)
 
     def head(self, embedding) -> Callable:
         """x (..., H) -> logits (..., V) in float32 with logit_scale, exactly like CohereForCausalLM's last step
         (for a quantized checkpoint on CPU, with the int8 head load_model builds)."""
-        import torch
         import torch.nn.functional as F
         from torch import nn
 
@@ -211,7 +220,7 @@ class LayerStream:
             w = embedding if embedding is not None else self.embedding()
             lm = lambda x: F.linear(x, w)  # noqa: E731
         else:
-            with torch.device("meta"):
+            with _meta():
                 lin = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size, bias=False)
             lm = self.load("lm_head", lin)
             w = lm.weight
@@ -313,10 +322,11 @@ def _evaluate(model, parent, tokenizer_folder, text, max_tokens, window, dtype, 
     nll_p, nll_q, kls, agree = [], [], [], []
     hp, hq = h_p[:, :-1].reshape(-1, h_p.shape[-1]), h_q[:, :-1].reshape(-1, h_q.shape[-1])
     tg = targets.reshape(-1)
-    for s in range(0, tg.numel(), HEAD_CHUNK):
-        lp = torch.log_softmax(head_p(hp[s : s + HEAD_CHUNK]), dim=-1)  # (c, V) float32
-        lq = torch.log_softmax(head_q(hq[s : s + HEAD_CHUNK]), dim=-1)
-        t = tg[s : s + HEAD_CHUNK, None]
+    chunk = max(128, HEAD_LOGITS // q_stream.cfg.vocab_size)  # positions per head call: one call for a small vocab
+    for s in range(0, tg.numel(), chunk):
+        lp = torch.log_softmax(head_p(hp[s : s + chunk]), dim=-1)  # (c, V) float32
+        lq = torch.log_softmax(head_q(hq[s : s + chunk]), dim=-1)
+        t = tg[s : s + chunk, None]
         nll_p.append(-lp.gather(-1, t)[:, 0])
         nll_q.append(-lq.gather(-1, t)[:, 0])
         kls.append((lp.exp() * (lp - lq)).sum(-1))

@@ -6,7 +6,10 @@ bitsandbytes is imported lazily (it costs ~1.5 s and logs noise on import)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import sys
 
 import torch
 
@@ -22,11 +25,46 @@ def bnb():
     if not getattr(bnb, "_quiet", False):
         log.setLevel(logging.ERROR)
         bnb._quiet = True
+    done = sys.modules.get("bitsandbytes")
+    if done is not None:
+        return done
+    real = torch.compile
+    torch.compile = _compile_on_first_call(real)  # while bitsandbytes imports
     try:
         return importlib.import_module("bitsandbytes")
     except Exception as e:  # a broken install raises all sorts of things at import
         raise CheckpointError(f"bitsandbytes is not usable here ({type(e).__name__}: {e}): reinstall it "
                               f"(pip install bitsandbytes)") from None
+    finally:
+        torch.compile = real
+
+
+def _compile_on_first_call(compile_):
+    """torch.compile, deferred to the decorated function's first call. bitsandbytes decorates some of its default
+    (pure torch) kernels with torch.compile at import; torch.compile imports torch._dynamo and inductor, 1-5 s of
+    every start that loads a quantized model, though the CPU paths here never call those kernels. The decorated
+    function compiles as before if it ever runs (bitsandbytes' own fallback to the plain function included)."""
+
+    def deferred(fn=None, **kwargs):
+        def wrap(f):
+            if not inspect.isfunction(f):  # a module or a callable object: compiled now, as torch.compile would
+                return compile_(f, **kwargs)
+            compiled = []
+
+            @functools.wraps(f)
+            def call(*args, **kw):
+                if not compiled:
+                    try:
+                        compiled.append(compile_(f, **kwargs))
+                    except Exception:  # what bitsandbytes does where torch.compile fails: the plain function
+                        compiled.append(f)
+                return compiled[0](*args, **kw)
+
+            return call
+
+        return wrap if fn is None else wrap(fn)
+
+    return deferred
 
 
 def cpu_has_bnb_kernel() -> bool:
