@@ -8,6 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+from typer.testing import CliRunner
+
+from cohere_cli.cli import app
+
 ENV = {**os.environ, "COLUMNS": "200"}
 
 
@@ -22,37 +27,63 @@ def prompt_of(r: subprocess.CompletedProcess) -> list:
     return json.loads(r.stdout)["prompt_ids"]
 
 
-def test_generate_reads_a_piped_prompt_and_dash(tmp_path):
-    direct = prompt_of(cohere("generate", "demo", "the quick fox", "-n", "2", "--json", home=tmp_path))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The prompt ids of the prompts given as arguments, each run once for the module (in-process, on the real app:
+    the argument form is the reference the piped and file forms are compared with)."""
+    home = tmp_path_factory.mktemp("home")
+    runs = {"generate fox": ["generate", "demo", "the quick fox"],
+            "chat fox": ["chat", "demo", "--prompt", "the quick fox"], "chat q": ["chat", "demo", "--prompt", "q"]}
+    out = {}
+    for key, args in runs.items():
+        r = CliRunner().invoke(app, [*args, "-n", "2", "--json"], env={"COHERE_CLI_HOME": str(home)})
+        assert r.exit_code == 0, (r.output, r.exception)
+        out[key] = json.loads(r.stdout)["prompt_ids"]
+    return out
+
+
+def test_generate_reads_a_piped_prompt_and_dash(tmp_path, reference):
+    direct = reference["generate fox"]
     piped = prompt_of(cohere("generate", "demo", "-n", "2", "--json", stdin="the quick fox\n", home=tmp_path))
     dash = prompt_of(cohere("generate", "demo", "-", "-n", "2", "--json", stdin="the quick fox\n", home=tmp_path))
     assert piped == direct == dash
 
 
-def test_prompt_file_for_generate_and_chat(tmp_path):
+def test_prompt_file_for_generate_and_chat(tmp_path, reference):
     f = tmp_path / "q.txt"
     f.write_text("the quick fox\n")
     assert (prompt_of(cohere("generate", "demo", "--prompt-file", str(f), "-n", "2", "--json", home=tmp_path))
-            == prompt_of(cohere("generate", "demo", "the quick fox", "-n", "2", "--json", home=tmp_path)))
+            == reference["generate fox"])
     assert (prompt_of(cohere("chat", "demo", "--prompt-file", str(f), "-n", "2", "--json", home=tmp_path))
-            == prompt_of(cohere("chat", "demo", "--prompt", "the quick fox", "-n", "2", "--json", home=tmp_path)))
+            == reference["chat fox"])
 
 
-def test_chat_takes_the_prompt_as_an_argument_or_dash(tmp_path):
-    want = prompt_of(cohere("chat", "demo", "--prompt", "q", "-n", "2", "--json", home=tmp_path))
+def test_chat_takes_the_prompt_as_an_argument_or_dash(tmp_path, reference):
+    want = reference["chat q"]
     assert prompt_of(cohere("chat", "demo", "q", "-n", "2", "--json", home=tmp_path)) == want
     assert prompt_of(cohere("chat", "demo", "-", "-n", "2", "--json", stdin="q\n", home=tmp_path)) == want
     assert prompt_of(cohere("chat", "demo", "--prompt", "-", "-n", "2", "--json", stdin="q", home=tmp_path)) == want
 
 
-def test_a_bad_prompt_file_is_one_error_line(tmp_path):
+def test_a_bad_prompt_file_is_one_error_line(tmp_path, capfd, monkeypatch):
+    """Through the `cohere` entry point itself (cli.main, the error boundary that writes the `error:` line),
+    in-process with the file descriptors captured; test_too_much_stdin_is_one_error_line and
+    test_an_empty_prompt_on_stdin_or_in_a_file_is_one_error_line see the same boundary from a subprocess."""
+    from cohere_cli.cli import main
+
     big = tmp_path / "big.txt"
     big.write_bytes(b"a" * ((4 << 20) + 1))
+    monkeypatch.setenv("COHERE_CLI_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
     for bad in ("/dev/zero", str(tmp_path), str(tmp_path / "missing.txt"), str(big)):
         for cmd in (["generate", "demo"], ["chat", "demo"]):
-            r = cohere(*cmd, "--prompt-file", bad, home=tmp_path)
-            lines = r.stderr.strip().splitlines()
-            assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), (bad, r.stderr)
+            monkeypatch.setattr(sys, "argv", ["cohere", *cmd, "--prompt-file", bad])
+            capfd.readouterr()
+            with pytest.raises(SystemExit) as e:
+                main()
+            out, err = capfd.readouterr()
+            lines = err.strip().splitlines()
+            assert e.value.code not in (0, None) and len(lines) == 1 and lines[0].startswith("error:"), (bad, err)
 
 
 def test_too_much_stdin_is_one_error_line(tmp_path):

@@ -30,12 +30,11 @@ def cohere(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProc
                           timeout=300, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def with_nf4(tmp_path_factory) -> Path:
-    """A store holding demo-nf4, made by `cohere quantize --bits 4` from the built-in demo."""
-    home = tmp_path_factory.mktemp("home")
-    r = cohere(home, "quantize", "demo", "--bits", "4", "--no-eval")
-    assert r.returncode == 0, r.stderr
+@pytest.fixture
+def with_nf4(quantized_demo, tmp_path) -> Path:
+    """A store holding demo-nf4, made by `cohere quantize --bits 4` from the built-in demo (conftest: quantized once
+    per run, copied here)."""
+    home = quantized_demo.copy(tmp_path / "home", "demo-nf4")
     assert (home / "models" / "demo-nf4" / "manifest.json").is_file()
     return home
 
@@ -86,22 +85,24 @@ def test_bench_finds_the_demo_nf4_in_the_store(with_nf4):
 
 
 def test_chat_records_the_resolved_name_and_rm_clears_it(with_nf4):
-    r = cohere(with_nf4, "chat", "nf4", "--prompt", "hi", "--max-tokens", "2", "--plain")
-    assert r.returncode == 0, r.stderr
+    """In-process on the real app (the record and the notes are the commands' own, not the process's)."""
+
+    def chat(*args: str):
+        r = runner.invoke(app, ["chat", *args, "--prompt", "hi", "--max-tokens", "2", "--plain"],
+                          env={"COHERE_CLI_HOME": str(with_nf4)})
+        assert r.exit_code == 0, (r.output, r.exception)
+        return r
+
+    chat("nf4")
     assert json.loads((with_nf4 / "state.json").read_text())["last_used"] == "demo-nf4"
-    r = cohere(with_nf4, "chat", "--prompt", "hi", "--max-tokens", "2", "--plain")
-    assert r.returncode == 0 and "using demo-nf4 (the last one used)" in r.stderr
-    r = cohere(with_nf4, "models", "rm", "demo-nf4", "-y")
-    assert r.returncode == 0, r.stderr
+    assert "using demo-nf4 (the last one used)" in chat().stderr
+    r = runner.invoke(app, ["models", "rm", "demo-nf4", "-y"], env={"COHERE_CLI_HOME": str(with_nf4)})
+    assert r.exit_code == 0, (r.output, r.exception)
     assert "last_used" not in json.loads((with_nf4 / "state.json").read_text())
-    r = cohere(with_nf4, "chat", "--prompt", "hi", "--max-tokens", "2", "--plain")
-    assert r.returncode == 0, r.stderr
-    assert "using demo (the built-in demo)" in r.stderr
+    assert "using demo (the built-in demo)" in chat().stderr
     # a record left by an older version (a short form, or an entry removed by hand): the demo, and a note
     (with_nf4 / "state.json").write_text(json.dumps({"last_used": "nf4"}))
-    r = cohere(with_nf4, "chat", "--prompt", "hi", "--max-tokens", "2", "--plain")
-    assert r.returncode == 0, r.stderr
-    assert "using demo (the last one used, nf4, is gone)" in r.stderr
+    assert "using demo (the last one used, nf4, is gone)" in chat().stderr
 
 
 def test_rm_never_removes_a_short_form_on_yes(tmp_path, monkeypatch):
