@@ -62,3 +62,7 @@ class NotARegularFile(UnsafeInput):
 
 class TooBig(UnsafeInput):
     """A file over the size bound of what it is."""
+
+
+class EngineBusy(CohereError):
+    """A server's batch engine has as many requests waiting as it queues: the client should retry later."""

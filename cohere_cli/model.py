@@ -157,6 +157,13 @@ class Attention(nn.Module):
                masks: dict | None = None) -> torch.Tensor:
         """Attention of positioned q, k and v (B, T, heads, hd) at positions `pos` (T,), through the cache if
         any, and the output projection: (B, T, H)."""
+        return self.o_proj(self.mix(q, k, v, pos, cache_layer, masks))
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, cache_layer=None,
+            masks: dict | None = None) -> torch.Tensor:
+        """`attend` before the output projection: the heads' outputs side by side, (B, T, nh*hd). Its own step so
+        that batched decoding (engine/batch_forward.py) attends row by row, each row over its own cache, and then
+        runs one o_proj for all rows."""
         B, T, nh, hd = q.shape
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
@@ -167,7 +174,7 @@ class Attention(nn.Module):
         # layers without a ring see the same keys at the same positions: one mask per forward serves them all
         shared = masks if cache_layer is None or cache_layer[2] is None else None
         out = self._sdpa(q, keys, values, pos, kpos, shared)  # (B, nh, T, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, H)
+        return out.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
 
     def _update_cache(self, k, v, pos, cache_layer):
         """Write this call's keys/values into the cache; return what to attend to and, where a mask is needed
