@@ -20,7 +20,7 @@ from serve_harness import Harness, ScriptedEngine
 from cohere_cli.engine.runtime import load_runtime
 from cohere_cli.engine.template import builtin_template
 from cohere_cli.engine.tokenizer import Tokenizer
-from cohere_cli.serve._sequential import SequentialEngine as BatchEngine
+from cohere_cli.engine.batch import BatchEngine
 from cohere_cli.serve.render import Served
 
 CONTEXT = 4096
@@ -32,6 +32,7 @@ ACTION_R = 'I will look it up.\nAction: ```json\n[{"tool_name": "weather", "para
 ACTION_3 = ('<|START_THINKING|>I will check the weather.<|END_THINKING|><|START_ACTION|>[{"tool_call_id": "0", '
             '"tool_name": "weather", "parameters": {"city": "Paris"}}]<|END_ACTION|>')
 GROUNDED = "Relevant Documents: 0\nCited Documents: 0\nGrounded answer: It is <co: 0>sunny in Paris</co: 0> today."
+GROUNDED_3 = "<|START_RESPONSE|>It is <co>sunny in Paris</co: 0:[0]> today.<|END_RESPONSE|>"
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +201,12 @@ def scripted(request, tmp_path_factory):
         (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = Tokenizer.from_dir(folder)
     rules = [{"if": ["sunny in Paris", "Carefully perform"], "say": GROUNDED},
+             {"if": ["sunny in Paris"], "tail": ["Weather?"], "say": GROUNDED_3},
              {"tail": ["<|START_TOOL_RESULT|>"], "say": "<|START_RESPONSE|>It is sunny.<|END_RESPONSE|>"},
              {"tail": ["<results>"], "say": "It is sunny."},
              {"tail": ["Paris"], "say": ACTION_R if request.param == "command-r" else ACTION_3}]
     engine = ScriptedEngine(tok, rules)
-    h = Harness(Served("scripted", tok, CONTEXT), engine)
+    h = Harness(Served("scripted", tok, 8 * CONTEXT), engine)  # the cmd3 documents prompt: ~5K byte-level tokens
     yield request.param, h, engine, openai.OpenAI(base_url=h.url, api_key="none", max_retries=0)
     h.close()
 
@@ -238,9 +240,7 @@ def test_tool_calls_whole_and_streamed(scripted):
 
 
 def test_documents_answer_grounded_with_citations_as_the_repl_shows_them(scripted):
-    fmt, _, engine, c = scripted
-    if fmt != "command-r":
-        pytest.skip("the rag template's answer format is Command R's")
+    _, _, engine, c = scripted
     docs = [{"title": "weather.txt", "text": "It is sunny in Paris."}]
     r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Weather?"}],
                                   extra_body={"documents": docs})

@@ -20,7 +20,7 @@ from serve_harness import Harness
 from test_repl import Chat
 
 from cohere_cli.engine.runtime import load_runtime
-from cohere_cli.serve._sequential import SequentialEngine as BatchEngine
+from cohere_cli.engine.batch import BatchEngine
 from cohere_cli.serve.render import Served
 
 CONTEXT = 2048

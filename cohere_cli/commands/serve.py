@@ -44,7 +44,7 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
 
     from cohere_cli.chat.session import generation_defaults
     from cohere_cli.engine.runtime import find_checkpoint, load_runtime
-    from cohere_cli.serve._sequential import SequentialEngine as BatchEngine
+    from cohere_cli.engine.batch import BatchEngine
     from cohere_cli.serve.app import create_app
     from cohere_cli.serve.render import Served
     from cohere_cli.serve.worker import Worker

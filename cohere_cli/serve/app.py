@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from cohere_cli.errors import ContextOverflow
-from cohere_cli.serve._sequential import EngineBusy
+from cohere_cli.errors import EngineBusy
 from cohere_cli.serve.render import Job, Served, chat_job, completion_job
 from cohere_cli.serve.schema import MAX_BODY, ApiError, ChatRequest, CompletionRequest, parse
 from cohere_cli.serve.worker import Failed, Worker
