@@ -28,6 +28,12 @@ from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import Sampler, SamplingParams
 from cohere_cli.errors import ContextOverflow, EngineBusy
 
+# A cached prefix shorter than this is not reused (the slot starts over): what different conversations share (BOS,
+# a template's opening tokens) saves a few tokens of prefill, would cost another conversation its cache, and would
+# give other roundings than a fresh run (a prefill after a cached prefix attends in two parts). A conversation's
+# next turn, or a long system preamble, shares far more.
+MIN_REUSE = 16
+
 
 @dataclass(eq=False)
 class _Seq:
@@ -149,7 +155,7 @@ class BatchEngine:
         return out
 
     def _choose_slot(self, prompt: Sequence[int]) -> _Slot:
-        """The free slot whose cache holds the longest prefix of `prompt` (Session.reuse's rule); among equals,
+        """The free slot whose cache holds the longest prefix of `prompt` (Session.reuse's rule, MIN_REUSE at least); among equals,
         one never used, else the least recently used: other conversations' caches stay for their next turn."""
         def key(slot: _Slot):
             return (_reusable(slot.session, prompt) if slot.session is not None else 0, -slot.used)
@@ -162,6 +168,8 @@ class BatchEngine:
         if slot.session is None:
             slot.session = Session(self.model, self.context)
         session, n_prompt = slot.session, len(seq.prompt)
+        if _reusable(session, seq.prompt) < MIN_REUSE:
+            session.reset()
         seq.reused = session.reuse(seq.prompt)
         t0 = time.perf_counter()
         logits = prefill(self.model, seq.history[seq.reused : n_prompt], session.cache, seq.reused, PREFILL_CHUNK)
@@ -204,10 +212,10 @@ class BatchEngine:
 
 
 def _reusable(session: Session, prompt: Sequence[int]) -> int:
-    """How many prompt tokens Session.reuse would keep, without rewinding anything."""
+    """How many prompt tokens Session.reuse would keep (without rewinding anything), 0 under MIN_REUSE."""
     n = 0
     for a, b in zip(session.ids, prompt[: len(prompt) - 1]):
         if a != b:
             break
         n += 1
-    return n if session.cache.can_rewind(n, len(session.ids)) else 0
+    return n if n >= MIN_REUSE and session.cache.can_rewind(n, len(session.ids)) else 0
