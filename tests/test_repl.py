@@ -29,7 +29,11 @@ class Chat:
     def __init__(self, args: list[str], home, timeout=60, held: tuple[str, Path] | None = None):
         """`cohere chat ARGS` in a terminal; `held=(STEP, MARKER)` runs it through tests/held_cli.py, which makes
         that step wait for the test (see there)."""
-        env = dict(os.environ, COHERE_CLI_HOME=str(home), TERM="xterm-256color", COLUMNS="120")
+        # PROMPT_TOOLKIT_NO_CPR: pexpect never answers prompt-toolkit's cursor position request, which waited 2 s
+        # for it once per session and then went on without it (a warning line); OMP_NUM_THREADS: on a shared 2-core
+        # machine kept busy, two threads wait on each other at every op (a turn took 2-3 s instead of 0.2-1 s)
+        env = dict(os.environ, COHERE_CLI_HOME=str(home), TERM="xterm-256color", COLUMNS="120",
+                   PROMPT_TOOLKIT_NO_CPR="1", OMP_NUM_THREADS="1")
         pre = [str(HELD_CLI), held[0], str(held[1])] if held else ["-m", "cohere_cli"]
         self.p = pexpect.spawn(sys.executable, [*pre, "chat", *args], env=env, encoding="utf-8",
                                timeout=timeout, dimensions=(50, 120))
