@@ -95,7 +95,10 @@ class Sampler:
             logits[history] = torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
         if p.temperature <= 0:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
+        scaled = logits / p.temperature
+        if not torch.isfinite(scaled.max()):  # a temperature so small that the division overflows: its limit, greedy
+            return int(torch.argmax(logits))
+        logits = scaled
         if p.top_k > 0 and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -103,6 +106,7 @@ class Sampler:
             sorted_logits, idx = torch.sort(logits, descending=True)
             cum = sorted_logits.softmax(-1).cumsum(-1)
             drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set whose mass reaches top_p
+            drop[0] = False  # and always the most likely token (transformers' min_tokens_to_keep=1): top_p=0 is greedy
             logits = logits.scatter(0, idx[drop], float("-inf"))
         probs = logits.softmax(-1)
         if p.min_p > 0.0:
