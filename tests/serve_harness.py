@@ -14,11 +14,13 @@ import uvicorn
 from cohere_cli.engine.response import Response
 from cohere_cli.serve.app import create_app
 from cohere_cli.serve.render import Served
+from cohere_cli.serve.server import config
 from cohere_cli.serve.worker import Worker
 
 
 class Harness:
-    def __init__(self, served: Served, engine, *, api_key: str | None = None):
+    def __init__(self, served: Served, engine, *, api_key: str | None = None, header_timeout: float = 10.0,
+                 body_timeout: float = 30.0, max_connections: int = 1024, max_renders: int = 4):
         self.worker = Worker(engine)
         self.worker.start()
         self.engine = engine
@@ -26,9 +28,9 @@ class Harness:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        config = uvicorn.Config(create_app(served, self.worker, api_key=api_key), lifespan="off",
-                                log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        app = create_app(served, self.worker, api_key=api_key, body_timeout=body_timeout, max_renders=max_renders)
+        self.server = uvicorn.Server(config(app, host="127.0.0.1", header_timeout=header_timeout,
+                                            max_connections=max_connections))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -65,6 +67,10 @@ class ScriptedEngine:
             self.seqs[self.n] = {"ids": iter(ids), "n": 0, "max": max_tokens, "prompt": len(prompt_ids),
                                  "detok": self.tok.stream_decoder()}
             return self.n
+
+    def rules_said(self, prompt_tail: str) -> str:
+        """What the first rule matching a user message of `prompt_tail` says (its own text, markers included)."""
+        return next(r["say"] for r in self.rules if all(t in prompt_tail for t in r.get("tail", [])) and not r.get("if"))
 
     def cancel(self, seq: int) -> None:
         with self.lock:

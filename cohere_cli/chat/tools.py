@@ -130,6 +130,36 @@ def _json_tool(i: int, t, where: str) -> Tool:
     return Tool(name, schema, exec=argv)
 
 
+def template_tool(schema: dict) -> dict:
+    """An OpenAI tool schema with the defaults the models' tool templates read without checking (Command R's
+    `tool_use` fails on a tool or property without `description`, a parameter list without `required`, an object
+    property without `additionalProperties`, an array without `items`): a copy, the given fields unchanged."""
+    fn = dict(schema.get("function") or {})
+    fn.setdefault("description", "")
+    params = dict(fn.get("parameters") or {})
+    params.setdefault("type", "object")
+    params.setdefault("required", [])
+    props = params.get("properties")
+    params["properties"] = {k: _template_property(v) for k, v in props.items()} if isinstance(props, dict) else {}
+    fn["parameters"] = params
+    return {**schema, "type": schema.get("type", "function"), "function": fn}
+
+
+def _template_property(prop, depth: int = 0) -> dict:
+    prop = dict(prop) if isinstance(prop, dict) else {}
+    if depth == 0:
+        prop.setdefault("description", "")
+    if depth < 32:
+        if prop.get("type") == "object" and not isinstance(prop.get("additionalProperties"), dict):
+            prop["additionalProperties"] = {}
+        if prop.get("type") == "array" and not isinstance(prop.get("items"), dict):
+            prop["items"] = {}
+        for key in ("items", "additionalProperties"):
+            if isinstance(prop.get(key), dict):
+                prop[key] = _template_property(prop[key], depth + 1)
+    return prop
+
+
 def _python_tools(path: Path, data: bytes, where: str) -> list[Tool]:
     module = types.ModuleType(f"cohere_tools_{abs(hash(str(path.resolve())))}")
     module.__file__ = str(path)

@@ -47,6 +47,7 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
     from cohere_cli.engine.batch import BatchEngine
     from cohere_cli.serve.app import create_app
     from cohere_cli.serve.render import Served
+    from cohere_cli.serve.server import config as server_config
     from cohere_cli.serve.worker import Worker
 
     ck = find_checkpoint(model)
@@ -56,9 +57,7 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
     engine = BatchEngine(rt.model, rt.tokenizer, max_batch=max_batch, context=context, max_queue=max_queue)
     served = Served(served_name(model, ck.folder), rt.tokenizer, context, rt.folder, generation_defaults(rt.folder))
     worker = Worker(engine)
-    config = uvicorn.Config(create_app(served, worker, api_key=api_key), host=host, port=port, lifespan="off",
-                            log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                            limit_concurrency=max_batch + max_queue + 32)
+    config = server_config(create_app(served, worker, api_key=api_key), host=host, port=port)
     logging.getLogger("cohere_cli.serve").setLevel(logging.WARNING)
     try:
         sock = config.bind_socket()

@@ -20,7 +20,7 @@ import uuid
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -35,7 +35,7 @@ log = logging.getLogger("cohere_cli.serve")
 
 
 def error_response(e: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {"Retry-After": "1"} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
@@ -53,8 +53,12 @@ class SeqStream(StreamingResponse):
             self.on_close()
 
 
-def create_app(served: Served, worker: Worker, *, api_key: str | None = None) -> Starlette:
+def create_app(served: Served, worker: Worker, *, api_key: str | None = None, body_timeout: float = 30.0,
+               max_renders: int = 4) -> Starlette:
+    """`body_timeout`: seconds a request body may take to arrive (408 past it); `max_renders`: prompts rendered and
+    tokenized at once (each a thread and up to seconds of CPU; more are 503)."""
     created = int(time.time())
+    renders = asyncio.Semaphore(max_renders)
 
     def check_auth(request: Request) -> None:
         if api_key is None:
@@ -69,12 +73,22 @@ def create_app(served: Served, worker: Worker, *, api_key: str | None = None) ->
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY:
             raise ApiError(413, f"the request body is over {MAX_BODY >> 20} MiB")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, f"the request body is over {MAX_BODY >> 20} MiB")
-            chunks.append(chunk)
+        chunks = []
+
+        async def read():
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise ApiError(413, f"the request body is over {MAX_BODY >> 20} MiB")
+                chunks.append(chunk)
+        try:
+            await asyncio.wait_for(read(), body_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {body_timeout:g} s",
+                           code="request_timeout") from None
+        except ClientDisconnect:  # an upload given up: nobody to answer
+            raise ApiError(400, "the client went away") from None
         try:
             obj = parse_json(b"".join(chunks))
         except ValueError as e:
@@ -125,7 +139,10 @@ def create_app(served: Served, worker: Worker, *, api_key: str | None = None) ->
 
     async def handle(request: Request, chat: bool):
         req = await body(request, ChatRequest if chat else CompletionRequest)
-        job = await run_in_threadpool(chat_job if chat else completion_job, served, req)
+        if renders.locked():
+            raise ApiError(503, f"{max_renders} prompts are being prepared: try again", code="server_busy")
+        async with renders:
+            job = await run_in_threadpool(chat_job if chat else completion_job, served, req)
         seq, queue = submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),

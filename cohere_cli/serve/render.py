@@ -7,16 +7,18 @@ citations rendered as the REPL renders them (`span[1]` and footnotes naming the 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohere_cli.chat.citations import CitationStream
+from cohere_cli.chat.tools import template_tool
 from cohere_cli.chat.conversation import Conversation
 from cohere_cli.chat.session import ChatSettings, render_text, tool_format
 from cohere_cli.chat.thinking import piece, prompt_tail, thinks
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import SamplingParams
-from cohere_cli.engine.toolcalls import FORMAT_CMD3, Error, Text, Thinking, ToolCall, ToolCallParser
+from cohere_cli.engine.toolcalls import FORMAT_CMD3, START_ACTION, Error, Text, Thinking, ToolCall, ToolCallParser
 from cohere_cli.errors import CohereError, ContextOverflow, UsageError
 from cohere_cli.serve.schema import ApiError, ChatRequest, CompletionRequest
 
@@ -33,6 +35,54 @@ class Served:
     context: int
     folder: Path | None = None
     defaults: dict = field(default_factory=dict)  # generation_config.json (chat/session.generation_defaults)
+    _guard: "PromptGuard | None" = field(default=None, init=False, repr=False)
+
+    def guard(self) -> "PromptGuard":
+        if self._guard is None:
+            self._guard = PromptGuard(self.tokenizer)
+        return self._guard
+
+
+class PromptGuard:
+    """What a prompt is checked for before it is tokenized. Control tokens: the text of an untrusted field (a message,
+    a document, a tool's schema or result) must not contain the tokenizer's control-token strings, which `encode`
+    turns into the real control ids (a forged turn). Length: a text of more characters than the context can hold is
+    refused before tokenizing it (seconds of CPU for megabytes): no token covers more than PER_TOKEN times the
+    characters of the longest vocabulary entry (byte-level entries have a character per byte, decoded text fewer;
+    the factor covers a normalizer composing characters)."""
+
+    PER_TOKEN = 4
+
+    def __init__(self, tok):
+        n = getattr(tok, "vocab_size", 0)
+        entries = [t for i in range(n) if (t := tok.id_to_token(i))]
+        self.max_chars = self.PER_TOKEN * max((len(t) for t in entries), default=64)
+        controls = sorted({t for i in getattr(tok, "control_ids", ()) if (t := tok.id_to_token(i))}, key=len,
+                          reverse=True)
+        self.controls = re.compile("|".join(map(re.escape, controls))) if controls else None
+
+    def check_control(self, where: str, text: str) -> None:
+        found = self.controls.search(text) if self.controls is not None and text else None
+        if found:
+            raise ApiError(400, f"{where}: the control token {found.group()!r} is not allowed in this field (it "
+                                f"would be read as the prompt's own markup)", code="control_token", param=where)
+
+    def check_fields(self, where: str, value) -> None:
+        """check_control on every string in `value` (keys included), named by its path."""
+        if isinstance(value, str):
+            self.check_control(where, value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self.check_control(where, str(k))
+                self.check_fields(f"{where}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.check_fields(f"{where}.{i}", v)
+
+    def check_length(self, text: str, context: int) -> None:
+        if len(text) > context * self.max_chars:
+            raise ApiError(400, f"the prompt has {len(text)} characters: more than a context of {context} tokens "
+                                f"can hold: shorten it", code="context_length_exceeded")
 
 
 @dataclass
@@ -63,9 +113,10 @@ def _fit(served: Served, ids: list[int], wanted: int) -> int:
 
 def chat_job(served: Served, req: ChatRequest) -> Job:
     """Render the conversation (blocking: the template may run for seconds; call it off the event loop)."""
-    tok = served.tokenizer
+    tok, guard = served.tokenizer, served.guard()
     turns = []
-    for m in req.messages:
+    for i, m in enumerate(req.messages):
+        guard.check_fields(f"messages.{i}", m.model_dump(exclude={"role"}, exclude_none=True))
         turn = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         if m.tool_calls:
             turn["tool_calls"] = [c.model_dump() for c in m.tool_calls]
@@ -74,11 +125,14 @@ def chat_job(served: Served, req: ChatRequest) -> Job:
                 turn[key] = getattr(m, key)
         turns.append(turn)
     documents = [d if isinstance(d, dict) else {"text": d} for d in req.documents or []]
-    tools = [t.model_dump() for t in req.tools] if req.tools and req.tool_choice != "none" else None
+    guard.check_fields("documents", documents)
+    tools = [template_tool(t.model_dump()) for t in req.tools] if req.tools and req.tool_choice != "none" else None
+    guard.check_fields("tools", tools)
     think = next(iter((req.chat_template_kwargs or {}).values()), None)
     settings = ChatSettings(tools=tools, citations=req.citation_mode, think=think)
     try:
         text = render_text(tok, Conversation(turns=turns, documents=documents), settings, served.name)
+        guard.check_length(text, served.context)
         ids = tok.encode(text, add_bos=False)  # the template wrote BOS itself
         fmt = tool_format(tok, None) if tools is not None else FORMAT_CMD3
     except ContextOverflow as e:
@@ -97,6 +151,7 @@ def completion_job(served: Served, req: CompletionRequest) -> Job:
     tok = served.tokenizer
     prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], (str, list)) else req.prompt
     if isinstance(prompt, str):
+        served.guard().check_length(prompt, served.context)
         bos = getattr(tok, "bos_token", None)
         ids = tok.encode(prompt, add_bos=not (bos and prompt.startswith(bos)))
     else:
@@ -161,9 +216,14 @@ class ChatOutput:
     def __init__(self, tok, stops: list[str], fmt: str | None, prefix: str, tools: list[str],
                  titles: list[str] | None):
         self.tok, self.stop = tok, StopStrings(stops)
-        self.parser = ToolCallParser(fmt, tools=tools or None, prefix=prefix) if fmt else None
+        # only the offered tools' names are calls (none offered: every action is text)
+        self.parser = ToolCallParser(fmt, tools=tools, prefix=prefix) if fmt else None
+        self.marker = START_ACTION if fmt == FORMAT_CMD3 else "Action:"
         self.cites = CitationStream(titles, markdown=False) if titles is not None else None
-        self.tool_calls: list[dict] = []
+        self.tool_calls: list[dict] = []  # sent at the end of the turn, once the whole action is known to be sound
+        self.pending: list[dict] = []
+        self.raw: list[str] = []  # the answer as the model wrote it: what a malformed action comes back as
+        self.failed: str | None = None
 
     @property
     def stopped(self) -> bool:
@@ -171,10 +231,20 @@ class ChatOutput:
 
     def feed(self, r: Response) -> list[tuple[str, object]]:
         raw = self.stop.feed(piece(r, self.tok) if self.parser else r.text)
+        self.raw.append(raw)
         return self._events(raw, final=False)
 
     def finish(self) -> list[tuple[str, object]]:
-        out = self._events(self.stop.flush(), final=True)
+        tail = self.stop.flush()
+        self.raw.append(tail)
+        out = self._events(tail, final=True)
+        if self.failed is not None:  # as vLLM: the model's own text as content, no tool_calls
+            raw = "".join(self.raw)
+            at = raw.find(self.marker)
+            out.append(("content", raw[at:] if at >= 0 else raw))
+        else:
+            self.tool_calls.extend(self.pending)
+            out += [("tool_call", c) for c in self.pending]
         if self.cites is not None:
             tail = self.cites.finish()
             lines = self.cites.footnote_lines()
@@ -196,9 +266,9 @@ class ChatOutput:
                     out.append(("content", text))
             elif isinstance(e, Thinking):
                 out.append(("reasoning_content", e.text))
-            elif isinstance(e, (ToolCall, Error)) and getattr(e, "call", None) is not None:
-                self.tool_calls.append(e.call)  # an unknown tool's call too: the client answers it
-                out.append(("tool_call", e.call))
-            elif isinstance(e, Error):
-                log.warning("the model's tool call is malformed: %s", e.message)
+            elif isinstance(e, ToolCall):
+                self.pending.append(e.call)
+            elif isinstance(e, Error) and self.failed is None:
+                self.failed = e.message
+                log.warning("the model's tool call is unusable (%s): its text is the answer", e.message)
         return out

@@ -30,7 +30,8 @@ class ApiError(Exception):
     """An answer in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 503: "server_busy_error"}
+             405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+             503: "server_busy_error"}
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -81,7 +82,7 @@ class Message(_Model):
 
 
 class FunctionDef(_Model):
-    name: Name = Field(min_length=1)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # OpenAI's rule (and `cohere chat --tools`)
     description: Annotated[str, Field(max_length=64 << 10)] = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
@@ -116,6 +117,13 @@ class _Common(_Model):
     frequency_penalty: Optional[float] = None
     logprobs: Optional[Any] = None
     best_of: Optional[int] = None
+    top_logprobs: Optional[Any] = None
+    logit_bias: Optional[Any] = None
+    response_format: Optional[Any] = None
+    guided_json: Optional[Any] = None  # vLLM's constrained decoding: we do not constrain
+    guided_regex: Optional[Any] = None
+    guided_choice: Optional[Any] = None
+    guided_grammar: Optional[Any] = None
 
     @model_validator(mode="after")
     def _neutral(self):
@@ -123,8 +131,16 @@ class _Common(_Model):
             value = getattr(self, name)
             if value is not None and value != neutral:
                 raise ValueError(f"{name}={value!r} is not supported (leave it out or set {neutral})")
-        if self.logprobs not in (None, False, 0):
+        if self.logprobs not in (None, False, 0) or self.top_logprobs not in (None, 0):
             raise ValueError("logprobs are not supported")
+        if self.logit_bias not in (None, {}):
+            raise ValueError("logit_bias is not supported")
+        if self.response_format not in (None, {"type": "text"}):
+            raise ValueError("response_format is not supported (only {\"type\": \"text\"}): the output is not "
+                             "constrained to JSON")
+        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not supported: the output is not constrained")
         return self
 
     def stops(self) -> list[str]:
@@ -144,6 +160,7 @@ class ChatRequest(_Common):
     max_completion_tokens: Optional[Annotated[StrictInt, Field(ge=1, le=1 << 30)]] = None
     tools: Optional[Annotated[list[Tool], Field(max_length=MAX_TOOLS)]] = None
     tool_choice: Union[Literal["auto", "none"], None] = None
+    parallel_tool_calls: Optional[Literal[True]] = None  # false (one call at most) cannot be promised
     documents: Optional[Annotated[list[Union[Text, dict[Name, Text]]], Field(max_length=MAX_DOCUMENTS)]] = None
     chat_template_kwargs: Optional[dict[Literal[SWITCHES], bool]] = None
     citation_mode: Literal["accurate", "fast"] = "accurate"
