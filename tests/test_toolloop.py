@@ -130,6 +130,20 @@ def test_command_r_tool_loop_end_to_end(setup):
     assert '[1] weather {"city": "Paris"}' in r.stderr and '[2] population {"city": "Paris"}' in r.stderr
 
 
+def test_a_tool_schema_without_descriptions_renders_with_command_r(setup):
+    """OpenAI schemas often leave out descriptions and additionalProperties; Command R's template reads them without
+    checking (UndefinedError), so the loop fills the template's defaults (chat/tools.template_tool, as serve does)."""
+    bare = setup["base"] / "bare.json"
+    bare.write_text(json.dumps([{"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"},
+                                         "where": {"type": "object", "properties": {"lat": {"type": "number"}}}}}},
+        "exec": ["echo", "sunny in", "{city}"]}]))
+    r = cohere(setup, "r.json", "chat", str(setup["cr"]), "--tools", str(bare), "--yes", "-p",
+               "What is the weather in Paris?")
+    assert r.returncode == 0, r.stderr
+    assert "tool call: weather {\"city\": \"Paris\"}" in r.stderr and "→ sunny in Paris" in r.stderr, r.stderr
+
+
 def test_cmd3_tool_loop_end_to_end(setup):
     """R7B / Command A: the plan and the action in <|START_ACTION|> blocks (control tokens), the results in a
     <|START_TOOL_RESULT|> turn, the answer in <|START_RESPONSE|> with cmd3 citations."""

@@ -29,6 +29,7 @@ from typing import Protocol
 from cohere_cli.chat.citations import CitationStream
 from cohere_cli.chat.conversation import Conversation
 from cohere_cli.chat.session import ChatBackend, tool_format
+from cohere_cli.chat.tools import template_tool
 from cohere_cli.chat.thinking import piece
 from cohere_cli.chat.tools import Tool, run_tool
 from cohere_cli.engine.response import Response
@@ -73,7 +74,7 @@ class ToolLoop:
         self.timeout_s = timeout_s
         tok = engine.tokenizer
         if tools:
-            engine.settings.tools = [t.schema for t in tools]
+            engine.settings.tools = [template_tool(t.schema) for t in tools]  # the defaults templates read
             self.fmt = tool_format(tok, engine.settings.template) if tok is not None else FORMAT_COMMAND_R
         else:  # no tools: a plain chat whose template has a thinking phase, its answers read by the same parser
             self.fmt = FORMAT_CMD3
