@@ -268,7 +268,12 @@ from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
 from cohere_cli.weights import quantize
 
-qlinear.bnb()  # imports done: measure the quantization alone
+qlinear.bnb()
+import torch
+
+# bitsandbytes' ops import torch._dynamo on their first call: one small weight first, then imports are done and the
+# quantization alone is measured
+quant.quantize_weight(torch.ones(64, 64, dtype=torch.bfloat16), quant.QuantSpec(bits=int(sys.argv[3])))
 
 
 def status(key):
