@@ -16,7 +16,7 @@ from cohere_cli.engine.batch_forward import BatchForward
 from cohere_cli.engine.generate import Session, prefill, stream_generate
 from cohere_cli.engine.sampling import SamplingParams
 from cohere_cli.engine.tokenizer import Tokenizer
-from cohere_cli.errors import CohereError, ContextOverflow, EngineBusy
+from cohere_cli.errors import CohereError, ContextOverflow, EngineBusy, UsageError
 from cohere_cli.weights.checkpoint import load_model
 from factory_checkpoint import make_checkpoint
 
@@ -168,6 +168,8 @@ def test_prompt_that_does_not_fit_is_refused_at_once(rt):
         engine.add([], GREEDY, 5)
     with pytest.raises(ContextOverflow):
         engine.add(list(range(7, 39)), GREEDY, 5)
+    with pytest.raises(UsageError):
+        engine.add([7, 8], GREEDY, 0)
     sid = engine.add(list(range(7, 37)), GREEDY, 50, stop_ids=set())  # 30 tokens: 2 fit
     got = drive(engine, {})
     assert got[sid][-1].generation_tokens == 2 and got[sid][-1].finish_reason == "length"

@@ -25,7 +25,7 @@ import torch
 from cohere_cli.engine.batch_forward import BatchForward
 from cohere_cli.engine.generate import PREFILL_CHUNK, Session, peak_memory_bytes, prefill
 from cohere_cli.engine.response import Response
-from cohere_cli.engine.sampling import Sampler, SamplingParams
+from cohere_cli.engine.sampling import Sampler, SamplingParams, check_bounds
 from cohere_cli.errors import ContextOverflow, EngineBusy
 
 # A cached prefix shorter than this is not reused (the slot starts over): what different conversations share (BOS,
@@ -82,7 +82,9 @@ class BatchEngine:
     # ---- any thread ------------------------------------------------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int, *,
             stop_ids: set[int] | None = None) -> int:
-        """Queue a request; its id. ContextOverflow (empty or too long a prompt) or EngineBusy (queue full) at once."""
+        """Queue a request; its id. ContextOverflow (empty or too long a prompt), EngineBusy (queue full) or
+        UsageError (max_tokens out of bounds) at once."""
+        check_bounds("max_tokens", max_tokens)
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise ContextOverflow("the prompt is empty: give some text")
