@@ -44,13 +44,11 @@ def invoke(home: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+def quantized(tmp_path_factory, quantized_demo):
     """A store holding the demo quantized to nf4 (with its quality report: what `cohere quantize demo` printed)
-    and to int8."""
-    home = tmp_path_factory.mktemp("home")
-    r = invoke(home, "quantize", "demo", "--bits", "4")
-    invoke(home, "quantize", "demo", "--bits", "8", "--no-eval")
-    return home, r.stdout
+    and to int8 (conftest's quantized_demo: quantized once per run)."""
+    home = quantized_demo.copy(tmp_path_factory.mktemp("home"))
+    return home, quantized_demo.report
 
 
 @pytest.fixture(scope="module")
