@@ -1454,6 +1454,12 @@ MODEL_QUESTIONS = (
     "How many models do I have( installed|)(?|)",
     "(Check|See) (which|what) models (are installed|I have)(.|)",
     "Models?",
+    "(Which|What) models (exist|are there) (here|locally|on this machine|in my store)(?|)",
+    "(Are there|Is there) any (models|checkpoints) (on this computer|in my store|installed|downloaded)(?|)",
+    "(What|Which) (models|checkpoints) (could|can) I (chat with|use|try) (here|now|locally|)(?|)",
+    "(Show|List|Give me) (every|each|all) (model|checkpoint|installed model|local model)( I have|)(.|)",
+    "(What|Which) models (are|sit|live) (in|on) my (disk|computer|machine|store)(?|)",
+    "(Find|Look up|Check) (the|my) (models|checkpoints)(, please|)(.|)",
 )
 
 # Paraphrases scored by scripts/eval_demo.py and never trained on (check_tool_heldout).
@@ -1576,8 +1582,8 @@ _TOOL_HELDOUT_KEYS = {normalize(q) for q in TOOL_HELDOUT}
 
 
 def tool_conversations(seed: int, n: int = 1100) -> list[dict]:
-    """`n` deterministic tool samples: 30% a models question -> the list_models action; 50% the same with the
-    action and its result in the history -> the answer naming the result's models (0-5 store entries); 20% another
+    """`n` deterministic tool samples: 25% a models question -> the list_models action; 35% the same with the
+    action and its result in the history -> the answer naming the result's models (0-5 store entries); 40% another
     question (a help-desk one) with tools present -> its plain answer. A fifth start with a system preamble, some
     after an earlier help-desk exchange."""
     rng = random.Random(seed * 7919 + 17)
@@ -1590,12 +1596,12 @@ def tool_conversations(seed: int, n: int = 1100) -> list[dict]:
             q, a = _qa(_pick_intent(rng, exclude="list"), rng)
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         kind = rng.random()
-        if kind < 0.8:  # 0-0.3 the call, 0.3-0.8 the answer from its result
+        if kind < 0.6:  # 0-0.25 the call, 0.25-0.6 the answer from its result
             q = sample_model_question(rng) if rng.random() < 0.85 else _surface(sample_model_question(rng), rng)
             if normalize(q) in _TOOL_HELDOUT_KEYS:
                 continue
             msgs.append({"role": "user", "content": q})
-            if kind < 0.3:
+            if kind < 0.25:
                 target = ACTION
             else:
                 entries = store_entries(rng, rng.choices(range(6), weights=(0.1, 0.25, 0.25, 0.2, 0.12, 0.08))[0])
@@ -1610,6 +1616,26 @@ def tool_conversations(seed: int, n: int = 1100) -> list[dict]:
                 continue
             msgs.append({"role": "user", "content": q})
         out.append({"tools": _tools_for(rng), "messages": msgs, "target": target})
+    return out
+
+
+COPY_ASKS = ("Which models are in this list?", "Name the models in this list.", "List the model names.",
+             "Here is what list_models returned. Which models do I have?", "Which models does this show?",
+             "What are the names here?", "Give me just the names.", "My store has these models:",
+             "This is the output of list_models:", "Which of these models do I have?")
+
+
+def copy_drills(seed: int, n: int) -> list[list[dict]]:
+    """`n` short conversations (default template) drilling the skill the tool answers need and an 8M model learns
+    slowly inside a long tool prompt: copying every name out of a list_models result, in order. The result is pasted
+    into the user's message; the answer is models_answer's. Made-up names, so they are copied, not remembered."""
+    rng = random.Random(seed * 104729 + 5)
+    out = []
+    for _ in range(n):
+        entries = store_entries(rng, rng.choices(range(1, 7), weights=(0.15, 0.25, 0.25, 0.15, 0.12, 0.08))[0])
+        ask, res = rng.choice(COPY_ASKS), tool_result(entries)
+        content = f"{ask}\n{res}" if rng.random() < 0.6 else f"{res}\n{ask}"
+        out.append([{"role": "user", "content": content}, {"role": "assistant", "content": models_answer(entries)}])
     return out
 
 

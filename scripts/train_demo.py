@@ -18,9 +18,14 @@ seeds, a fixed step budget (never a time budget), a fixed thread count. Steps:
      generation_config.json, training.json and TRAINING.md.
 With --tool-convs N, each data epoch also holds N tool-use samples (demo_data.tool_conversations: the built-in
 list_models tool called and its result answered, rendered with Command R's tool_use template, which the tokenizer is
-then also trained on and tokenizer_config.json names beside the default one). Not the shipped recipe yet: its first
-run (1100, 750 steps) scored 100% / 55% on the help desk and 6/10 calls, 0/10 answers from results, 4/10 direct
-answers on the tool checks of eval_demo.py.
+then also trained on and tokenizer_config.json names beside the default one); --copy-drills N adds short
+copy-the-names conversations and --induction N synthetic copy runs; --init FOLDER continues from a trained demo.
+Not the shipped recipe yet, because the 8M model does not learn to copy names out of a result (eval_demo.py):
+  --tool-convs 1100 --steps 750:                       help desk 100%/55%, calls 6/10, answers 0/10, direct 4/10
+  --tool-convs 2000 --copy-drills 3000 --steps 1400:   help desk 98%/80%, calls 9/10, answers 0/10, direct 10/10
+  then --init it, --induction 4000 --steps 700:        help desk 100%/70%, calls 8/10, answers 1/10, direct 9/10,
+                                                       and 0% of a repeated 20-token random run copied
+The call and the direct answers are learned; copying (an induction head) is not, in this budget.
 transformers is not used here (it is a test-only dependency).
 """
 
@@ -321,6 +326,21 @@ def init_weights(model: CohereForCausalLM, n_layers: int) -> None:
             torch.nn.init.normal_(p, 0.0, 0.02)
 
 
+def induction_samples(rng: random.Random, n: int, tok) -> list[tuple[list[int], list[bool]]]:
+    """`n` runs of 6-40 random ordinary tokens, a newline, then the same run again, only the repeat scored: the
+    cleanest signal for the attention pattern that copies (find the earlier occurrence of the current token, say
+    what followed it). Without it the 8M demo never copied a name out of a list_models result (0/10)."""
+    lo, hi = len(BASE_SPECIALS), VOCAB  # ordinary BPE tokens: no specials, no turn tokens
+    nl = tok.encode("\n", add_special_tokens=False).ids
+    bos = tok.token_to_id("<BOS_TOKEN>")
+    out = []
+    for _ in range(n):
+        run = [rng.randrange(lo, hi) for _ in range(rng.randint(6, 40))]
+        ids = [bos, *run, *nl, *run]
+        out.append((ids, [False] * (len(ids) - len(run)) + [True] * len(run)))
+    return out
+
+
 def save_model(model: CohereForCausalLM, out: Path, cfg: dict) -> int:
     from safetensors.torch import save_file
 
@@ -351,6 +371,13 @@ def main() -> None:
     ap.add_argument("--tool-convs", type=int, default=0,
                     help="tool-use samples per data epoch (0: none, and no tool_use template); experimental, see "
                          "demo_data.tool_conversations: 1100 with --steps 750 did not pass eval_demo.py yet")
+    ap.add_argument("--copy-drills", type=int, default=0,
+                    help="short copy-the-names drills per data epoch (demo_data.copy_drills), with --tool-convs")
+    ap.add_argument("--induction", type=int, default=0,
+                    help="synthetic copy samples per data epoch (random token runs said twice, the repeat scored): "
+                         "the plain copying that answering from a tool result needs")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this demo checkpoint (its tokenizer and weights) instead of from scratch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
@@ -375,7 +402,14 @@ def main() -> None:
     templates = {"default": template}
     if args.tool_convs:
         templates["tool_use"] = tool_use_template()
-    tok = build_tokenizer(out, templates, args.seed)
+    if args.init:  # its tokenizer as it is: the weights were trained with it
+        from tokenizers import Tokenizer as HFTokenizer
+
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (out / f).write_bytes((args.init / f).read_bytes())
+        tok = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    else:
+        tok = build_tokenizer(out, templates, args.seed)
     enc = Encoder(tok)
     n_tok = tok.get_vocab_size(with_added_tokens=True)
     vocab_size = -(-n_tok // 64) * 64  # like the real models, the embedding has a few rows past the tokenizer
@@ -387,6 +421,13 @@ def main() -> None:
 
     model = CohereForCausalLM(cfg)
     init_weights(model, cfg.n_layers)
+    if args.init:
+        from safetensors.torch import load_file
+
+        sd = {k: v.float() for k, v in load_file(str(args.init / "model.safetensors")).items()}
+        sd["model.norm.weight"] /= TRAIN_LOGIT_SCALE / MODEL["logit_scale"]  # undo save_model's fold, exactly
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {n_tok} tokens (embedding rows {vocab_size}); model: {n_params / 1e6:.2f}M parameters, "
@@ -418,6 +459,8 @@ def main() -> None:
                 enc.verify(convs[:300], template, tool_samples[:100])
             seqs = [truncate_last_answer(enc(c), rng, args.trunc_frac) for c in convs]
             seqs += [enc.tool(s) for s in tool_samples]  # never cut: the prompt is most of it, the answer short
+            seqs += [enc(c) for c in demo_data.copy_drills(args.seed + epoch, args.copy_drills)]  # never cut
+            seqs += induction_samples(random.Random(args.seed * 31 + epoch), args.induction, tok)
             queue = batches(seqs, args.batch_tokens, rng)
             n_t = sum(len(s[0]) for s in seqs)
             print(f"epoch {epoch}: {len(convs)} conversations + {len(tool_samples)} tool samples, {n_t} tokens, "
@@ -465,7 +508,8 @@ def main() -> None:
         "seed": args.seed, "steps": args.steps, "head_tokens": args.head_tokens, "head_weight": args.head_weight,
         "trunc_frac": args.trunc_frac, "batch_tokens": args.batch_tokens, "lr": args.lr,
         "warmup": args.warmup, "weight_decay": args.weight_decay, "convs_per_epoch": args.convs,
-        "tool_samples_per_epoch": args.tool_convs,
+        "tool_samples_per_epoch": args.tool_convs, "copy_drills_per_epoch": args.copy_drills,
+        "induction_per_epoch": args.induction, "init": str(args.init) if args.init else None,
         "data_epochs": epoch, "threads": args.threads, "autocast_bf16": not args.fp32,
         "tokens_seen": tokens_seen, "loss_tokens": loss_tokens, "final_loss_ema": round(ema, 4),
         "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - t_start, 1),

@@ -217,6 +217,34 @@ def test_demo_with_the_tool_still_answers_help_desk_questions_directly(rt):
     assert not parser.tool_calls and not parser.failed and "cohere bench" in text, text
 
 
+@needs_tools
+def test_chat_with_list_models_end_to_end(tmp_path, monkeypatch):
+    """The README's tool example on a fresh install: `cohere chat --tools list_models`, asked which models there
+    are, shows the demo's call, runs the real tool on this store and answers with the names in its result."""
+    import os
+    import subprocess
+
+    from cohere_cli import store
+
+    home = tmp_path / "home"
+    env = dict(os.environ, COHERE_CLI_HOME=str(home), COLUMNS="100")
+    monkeypatch.setenv("COHERE_CLI_HOME", str(home))
+    for name, precision in (("CohereLabs/c4ai-command-r7b-12-2024", "bf16"), ("owl-notes-nf4", "nf4")):
+        with store.entry_tmpdir(name) as tmp:
+            (tmp / "config.json").write_bytes((DEMO / "config.json").read_bytes())
+            store.write_manifest(tmp, store.make_manifest(tmp, name=name, precision=precision))
+    r = subprocess.run([sys.executable, "-m", "cohere_cli", "chat", "--tools", "list_models", "--yes", "--json",
+                        "-p", "Which models do I have?"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "tool call: list_models {}" in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "tool", "assistant"], out
+    names = [e["name"] for e in json.loads(out["messages"][2]["content"])]
+    assert names == ["demo", "CohereLabs/c4ai-command-r7b-12-2024", "owl-notes-nf4"], names
+    assert all(n in out["text"] for n in names), out["text"]
+    assert out["steps"] == 1
+
+
 # ---- the demo as the default model -------------------------------------------------------------------------------
 def test_demo_is_the_store_name_demo():
     from cohere_cli.store import resolve_model
