@@ -20,7 +20,8 @@ from cohere_cli.serve.worker import Worker
 
 class Harness:
     def __init__(self, served: Served, engine, *, api_key: str | None = None, header_timeout: float = 10.0,
-                 body_timeout: float = 30.0, max_connections: int = 1024, max_renders: int = 4):
+                 body_timeout: float = 30.0, max_connections: int = 1024, max_renders: int = 4,
+                 render_queue: int = 64):
         self.worker = Worker(engine)
         self.worker.start()
         self.engine = engine
@@ -28,7 +29,8 @@ class Harness:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        app = create_app(served, self.worker, api_key=api_key, body_timeout=body_timeout, max_renders=max_renders)
+        self.app = app = create_app(served, self.worker, api_key=api_key, body_timeout=body_timeout,
+                                    max_renders=max_renders, render_queue=render_queue)
         self.server = uvicorn.Server(config(app, host="127.0.0.1", header_timeout=header_timeout,
                                             max_connections=max_connections))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

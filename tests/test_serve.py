@@ -315,7 +315,7 @@ class SpyTokenizer:
 def test_a_huge_prompt_is_refused_before_tokenizing_and_renders_are_bounded(rt):
     spy = SpyTokenizer(rt.tokenizer)
     h = Harness(Served("tiny", spy, 64, rt.folder), BatchEngine(rt.model, rt.tokenizer, max_batch=1, context=64,
-                                                                max_queue=1), max_renders=1)
+                                                                max_queue=1), max_renders=1, render_queue=1)
     c = openai.OpenAI(base_url=h.url, api_key="none", max_retries=0, timeout=60)
     try:
         huge = "word " * 800_000  # 4 MB
@@ -329,12 +329,19 @@ def test_a_huge_prompt_is_refused_before_tokenizing_and_renders_are_bounded(rt):
         import threading
         held = threading.Thread(target=lambda: c.completions.create(model="tiny", prompt="HOLD", max_tokens=1))
         held.start()
-        assert spy.entered.wait(60)  # one render runs: the next is refused, not queued behind it
+        assert spy.entered.wait(60)  # one render runs, one more waits its turn, the next is refused
+        waits = []
+        queued = threading.Thread(target=lambda: waits.append(c.completions.create(model="tiny", prompt="hi",
+                                                                                   max_tokens=1)))
+        queued.start()
+        _wait(lambda: h.app.state.preparing["n"] == 2)
         with pytest.raises(openai.APIStatusError) as e:
             c.completions.create(model="tiny", prompt="hi", max_tokens=1)
         assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
         spy.release.set()
         held.join(60)
+        queued.join(60)
+        assert waits and waits[0].choices[0].finish_reason  # the one that waited was answered
         assert c.completions.create(model="tiny", prompt="hi", max_tokens=1).choices[0].finish_reason
     finally:
         spy.release.set()

@@ -57,7 +57,7 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
     engine = BatchEngine(rt.model, rt.tokenizer, max_batch=max_batch, context=context, max_queue=max_queue)
     served = Served(served_name(model, ck.folder), rt.tokenizer, context, rt.folder, generation_defaults(rt.folder))
     worker = Worker(engine)
-    config = server_config(create_app(served, worker, api_key=api_key), host=host, port=port)
+    config = server_config(create_app(served, worker, api_key=api_key, render_queue=max_queue), host=host, port=port)
     logging.getLogger("cohere_cli.serve").setLevel(logging.WARNING)
     try:
         sock = config.bind_socket()

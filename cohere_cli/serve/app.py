@@ -54,11 +54,13 @@ class SeqStream(StreamingResponse):
 
 
 def create_app(served: Served, worker: Worker, *, api_key: str | None = None, body_timeout: float = 30.0,
-               max_renders: int = 4) -> Starlette:
+               max_renders: int = 4, render_queue: int = 64) -> Starlette:
     """`body_timeout`: seconds a request body may take to arrive (408 past it); `max_renders`: prompts rendered and
-    tokenized at once (each a thread and up to seconds of CPU; more are 503)."""
+    tokenized at once (each a thread and up to seconds of CPU); `render_queue` more wait their turn, past that 503.
+    Eight clients at once are ordinary: they wait, they are not refused."""
     created = int(time.time())
     renders = asyncio.Semaphore(max_renders)
+    preparing = {"n": 0}  # requests rendering or waiting to (event loop only: no lock)
 
     def check_auth(request: Request) -> None:
         if api_key is None:
@@ -139,10 +141,14 @@ def create_app(served: Served, worker: Worker, *, api_key: str | None = None, bo
 
     async def handle(request: Request, chat: bool):
         req = await body(request, ChatRequest if chat else CompletionRequest)
-        if renders.locked():
-            raise ApiError(503, f"{max_renders} prompts are being prepared: try again", code="server_busy")
-        async with renders:
-            job = await run_in_threadpool(chat_job if chat else completion_job, served, req)
+        if preparing["n"] >= max_renders + render_queue:
+            raise ApiError(503, f"{preparing['n']} prompts are being prepared: try again", code="server_busy")
+        preparing["n"] += 1
+        try:
+            async with renders:
+                job = await run_in_threadpool(chat_job if chat else completion_job, served, req)
+        finally:
+            preparing["n"] -= 1
         seq, queue = submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
@@ -190,12 +196,14 @@ def create_app(served: Served, worker: Worker, *, api_key: str | None = None, bo
                                        f"{request.method} is not allowed here" if e.status_code == 405 else
                                        str(e.detail)))
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ], exception_handlers={ApiError: api_error, HTTPException: http_error})
+    app.state.preparing = preparing
+    return app
 
 
 async def _disconnected(request: Request) -> None:
