@@ -376,6 +376,8 @@ def main() -> None:
     ap.add_argument("--induction", type=int, default=0,
                     help="synthetic copy samples per data epoch (random token runs said twice, the repeat scored): "
                          "the plain copying that answering from a tool result needs")
+    ap.add_argument("--induction-steps", type=int, default=0,
+                    help="the first steps train on synthetic copy runs only (part of --steps)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this demo checkpoint (its tokenizer and weights) instead of from scratch")
     ap.add_argument("--threads", type=int, default=2)
@@ -449,24 +451,31 @@ def main() -> None:
     step, tokens_seen, loss_tokens, t_train = 0, 0, 0, time.perf_counter()
     ema = None
     log = []
+    ind_seqs, ind_queue = [], []
     while step < args.steps:
-        if not queue:
-            t0 = time.perf_counter()
-            convs = demo_data.training_conversations(args.seed + epoch, n=args.convs)
-            tool_samples = (demo_data.tool_conversations(args.seed + epoch, n=args.tool_convs) if args.tool_convs
-                            else [])
-            if epoch == 0:
-                enc.verify(convs[:300], template, tool_samples[:100])
-            seqs = [truncate_last_answer(enc(c), rng, args.trunc_frac) for c in convs]
-            seqs += [enc.tool(s) for s in tool_samples]  # never cut: the prompt is most of it, the answer short
-            seqs += [enc(c) for c in demo_data.copy_drills(args.seed + epoch, args.copy_drills)]  # never cut
-            seqs += induction_samples(random.Random(args.seed * 31 + epoch), args.induction, tok)
-            queue = batches(seqs, args.batch_tokens, rng)
-            n_t = sum(len(s[0]) for s in seqs)
-            print(f"epoch {epoch}: {len(convs)} conversations + {len(tool_samples)} tool samples, {n_t} tokens, "
-                  f"{len(queue)} batches ({time.perf_counter() - t0:.1f}s to build)", flush=True)
-            epoch += 1
-        x, y, w = collate(seqs, queue.pop(), 0, args.head_tokens, args.head_weight)
+        if step < args.induction_steps:  # first only copying: the attention pattern forms, then everything else
+            if not ind_queue:
+                ind_seqs = induction_samples(random.Random(args.seed * 37 + step), 8000, tok)
+                ind_queue = batches(ind_seqs, args.batch_tokens, rng)
+            x, y, w = collate(ind_seqs, ind_queue.pop(), 0, args.head_tokens, args.head_weight)
+        else:
+            if not queue:
+                t0 = time.perf_counter()
+                convs = demo_data.training_conversations(args.seed + epoch, n=args.convs)
+                tool_samples = (demo_data.tool_conversations(args.seed + epoch, n=args.tool_convs)
+                                if args.tool_convs else [])
+                if epoch == 0:
+                    enc.verify(convs[:300], template, tool_samples[:100])
+                seqs = [truncate_last_answer(enc(c), rng, args.trunc_frac) for c in convs]
+                seqs += [enc.tool(s) for s in tool_samples]  # never cut: the prompt is most of it, the answer short
+                seqs += [enc(c) for c in demo_data.copy_drills(args.seed + epoch, args.copy_drills)]  # never cut
+                seqs += induction_samples(random.Random(args.seed * 31 + epoch), args.induction, tok)
+                queue = batches(seqs, args.batch_tokens, rng)
+                n_t = sum(len(s[0]) for s in seqs)
+                print(f"epoch {epoch}: {len(convs)} conversations + {len(tool_samples)} tool samples, {n_t} tokens, "
+                      f"{len(queue)} batches ({time.perf_counter() - t0:.1f}s to build)", flush=True)
+                epoch += 1
+            x, y, w = collate(seqs, queue.pop(), 0, args.head_tokens, args.head_weight)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         if args.fp32:
@@ -509,7 +518,7 @@ def main() -> None:
         "trunc_frac": args.trunc_frac, "batch_tokens": args.batch_tokens, "lr": args.lr,
         "warmup": args.warmup, "weight_decay": args.weight_decay, "convs_per_epoch": args.convs,
         "tool_samples_per_epoch": args.tool_convs, "copy_drills_per_epoch": args.copy_drills,
-        "induction_per_epoch": args.induction, "init": str(args.init) if args.init else None,
+        "induction_per_epoch": args.induction, "induction_steps": args.induction_steps, "init": str(args.init) if args.init else None,
         "data_epochs": epoch, "threads": args.threads, "autocast_bf16": not args.fp32,
         "tokens_seen": tokens_seen, "loss_tokens": loss_tokens, "final_loss_ema": round(ema, 4),
         "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
