@@ -23,10 +23,10 @@ from typing import Sequence
 import torch
 
 from cohere_cli.engine.batch_forward import BatchForward
-from cohere_cli.engine.generate import PREFILL_CHUNK, Session, peak_memory_bytes, prefill
+from cohere_cli.engine.generate import PREFILL_CHUNK, Session, fit_answer, peak_memory_bytes, prefill
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import Sampler, SamplingParams, check_bounds
-from cohere_cli.errors import ContextOverflow, EngineBusy
+from cohere_cli.errors import EngineBusy
 
 # A cached prefix shorter than this is not reused (the slot starts over): what different conversations share (BOS,
 # a template's opening tokens) saves a few tokens of prefill, would cost another conversation its cache, and would
@@ -86,13 +86,7 @@ class BatchEngine:
         UsageError (max_tokens out of bounds) at once."""
         check_bounds("max_tokens", max_tokens)
         n_prompt = len(prompt_ids)
-        if n_prompt == 0:
-            raise ContextOverflow("the prompt is empty: give some text")
-        if n_prompt >= self.context:
-            raise ContextOverflow(
-                f"the prompt has {n_prompt} tokens but the model's context is {self.context}: shorten it"
-            )
-        max_tokens = min(max_tokens, self.context - n_prompt)
+        max_tokens = fit_answer(n_prompt, max_tokens, self.context)
         tok = self.tokenizer
         history = torch.zeros(n_prompt + max_tokens, dtype=torch.long, device=self.device)
         history[:n_prompt] = torch.tensor(list(prompt_ids), dtype=torch.long)
@@ -215,9 +209,5 @@ class BatchEngine:
 
 def _reusable(session: Session, prompt: Sequence[int]) -> int:
     """How many prompt tokens Session.reuse would keep (without rewinding anything), 0 under MIN_REUSE."""
-    n = 0
-    for a, b in zip(session.ids, prompt[: len(prompt) - 1]):
-        if a != b:
-            break
-        n += 1
-    return n if n >= MIN_REUSE and session.cache.can_rewind(n, len(session.ids)) else 0
+    n = session.shared(prompt)
+    return n if n >= MIN_REUSE else 0

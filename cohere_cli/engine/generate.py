@@ -48,21 +48,37 @@ class Session:
         self.cache = KVCache(model.config, self.max_seq, p.dtype, p.device, slack=slack)
         self.ids: list[int] = []  # ids whose keys/values are in the cache, in position order
 
-    def reuse(self, prompt_ids: Sequence[int]) -> int:
-        """Rewind to the longest common prefix with prompt_ids; return how many prompt tokens are reused.
-        At least one prompt token is always prefilled (its logits give the first new token)."""
+    def shared(self, prompt_ids: Sequence[int]) -> int:
+        """How many prompt tokens `reuse` would keep (nothing is changed): the longest common prefix with
+        prompt_ids, leaving at least one prompt token to prefill (its logits give the first new token)."""
         n = 0
         for a, b in zip(self.ids, prompt_ids[: len(prompt_ids) - 1]):
             if a != b:
                 break
             n += 1
-        if not self.cache.can_rewind(n, len(self.ids)):
-            n = 0  # a sliding-window ring no longer holds what the rewound position needs: start over
+        # a sliding-window ring no longer holding what the rewound position needs: start over
+        return n if self.cache.can_rewind(n, len(self.ids)) else 0
+
+    def reuse(self, prompt_ids: Sequence[int]) -> int:
+        """Rewind to the longest common prefix with prompt_ids; return how many prompt tokens are reused."""
+        n = self.shared(prompt_ids)
         del self.ids[n:]
         return n
 
     def reset(self) -> None:
         self.ids.clear()
+
+
+def fit_answer(n_prompt: int, max_tokens: int, context: int) -> int:
+    """max_tokens cut to what the context leaves after the prompt; ContextOverflow for an empty prompt or one that
+    leaves no room (every generation loop checks a prompt this way)."""
+    if n_prompt == 0:
+        raise ContextOverflow("the prompt is empty: give some text")
+    if n_prompt >= context:
+        raise ContextOverflow(
+            f"the prompt has {n_prompt} tokens but the model's context is {context}: shorten it"
+        )
+    return min(max_tokens, context - n_prompt)
 
 
 @torch.inference_mode()
@@ -85,13 +101,7 @@ def stream_generate(
     device = model.model.embed_tokens.weight.device
     context = min(context or model.config.max_position_embeddings, session.max_seq if session else 1 << 62)
     n_prompt = len(prompt_ids)
-    if n_prompt == 0:
-        raise ContextOverflow("the prompt is empty: give some text")
-    if n_prompt >= context:
-        raise ContextOverflow(
-            f"the prompt has {n_prompt} tokens but the model's context is {context}: shorten it"
-        )
-    max_tokens = min(max_tokens, context - n_prompt)
+    max_tokens = fit_answer(n_prompt, max_tokens, context)
     stop_ids = stop_ids if stop_ids is not None else tokenizer.stop_ids
     sampler = Sampler(params, n_valid=getattr(tokenizer, "vocab_size", None))
     detok = tokenizer.stream_decoder()
