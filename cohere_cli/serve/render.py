@@ -14,7 +14,7 @@ from pathlib import Path
 from cohere_cli.chat.citations import CitationStream
 from cohere_cli.chat.tools import template_tool
 from cohere_cli.chat.conversation import Conversation
-from cohere_cli.chat.session import ChatSettings, render_text, tool_format
+from cohere_cli.chat.session import DEFAULT_MAX_TOKENS, ChatSettings, render_text, tool_format
 from cohere_cli.chat.thinking import piece, prompt_tail, thinks
 from cohere_cli.engine.response import Response
 from cohere_cli.engine.sampling import SamplingParams
@@ -23,7 +23,6 @@ from cohere_cli.errors import CohereError, ContextOverflow, UsageError
 from cohere_cli.serve.schema import ApiError, ChatRequest, CompletionRequest
 
 log = logging.getLogger("cohere_cli.serve")
-DEFAULT_CHAT_TOKENS = 1024  # chat.session.DEFAULT_MAX_TOKENS, unless generation_config.json says
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -139,7 +138,7 @@ def chat_job(served: Served, req: ChatRequest) -> Job:
         raise ApiError(400, str(e), code="context_length_exceeded") from None
     except CohereError as e:  # no tools path / documents path, the template refused the conversation, its bounds
         raise ApiError(400, str(e)) from None
-    wanted = req.max_completion_tokens or req.max_tokens or served.defaults.get("max_tokens", DEFAULT_CHAT_TOKENS)
+    wanted = req.max_completion_tokens or req.max_tokens or served.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
     parse = tools is not None or thinks(tok, None)
     titles = [d.get("title", "") for d in documents] if documents else None
     output = ChatOutput(tok, req.stops(), fmt if parse else None, prompt_tail(tok, ids),
