@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cohere_cli.engine.batch import BatchEngine
-from cohere_cli.engine.batch_forward import BatchForward
+from cohere_cli.engine.batch_forward import BatchForward, RowExact
 from cohere_cli.engine.generate import Session, prefill, stream_generate
 from cohere_cli.engine.sampling import SamplingParams
 from cohere_cli.engine.tokenizer import Tokenizer
@@ -23,7 +23,7 @@ from factory_checkpoint import make_checkpoint
 GREEDY = SamplingParams()
 KINDS = {  # dtype "auto" is bf16 on a CPU with native bf16 (the native decode kernels), else float32
     "cohere": dict(dtype="auto"),
-    # float32: oneDNN's one-row matmul differs from the batched one, so every linear runs row by row
+    # float32: oneDNN's one-row matmul differs from the batched one: packed linears multiply one row as two
     "cohere-fp32": dict(dtype="float32"),
     "cohere-qknorm": dict(dtype="auto", qk_norm=True),  # R+: the torch route of a fused block
     # a ring on the sliding layers (context 1024 > window 16 + slack 512), NoPE full layers
@@ -90,6 +90,32 @@ def test_concurrent_streams_equal_their_unbatched_runs(rt):
     assert not engine.busy()
 
 
+def test_a_sequence_that_breaks_fails_alone(rt):
+    """One sequence's sampler raises at its 4th token: that sequence ends with the exception (no more Responses,
+    its slot free at once), the other two finish exactly as alone."""
+    model, tok = rt
+    prompts = [tok.encode(t) for t in TEXTS[:3]]
+    refs = [alone(model, tok, p, n=12) for p in prompts]
+    engine = BatchEngine(model, tok, max_batch=3)
+    ids = [engine.add(p, GREEDY, 12, stop_ids=set()) for p in prompts]
+    real, calls = engine.seqs[ids[1]].sampler, []
+
+    def breaks(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("a broken sampler")
+        return real(*args)
+
+    engine.seqs[ids[1]].sampler = breaks
+    got = drive(engine, {})
+    assert [fields(r) for r in got[ids[0]]] == refs[0] and [fields(r) for r in got[ids[2]]] == refs[2]
+    *before, last = got[ids[1]]
+    assert isinstance(last, RuntimeError) and [fields(r) for r in before] == refs[1][:3]
+    assert all(s.seq is None for s in engine.slots) and not engine.busy()
+    again = engine.add(prompts[1], GREEDY, 12, stop_ids=set())  # its slot serves again, from a clean cache
+    assert [fields(r) for r in drive(engine, {})[again]] == refs[1]
+
+
 def test_batched_logits_are_bit_identical_to_one_row_forwards(rt):
     """The invariant under the token tests, where a last-bit difference shows even without a near tie: one
     decode forward of 3 rows at ragged positions gives each row the model's own one-token logits, bit for bit."""
@@ -107,6 +133,27 @@ def test_batched_logits_are_bit_identical_to_one_row_forwards(rt):
             got = BatchForward(model).decode(tokens, [len(p) + step for p in prompts], [s.cache for s in many])
             for r in range(3):
                 assert torch.equal(got[r], want[r]), (step, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_packed_linear_gives_a_row_the_same_bits_alone_as_in_any_batch(dtype):
+    """oneDNN multiplies one row with another K order than several (bf16 with K > 1024, as the 213M model's
+    down_proj; fp32): layout.pack makes such a linear multiply one row as two (TwoRowLinear), so a decode alone
+    and a batched one agree bit for bit and serve batches every linear instead of running rows one by one."""
+    from cohere_cli.model import Linear
+    from cohere_cli.weights import layout
+
+    if not layout.packable(torch.empty(1, dtype=dtype)):
+        pytest.skip(f"oneDNN does not take {dtype} here: nothing is packed")
+    torch.manual_seed(0)
+    lin = Linear(2816, 1024, bias=False).to(dtype)
+    layout.pack_linears(None, [lin], [])
+    x = torch.randn(16, 1, 2816).to(dtype)  # (B, 1, K): 16 rows of one token
+    with torch.inference_mode():
+        alone = torch.cat([lin(x[i : i + 1]) for i in range(16)])  # (16, 1, N)
+        for m in (2, 3, 16):
+            assert torch.equal(lin(x[:m]), alone[:m]), m
+    assert RowExact().exact(lin, x[:4])  # batched by the engine, not row by row
 
 
 def test_seeded_sampling_is_reproducible_per_sequence(rt):

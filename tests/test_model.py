@@ -238,7 +238,7 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     fast = load_model(tmp_path, dtype=dtype).model
     plain = load_model(tmp_path, dtype=dtype, inference=False).model
     block = fast.model.layers[0]
-    assert type(block.in_proj) is Linear and block.in_proj.out_features == sum(p.out_features for p in layout.inputs(block))
+    assert isinstance(block.in_proj, Linear) and block.in_proj.out_features == sum(p.out_features for p in layout.inputs(block))
     assert type(plain.model.layers[0]) is Block and not hasattr(plain.model.layers[0], "in_proj")
     packs = torch.backends.mkldnn.is_available() and (dtype == "float32" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if packs:  # the packed fused matrix is the only copy: the projections' views of the plain one are gone

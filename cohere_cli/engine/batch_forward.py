@@ -14,9 +14,11 @@ The batch must not change the answer: each row's logits are bit-identical to the
 greedy tokens equal stream_generate's. Elementwise ops and the row-wise norms are independent of the other rows.
 Matmuls need not be: oneDNN runs a one-row bf16 matmul with another K accumulation order than two rows or more
 when K > 1024 (measured on torch 2.13: ~1 output in 4000 differs in its last bf16 bit; fp32 differs always), while
-any two M >= 2 agree with each other. So each linear is probed once (`RowExact`): batched where B rows give the
-one-row results bit for bit, else row by row (each row through the one-row kernel; the weights then come from the
-cache for every row after the first)."""
+any two M >= 2 agree with each other. weights/layout.pack therefore makes such packed linears multiply one row as
+two (TwoRowLinear) in every decode, alone or batched. Each linear is still probed once here (`RowExact`): batched
+where B rows give the one-row results bit for bit, else row by row (an unpacked weight, a quantized kernel that
+differs: each row through the one-row kernel; the weights then come from the cache for every row after the
+first)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
   become views of the fused one: memory, module names and state_dict keys stay the checkpoint's. The fused modules
   run through subclasses of model.py's (FusedBlock, FusedAttention, FusedMLP: the instance's class is swapped),
   which reuse its pieces, so model.py keeps one route per module.
-- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight);
+- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight), one-row
+  products made to give the bits of a batch where oneDNN's one-row kernel would not (TwoRowLinear);
 - the native decode step: bf16 on CPU, each block's one-token step through weights/kernels' DecodeOps.
 
 checkpoint.load_model applies them (inference_layout); bench/quality.py fuses each block it streams."""
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope
+from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope, linear
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -74,12 +75,53 @@ def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[n
     """Pack every float Linear forward runs: the fused module (or, where fusing failed, its parts themselves)
     and the linears beside it. Once a fused weight is packed it is the only copy: the parts' views of the plain
     matrix are dropped (forward never reads them again)."""
-    for lin in ([fused] if fused is not None else parts) + others:
-        if type(lin) is Linear:
-            lin.weight = nn.Parameter(pack_weight(lin.weight), requires_grad=False)
+    packed = [lin for lin in ([fused] if fused is not None else parts) + others if type(lin) is Linear]
+    for lin in packed:
+        lin.weight = nn.Parameter(pack_weight(lin.weight), requires_grad=False)
     if type(fused) is Linear and fused.weight.is_mkldnn:
         for p in parts:
             p.weight = p.bias = None
+    for lin in packed:
+        if lin.weight.is_mkldnn and one_row_differs(lin):
+            lin.__class__ = TwoRowLinear
+
+
+class TwoRowLinear(Linear):
+    """A Linear whose one-row product is computed as a product of two rows (the row twice, the first kept).
+    Why: oneDNN multiplies one row (decode) with another accumulation order over K than two rows or more, for
+    some shapes (torch 2.13: bf16 with K > 1024, e.g. the 213M model's down_proj, ~1 output in 4,000 differs in
+    its last bit; fp32 always), while any two counts of rows >= 2 agree. `cohere serve` decodes several
+    sequences in one product (engine/batch_forward.py), and a sequence must get the same logits batched as alone:
+    with this, every row count gives the same bits, and a stream's tokens do not depend on who else is served.
+    Cost: a second row in a memory-bound product (the weight is read once either way)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1]:
+            return linear(x, self.weight, self.bias)
+        two = x.reshape(1, -1).expand(2, -1).contiguous()  # (2, K): the one row twice
+        return linear(two, self.weight, self.bias)[:1].view(*x.shape[:-1], -1)  # (..., 1, N)
+
+
+_ONE_ROW_DIFFERS: dict[tuple, bool] = {}  # per (weight shape, dtype, bias): oneDNN picks its kernel by shape
+PROBE_OUTPUTS = 1 << 16  # outputs compared per probe: a K-order difference shows in ~16 of them (1 in 4,000)
+
+
+def one_row_differs(lin: Linear) -> bool:
+    """Whether `lin` gives a row alone other bits than the same row within a product of several rows, where two
+    rows (TwoRowLinear) give the bits of several. Probed once per shape with random rows: about 64k outputs
+    (2-16 rows, each a pass over the weight)."""
+    w, b = lin.weight, lin.bias
+    key = (tuple(w.shape), w.dtype, b is not None)
+    if key not in _ONE_ROW_DIFFERS:
+        rows = min(max(2, -(-PROBE_OUTPUTS // w.shape[0])), 16)
+        g = torch.Generator().manual_seed(0)
+        p = torch.randn(rows, w.shape[1], generator=g).to(w.dtype)  # (rows, K)
+        many = linear(p, w, b)  # (rows, N)
+        alone = torch.cat([linear(p[i : i + 1], w, b) for i in range(rows)])
+        twice = torch.cat([linear(p[i : i + 1].expand(2, -1).contiguous(), w, b)[:1] for i in range(rows)])
+        _ONE_ROW_DIFFERS[key] = not torch.equal(alone, many) and torch.equal(twice, many) and \
+            torch.equal(linear(p[:3], w, b), many[:3])
+    return _ONE_ROW_DIFFERS[key]
 
 
 def inputs(block: Block) -> list[nn.Module]:
