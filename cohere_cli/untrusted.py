@@ -131,8 +131,9 @@ def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
 
 
 def parse_json(data: bytes | str):
-    """json.loads for untrusted bytes: ValueError (a readable reason, as "is ...") for bad UTF-8, bad JSON, or
-    nesting so deep the parser gives up (RecursionError: `[[[[...` 100,000 deep)."""
+    """json.loads for untrusted bytes: ValueError (a readable reason, as "is ..." / "holds ...") for bad UTF-8,
+    bad JSON, nesting so deep the parser gives up (RecursionError: `[[[[...` 100,000 deep) or an integer past
+    Python's digit bound."""
     try:
         return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except UnicodeDecodeError as e:
@@ -141,6 +142,8 @@ def parse_json(data: bytes | str):
         raise ValueError(f"is not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError("nests too deep to be JSON anyone meant") from None
+    except ValueError:  # Python's bound on integer digits (4300): a number no one meant either
+        raise ValueError("holds a number with thousands of digits") from None
 
 
 def _size(n: int) -> str:

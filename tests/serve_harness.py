@@ -48,7 +48,8 @@ class Harness:
 
 class ScriptedEngine:
     """BatchEngine's interface; each sequence's answer is the first rule whose "if" texts are all in the decoded
-    prompt ("tail": in its part from the last user message on), its tokens yielded one per step."""
+    prompt ("tail": in its part from the last user message on), its tokens yielded one per step, then the rule's
+    "raise" exception in place of the last Response if it has one (a sequence that broke)."""
 
     def __init__(self, tokenizer, rules: list[dict]):
         self.tok, self.rules, self.max_queue = tokenizer, rules, 64
@@ -60,14 +61,14 @@ class ScriptedEngine:
     def add(self, prompt_ids, params, max_tokens, *, stop_ids=None) -> int:
         prompt = self.tok.decode(prompt_ids)
         tail = prompt.rsplit("<|USER_TOKEN|>", 1)[-1]
-        say = next((r["say"] for r in self.rules if all(t in prompt for t in r.get("if", []))
-                    and all(t in tail for t in r.get("tail", []))), "no scripted answer")
-        ids = self.tok.encode(say, add_bos=False)[:max_tokens]
+        rule = next((r for r in self.rules if all(t in prompt for t in r.get("if", []))
+                     and all(t in tail for t in r.get("tail", []))), {"say": "no scripted answer"})
+        ids = self.tok.encode(rule["say"], add_bos=False)[:max_tokens]
         with self.lock:
             self.prompts.append(prompt)
             self.n += 1
             self.seqs[self.n] = {"ids": iter(ids), "n": 0, "max": max_tokens, "prompt": len(prompt_ids),
-                                 "detok": self.tok.stream_decoder()}
+                                 "detok": self.tok.stream_decoder(), "raise": rule.get("raise")}
             return self.n
 
     def rules_said(self, prompt_tail: str) -> str:
@@ -87,6 +88,10 @@ class ScriptedEngine:
         with self.lock:
             for seq, s in list(self.seqs.items()):
                 token = next(s["ids"], None)
+                if token is None and s["raise"]:  # as BatchEngine hands over what broke one sequence
+                    del self.seqs[seq]
+                    out.append((seq, s["raise"]))
+                    continue
                 if token is None:
                     del self.seqs[seq]
                     finish = "length" if s["n"] == s["max"] else "stop"

@@ -146,6 +146,22 @@ def test_errors_in_the_openai_shape(server, client):
     assert status == 413
     status, body = raw(server, "GET", "/v1/nothing")
     assert status == 404 and body["error"]["message"] == "no such route"
+    status, body = raw(server, "POST", "/v1/completions", b'{"prompt": "a", "max_tokens": ' + b"9" * 5000 + b"}")
+    assert status == 400 and "thousands of digits" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("fields, param, says", [
+    ({"temperature": "0.5"}, "temperature", "valid number"),  # strict: a string is not a number, as at OpenAI
+    ({"stream": "yes"}, "stream", "valid boolean"),
+    ({"top_k": True}, "top_k", "valid integer"),
+    ({"max_tokens": 10.0}, "max_tokens", "valid integer"),
+    ({"stop": ["a", 5]}, "stop.1", "valid string"),  # the list's own error, not "should be a string"
+    ({"stop": ["a"] * 20}, "stop", "at most 8 items"),
+    ({"prompt": [1, 2.5]}, "prompt.1", "valid integer"),
+])
+def test_a_bad_field_is_named_with_the_error_of_its_shape(server, fields, param, says):
+    status, body = raw(server, "POST", "/v1/completions", json.dumps({"prompt": "a", **fields}).encode())
+    assert status == 400 and body["error"]["param"] == param and says in body["error"]["message"], body
 
 
 # ---- slots: a full queue, a client that goes away -------------------------------------------------------------------
@@ -204,7 +220,8 @@ def scripted(request, tmp_path_factory):
               else '<|START_ACTION|>[{"tool_name": "weather", "parameters": {"city": NaN}}]<|END_ACTION|>')
     stranger = broken.replace('"weather", "parameters": "Paris"', '"rm\\u001b\\nx", "parameters": {}').replace(
         '"weather", "parameters": {"city": NaN}', '"rm\\u001b\\nx", "parameters": {}')
-    rules = [{"tail": ["Broken"], "say": broken}, {"tail": ["Stranger"], "say": stranger},
+    rules = [{"tail": ["Crash"], "say": "Half an ans", "raise": RuntimeError("a broken sampler")},
+             {"tail": ["Broken"], "say": broken}, {"tail": ["Stranger"], "say": stranger},
              {"if": ["sunny in Paris", "Carefully perform"], "say": GROUNDED},
              {"if": ["sunny in Paris"], "tail": ["Weather?"], "say": GROUNDED_3},
              {"tail": ["<|START_TOOL_RESULT|>"], "say": "<|START_RESPONSE|>It is sunny.<|END_RESPONSE|>"},
@@ -242,6 +259,23 @@ def test_tool_calls_whole_and_streamed(scripted):
     r = c.chat.completions.create(model="scripted", messages=follow, tools=TOOLS)
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == "It is sunny."
     assert "sunny in Paris" in engine.prompts[-1]
+
+
+def test_a_sequence_that_breaks_is_an_error_for_its_client_alone(scripted):
+    """The engine hands over an exception for one sequence (BatchEngine._isolated): whole, a 503 in OpenAI's
+    shape; streamed, the text so far and then an error event; the server goes on serving."""
+    _, h, _, c = scripted
+    crash = [{"role": "user", "content": "Crash now"}]
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="scripted", messages=crash)
+    assert e.value.status_code == 503 and "the model failed: RuntimeError" in str(e.value)
+    text = []
+    with pytest.raises(openai.APIError, match="the model failed: RuntimeError"):
+        for ch in c.chat.completions.create(model="scripted", messages=crash, stream=True):
+            text.append(ch.choices[0].delta.content or "")
+    assert "".join(text) == "Half an ans"
+    r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Weather in Paris?"}])
+    assert r.choices[0].finish_reason in ("tool_calls", "stop")
 
 
 def test_documents_answer_grounded_with_citations_as_the_repl_shows_them(scripted):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -91,12 +92,25 @@ def test_a_non_loopback_host_needs_a_key():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--api-key" in r.stderr, r.stderr
 
 
-def test_serve_command_answers_and_ctrl_c_stops_it(folder):
-    p = pexpect.spawn(sys.executable, ["-m", "cohere_cli", "serve", str(folder), "--port", "0", "--ctx", "256"],
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])  # [::1] as written in a URL
+def test_serve_command_answers_and_ctrl_c_stops_it(folder, host):
+    if host == "[::1]" and not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    p = pexpect.spawn(sys.executable, ["-m", "cohere_cli", "serve", str(folder), "--port", "0", "--ctx", "256",
+                                       "--host", host],
                       encoding="utf-8", timeout=TIMEOUT, dimensions=(24, 400))  # the start-up line unwrapped
     p.expect_exact("Ctrl-C stops")
     line = re.sub(r"\x1b\[[0-9;]*m", "", p.before)  # a terminal gets rich's colours
-    url = re.search(r"serving tiny at (http://127\.0\.0\.1:\d+)/v1", line).group(1)
+    url = re.search(r"serving tiny at (http://" + re.escape(host) + r":\d+)/v1", line).group(1)
     with urllib.request.urlopen(url + "/v1/models", timeout=TIMEOUT) as r:
         model = json.load(r)["data"][0]
     assert model["id"] == "tiny" and model["max_model_len"] == 256

@@ -40,6 +40,8 @@ def served_name(model: str, folder) -> str:
 def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int | None, max_batch: int,
               max_queue: int, dtype: str) -> None:
     check_exposure(host, api_key)  # before seconds of loading
+    if host.startswith("[") and host.endswith("]"):  # [::1], as in a URL: the socket wants the address itself
+        host = host[1:-1]
     import uvicorn
 
     from cohere_cli.chat.session import generation_defaults
@@ -62,7 +64,8 @@ def run_serve(model: str, *, host: str, port: int, api_key: str | None, ctx: int
     try:
         sock = config.bind_socket()
     except SystemExit:  # uvicorn logs the OSError and exits
-        raise UsageError(f"cannot listen on {host}:{port}: is the port in use? (--port N)") from None
+        raise UsageError(f"cannot listen on {host} port {port}: is the port in use (--port N), or is {host} not "
+                         f"an address of this machine (--host)?") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
 

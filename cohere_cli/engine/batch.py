@@ -120,8 +120,9 @@ class BatchEngine:
 
     # ---- the worker thread -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[tuple[int, Response]]:
-        """Admit what fits, then one batched decode forward; the Responses this produced, per sequence in order."""
+    def step(self) -> list[tuple[int, Response | Exception]]:
+        """Admit what fits, then one batched decode forward; the Responses this produced, per sequence in order
+        (an Exception in place of a Response: that sequence failed and is gone, see _isolated)."""
         out: list[tuple[int, Response]] = []
         with self.lock:
             self.steps += 1
@@ -133,8 +134,7 @@ class BatchEngine:
                 admitted.append(seq)
         for seq in admitted:
             if not seq.cancelled:  # cancelled while waiting for the lock: no prefill for nobody
-                self._prefill(seq)
-                self._emit(seq, out)
+                self._isolated(seq, out, self._prefill)
         with self.lock:
             rows = [s.seq for s in self.slots if s.seq is not None and s.seq.token is not None]
         if not rows:
@@ -145,10 +145,30 @@ class BatchEngine:
             with self.lock:
                 if seq.cancelled:
                     continue
-            seq.slot.session.ids.append(seq.token)
-            seq.token = seq.sampler(logits[i], seq.history[: len(seq.prompt) + seq.n])
-            self._emit(seq, out)
+            self._isolated(seq, out, self._next, logits[i])
         return out
+
+    def _isolated(self, seq: _Seq, out: list, work, *args) -> None:
+        """work(seq, *args), then the Responses of the token it sampled. What one sequence breaks (its sampler,
+        its detokenizer, its prefill) ends that sequence with the exception in place of a Response and leaves
+        its slot; the others go on. A failed batched forward raises out of step() (every row is lost)."""
+        try:
+            work(seq, *args)
+            self._emit(seq, out)
+        except Exception as e:  # noqa: BLE001  handed to the caller for this sequence only
+            with self.lock:
+                if self.seqs.pop(seq.id, None) is not None:
+                    out.append((seq.id, e))
+                seq.token = None
+                if seq.slot is not None:
+                    seq.slot.seq = None
+                    if seq.slot.session is not None:
+                        seq.slot.session.reset()  # its cache may hold a half-written step
+
+    def _next(self, seq: _Seq, logits: torch.Tensor) -> None:
+        """After a decode step: the fed token is in the cache; sample the next."""
+        seq.slot.session.ids.append(seq.token)
+        seq.token = seq.sampler(logits, seq.history[: len(seq.prompt) + seq.n])
 
     def _choose_slot(self, prompt: Sequence[int]) -> _Slot:
         """The free slot whose cache holds the longest prefix of `prompt` (Session.reuse's rule, MIN_REUSE at least); among equals,

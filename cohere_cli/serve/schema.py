@@ -48,7 +48,8 @@ def _bound(name: str, **kw):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=MAX_TEXT)
+    # strict: a JSON string is not a number, a boolean or a list ("temperature": "0.5" is refused, as OpenAI does)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=MAX_TEXT, strict=True)
 
 
 class TextPart(_Model):
@@ -190,7 +191,27 @@ def parse(cls: type[_Model], obj: Any) -> _Model:
     try:
         return cls.model_validate(obj)
     except ValidationError as e:
-        err = e.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        err = max(e.errors(include_url=False, include_input=False), key=_specific)  # first of the most specific
+        where = ".".join(str(p) for p in _fields(err.get("loc", ()))) or "body"
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         raise ApiError(400, one_line(f"{where}: {msg}", 300), param=one_line(where, 100)) from None
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_tag(part) -> bool:
+    """A union member's tag in pydantic's error location ("constrained-str", "list[int]"), not a field."""
+    return isinstance(part, str) and (any(c in part for c in "[-(") or part in _TYPE_TAGS)
+
+
+def _fields(loc) -> list:
+    return [p for p in loc if not _is_tag(p)]
+
+
+def _specific(err: dict) -> tuple[bool, int]:
+    """For a field that may take several shapes (`stop`: a string or a list), the error of the shape the value
+    had: not "should be a valid string" against a list, but the list's own error (its item, its length)."""
+    loc = err.get("loc", ())
+    wrong_branch = err.get("type", "").endswith("_type") and bool(loc) and _is_tag(loc[-1])
+    return not wrong_branch, len(_fields(loc))

@@ -97,11 +97,14 @@ class Worker:
                     self._deliver(seq, r)
                 self.cond.notify_all()
 
-    def _deliver(self, seq: int, r: Response) -> None:
+    def _deliver(self, seq: int, r: Response | Exception) -> None:
         entry = self.queues.get(seq)
         if entry is None:
             return  # cancelled meanwhile
-        if r.finish_reason is not None:
+        if isinstance(r, Exception):  # this sequence alone broke (engine.BatchEngine._isolated): the others go on
+            log.error("request %d failed", seq, exc_info=r)
+            r = Failed(f"the model failed: {type(r).__name__}")
+        if isinstance(r, Failed) or r.finish_reason is not None:
             del self.queues[seq]
         loop, queue = entry
         try:
