@@ -76,12 +76,12 @@ def test_repl_ctrl_c_mid_answer_frees_the_servers_slot(server, tmp_path):
     chat.close()
 
 
-def test_bench_endpoint_at_concurrency_1_and_4(server):
-    r = cohere("bench", "--endpoint", server.url, "--concurrency", "1,4", "--seq", "32", "--gen", "8", "--json")
+def test_bench_endpoint_at_concurrency_1_4_and_8(server):
+    r = cohere("bench", "--endpoint", server.url, "--concurrency", "1,4,8", "--seq", "32", "--gen", "8", "--json")
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
     results = record["results"]
-    assert [x["concurrency"] for x in results] == [1, 4]
+    assert [x["concurrency"] for x in results] == [1, 4, 8]
     assert all(x["errors"] == 0 and x["requests"] >= 4 and x["aggregate_tokens_per_s"] > 0 for x in results), results
 
 
