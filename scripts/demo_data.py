@@ -1543,18 +1543,19 @@ def store_entries(rng: random.Random, n: int, demo: bool | None = None) -> list[
 
 
 def tool_result(entries: list[dict]) -> str:
-    """The `tool` message text run_tool gives for list_models' return value."""
-    return json.dumps(entries, ensure_ascii=False)
+    """The `tool` message text run_tool gives for list_models' return value (the tool's own formatter)."""
+    from cohere_cli.chat.models_tool import models_text
+
+    return models_text(entries)
 
 
 def models_answer(entries: list[dict], rng: random.Random | None = None) -> str:
-    """The answer from list_models' result: every name, in the result's order."""
+    """The answer from list_models' result: every name, in the result's order, as the result's first line has
+    them ("You have " + that line + ".")."""
     names = [e["name"] for e in entries]
     if not names:
         return "You have no models yet. Download one with `cohere download`, or chat with the built-in demo."
-    if len(names) == 1:
-        return f"You have one model: {names[0]}."
-    return "You have these models:\n" + "\n".join(f"- {n}" for n in names)
+    return f"You have {tool_result(entries).splitlines()[0]}."
 
 
 def _tools_for(rng: random.Random) -> list[dict]:

@@ -166,9 +166,11 @@ def test_tool_data_is_what_the_tool_and_the_template_give():
     from cohere_cli.engine.toolcalls import template_messages
 
     assert demo_data.LIST_MODELS_SCHEMA == _list_models_schema()
+    from cohere_cli.chat.models_tool import installed_models
+
     result = tools.run_tool(tools.load_tools("list_models")[0], {})
-    assert json.loads(result)[0] == {"name": "demo", "builtin": True, "description": demo_data.DEMO_DESCRIPTION}
-    assert demo_data.tool_result(json.loads(result)) == result
+    assert installed_models()[0] == {"name": "demo", "builtin": True, "description": demo_data.DEMO_DESCRIPTION}
+    assert demo_data.tool_result(installed_models()) == result
     call = {"id": "call_0", "type": "function", "function": {"name": "list_models", "arguments": "{}"}}
     history = [{"role": "user", "content": "which models do I have?"},
                {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -205,7 +207,7 @@ def test_demo_answers_with_the_models_of_the_result(rt):
     call = {"id": "call_0", "type": "function", "function": {"name": "list_models", "arguments": "{}"}}
     history = [{"role": "user", "content": "which models do I have?"},
                {"role": "assistant", "content": None, "tool_calls": [call]},
-               {"role": "tool", "tool_call_id": "call_0", "content": json.dumps(entries)}]
+               {"role": "tool", "tool_call_id": "call_0", "content": demo_data.tool_result(entries)}]
     text, parser = tool_turn(rt, history, 96)
     assert not parser.tool_calls and not parser.failed, text
     assert "acme/owl-notes-3b" in text and "vega-chat-int8" in text, text
@@ -239,7 +241,8 @@ def test_chat_with_list_models_end_to_end(tmp_path, monkeypatch):
     assert "tool call: list_models {}" in r.stderr, r.stderr
     out = json.loads(r.stdout)
     assert [m["role"] for m in out["messages"]] == ["user", "assistant", "tool", "assistant"], out
-    names = [e["name"] for e in json.loads(out["messages"][2]["content"])]
+    first = out["messages"][2]["content"].splitlines()[0]  # "3 installed models: a, b, c"
+    names = first.split(": ", 1)[1].split(", ")
     assert names == ["demo", "CohereLabs/c4ai-command-r7b-12-2024", "owl-notes-nf4"], names
     assert all(n in out["text"] for n in names), out["text"]
     assert out["steps"] == 1

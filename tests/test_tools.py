@@ -195,7 +195,11 @@ def test_list_models_builtin(monkeypatch, tmp_path):
     entry.mkdir(parents=True)
     (entry / "manifest.json").write_text(json.dumps({"name": "CohereLabs/tiny", "architecture": "Cohere2ForCausalLM",
                                                      "parameters": 1000, "precision": "bf16"}))
-    models = json.loads(run_tool(tool, {}))
-    assert [m["name"] for m in models] == ["demo", "CohereLabs/tiny"]
-    assert models[1] == {"name": "CohereLabs/tiny", "builtin": False, "architecture": "Cohere2ForCausalLM",
-                         "parameters": 1000, "precision": "bf16"}
+    assert run_tool(tool, {}) == ("2 installed models: demo, CohereLabs/tiny\n"
+                                  "- demo: built-in, the small demo model shipped with cohere\n"
+                                  "- CohereLabs/tiny: Cohere2ForCausalLM, 0.0M parameters, bf16")
+    from cohere_cli.chat.models_tool import models_text
+
+    assert models_text([]) == "0 installed models"
+    assert models_text([{"name": "x", "builtin": False, "architecture": None, "parameters": 8028033024,
+                         "precision": None}]) == "1 installed model: x\n- x: 8.0B parameters"

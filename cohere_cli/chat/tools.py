@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cohere_cli import store
+from cohere_cli.chat.models_tool import list_models
 from cohere_cli.errors import UnsafeInput, UsageError
 from cohere_cli.untrusted import inert, one_line, parse_json, read_bounded
 
@@ -392,18 +392,6 @@ def _result(out: bytes, bound: int, stopped: str | None, timeout_s: float, statu
 
 
 # ------------------------------------------------------------------------------------------------ built-in tools
-
-
-def list_models() -> list[dict]:
-    """The models installed locally: the store's entries and the built-in demo."""
-    models = []
-    if store.builtin_entry(store.DEMO) is not None and store.get_entry(store.DEMO) is None:
-        models.append({"name": store.DEMO, "builtin": True, "description": "the small demo model shipped with cohere"})
-    for e in store.list_entries():
-        m = e.manifest
-        models.append({"name": e.name, "builtin": False, "architecture": m.get("architecture"),
-                       "parameters": m.get("parameters"), "precision": m.get("precision")})
-    return models
 
 
 BUILTIN_TOOLS: dict[str, Callable[[], Tool]] = {
