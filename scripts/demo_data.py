@@ -18,7 +18,6 @@ Nothing here downloads anything or imports torch.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass

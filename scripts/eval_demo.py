@@ -141,6 +141,8 @@ def main() -> int:
         "heldout_right": hr, "heldout_total": len(held), "heldout_score": hr / len(held),
         "dtype": str(rt.loaded.dtype).removeprefix("torch."), "max_tokens": args.max_tokens,
         "seconds": round(time.perf_counter() - t0, 1), "answers": train + held,
+        "needs": {"train": TRAIN_MIN, "heldout": HELDOUT_MIN, "tool_call": TOOL_CALL_MIN,
+                  "tool_answer": TOOL_ANSWER_MIN, "tool_direct": TOOL_DIRECT_MIN},
     }
     for kind, key in (("calls", "tool_call"), ("answers", "tool_answer"), ("direct", "tool_direct")):
         if has_tools:

@@ -1,9 +1,9 @@
-"""Train the built-in `demo` model: a small Command-R (`cohere` architecture) that answers questions about cohere-cli.
+"""Train the built-in `demo` model: a small Command-R (`cohere` architecture) that answers questions about cohere-cli
+and uses the built-in list_models tool.
 
-    python scripts/train_demo.py          # the shipped model -> cohere_cli/data/demo/ (~9 min on 2 quiet cores)
-    python scripts/train_demo.py --steps 150 --out /tmp/demo-try --threads 1   # a quick try
-    python scripts/eval_demo.py --write   # then score it (must reach 90% / 60%) and record the scores
-    python scripts/train_demo.py --tool-convs 1100 --steps 750 --out /tmp/demo-tools   # experimental: + tool use
+    python scripts/train_demo.py          # the shipped model -> cohere_cli/data/demo/ (2 stages, ~60 min on 2 cores)
+    python scripts/train_demo.py --steps 150 --out /tmp/demo-try --threads 1   # a quick try (one run, help desk only)
+    python scripts/eval_demo.py --write   # then score it (thresholds in eval_demo.py) and record the scores
 
 Everything is generated here (scripts/demo_data.py), nothing is downloaded, and the run is reproducible: fixed
 seeds, a fixed step budget (never a time budget), a fixed thread count. Steps:
@@ -19,13 +19,21 @@ seeds, a fixed step budget (never a time budget), a fixed thread count. Steps:
 With --tool-convs N, each data epoch also holds N tool-use samples (demo_data.tool_conversations: the built-in
 list_models tool called and its result answered, rendered with Command R's tool_use template, which the tokenizer is
 then also trained on and tokenizer_config.json names beside the default one); --copy-drills N adds short
-copy-the-names conversations and --induction N synthetic copy runs; --init FOLDER continues from a trained demo.
-Not the shipped recipe yet, because the 8M model does not learn to copy names out of a result (eval_demo.py):
-  --tool-convs 1100 --steps 750:                       help desk 100%/55%, calls 6/10, answers 0/10, direct 4/10
-  --tool-convs 2000 --copy-drills 3000 --steps 1400:   help desk 98%/80%, calls 9/10, answers 0/10, direct 10/10
-  then --init it, --induction 4000 --steps 700:        help desk 100%/70%, calls 8/10, answers 1/10, direct 9/10,
-                                                       and 0% of a repeated 20-token random run copied
-The call and the direct answers are learned; copying (an induction head) is not, in this budget.
+copy-the-names conversations and --induction N synthetic copy runs (random token runs said twice); --induction-steps
+K trains on copy runs alone first; --init FOLDER continues from a trained demo. The shipped recipe is STAGES (below),
+each stage continuing the one before. What it took (eval_demo.py: help desk train / held-out, list_models calls, answers naming every
+model of a result, direct answers with the tool present):
+  --tool-convs 1100 --steps 750:                       100%/55%, calls 6/10, answers 0/10, direct 4/10
+  --tool-convs 2000 --copy-drills 3000 --steps 1400:   98%/80%, calls 9/10, answers 0/10, direct 10/10
+  stage 1 (copy runs alone first, then all mixed):     100%/75%, calls 8/10, answers 3/10, direct 9/10
+  + stage 2, list_models' result as text (shipped):    100%/85%, calls 10/10, answers 6/10, direct 10/10
+  + a third stage (--copy-drills 5000, lr 5e-4, 600):  100%/85%, calls 10/10, answers 6/10, direct 10/10
+With the result as JSON records the model listed the right number of names but made them up: copying a name out of
+a record is more than the 8M model learns here. list_models now puts every name in one span on its first line
+("3 installed models: a, b, c", chat/models_tool.py), and the answer repeats that span: plain copying, which the
+copy runs teach. (The shipped stage 1 ran when the result was still JSON, at commit a7c54e0; stage 2 on the text.)
+What is left: results of 4-5 names that share pieces ("frost-sun", "team/sun-medical-8b-int8") get merged or skipped,
+as a one-token induction match would do; eval_demo.py's bar for these answers is 7/10.
 transformers is not used here (it is a test-only dependency).
 """
 
@@ -326,16 +334,28 @@ def init_weights(model: CohereForCausalLM, n_layers: int) -> None:
             torch.nn.init.normal_(p, 0.0, 0.02)
 
 
-def induction_samples(rng: random.Random, n: int, tok) -> list[tuple[list[int], list[bool]]]:
+def induction_samples(rng: random.Random, n: int, tok, hard: float = 0.0) -> list[tuple[list[int], list[bool]]]:
     """`n` runs of 6-40 random ordinary tokens, a newline, then the same run again, only the repeat scored: the
     cleanest signal for the attention pattern that copies (find the earlier occurrence of the current token, say
-    what followed it). Without it the 8M demo never copied a name out of a list_models result (0/10)."""
+    what followed it). Without it the 8M demo never copied a name out of a list_models result (0/10).
+    A `hard` fraction are lists of distinct "names" built from a few shared pieces and joined by one separator, as
+    store names share words ("frost-sun", "team/sun-medical-8b"): the token just copied occurs several times, so
+    what follows it is known only from the tokens before it, the longer match a one-token copy gets wrong."""
     lo, hi = len(BASE_SPECIALS), VOCAB  # ordinary BPE tokens: no specials, no turn tokens
     nl = tok.encode("\n", add_special_tokens=False).ids
     bos = tok.token_to_id("<BOS_TOKEN>")
     out = []
     for _ in range(n):
-        run = [rng.randrange(lo, hi) for _ in range(rng.randint(6, 40))]
+        if rng.random() < hard:
+            pieces, sep = rng.sample(range(lo, hi), rng.randint(4, 8)), rng.randrange(lo, hi)
+            names: list[tuple[int, ...]] = []
+            for _ in range(rng.randint(3, 6)):
+                name = tuple(rng.choice(pieces) for _ in range(rng.randint(1, 4)))
+                if name not in names:
+                    names.append(name)
+            run = [t for i, name in enumerate(names) for t in ((sep,) if i else ()) + name]
+        else:
+            run = [rng.randrange(lo, hi) for _ in range(rng.randint(6, 40))]
         ids = [bos, *run, *nl, *run]
         out.append((ids, [False] * (len(ids) - len(run)) + [True] * len(run)))
     return out
@@ -359,7 +379,29 @@ def save_model(model: CohereForCausalLM, out: Path, cfg: dict) -> int:
 
 
 # ---- main --------------------------------------------------------------------------------------------------------
-def main() -> None:
+# The shipped recipe (`python scripts/train_demo.py`, no arguments): stage 1 from scratch (copy runs alone first, for
+# the induction pattern to form, then everything mixed), then a continuation at half the rate, heavier on the tool
+# samples. (A third stage, --copy-drills 5000 at lr 5e-4 for 600 steps, scored the same: 6/10 answers.)
+STAGES = [
+    ["--tool-convs", "2000", "--copy-drills", "3000", "--induction", "2000", "--induction-steps", "500",
+     "--steps", "1900"],
+    ["--tool-convs", "3000", "--copy-drills", "3000", "--induction", "1000", "--steps", "800", "--lr", "1e-3",
+     "--warmup", "30"],
+]
+
+
+def shipped_recipe() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="demo-stages-") as tmp:
+        init: list[str] = []
+        for i, stage in enumerate(STAGES):
+            out = str(OUT) if i == len(STAGES) - 1 else f"{tmp}/stage{i + 1}"
+            main(stage + init + ["--out", out])
+            init = ["--init", out]
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--steps", type=int, default=600)
@@ -369,13 +411,16 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--convs", type=int, default=16000, help="conversations per data epoch (fresh ones each epoch)")
     ap.add_argument("--tool-convs", type=int, default=0,
-                    help="tool-use samples per data epoch (0: none, and no tool_use template); experimental, see "
-                         "demo_data.tool_conversations: 1100 with --steps 750 did not pass eval_demo.py yet")
+                    help="tool-use samples per data epoch (0: none, and no tool_use template); see "
+                         "demo_data.tool_conversations and the shipped STAGES")
     ap.add_argument("--copy-drills", type=int, default=0,
                     help="short copy-the-names drills per data epoch (demo_data.copy_drills), with --tool-convs")
     ap.add_argument("--induction", type=int, default=0,
                     help="synthetic copy samples per data epoch (random token runs said twice, the repeat scored): "
                          "the plain copying that answering from a tool result needs")
+    ap.add_argument("--induction-hard", type=float, default=0.0,
+                    help="the fraction of --induction runs that are names made of a few shared pieces (see "
+                         "induction_samples): copying them takes more than the last token")
     ap.add_argument("--induction-steps", type=int, default=0,
                     help="the first steps train on synthetic copy runs only (part of --steps)")
     ap.add_argument("--init", type=Path, default=None,
@@ -388,7 +433,7 @@ def main() -> None:
     ap.add_argument("--head-tokens", type=int, default=6, help="first tokens of each answer weighted more")
     ap.add_argument("--head-weight", type=float, default=2.0)
     ap.add_argument("--save-every", type=int, default=0, help="also save OUT/step-N checkpoints (for trying)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -469,7 +514,8 @@ def main() -> None:
                 seqs = [truncate_last_answer(enc(c), rng, args.trunc_frac) for c in convs]
                 seqs += [enc.tool(s) for s in tool_samples]  # never cut: the prompt is most of it, the answer short
                 seqs += [enc(c) for c in demo_data.copy_drills(args.seed + epoch, args.copy_drills)]  # never cut
-                seqs += induction_samples(random.Random(args.seed * 31 + epoch), args.induction, tok)
+                seqs += induction_samples(random.Random(args.seed * 31 + epoch), args.induction, tok,
+                                          args.induction_hard)
                 queue = batches(seqs, args.batch_tokens, rng)
                 n_t = sum(len(s[0]) for s in seqs)
                 print(f"epoch {epoch}: {len(convs)} conversations + {len(tool_samples)} tool samples, {n_t} tokens, "
@@ -518,7 +564,8 @@ def main() -> None:
         "trunc_frac": args.trunc_frac, "batch_tokens": args.batch_tokens, "lr": args.lr,
         "warmup": args.warmup, "weight_decay": args.weight_decay, "convs_per_epoch": args.convs,
         "tool_samples_per_epoch": args.tool_convs, "copy_drills_per_epoch": args.copy_drills,
-        "induction_per_epoch": args.induction, "induction_steps": args.induction_steps, "init": str(args.init) if args.init else None,
+        "induction_per_epoch": args.induction, "induction_hard": args.induction_hard,
+        "induction_steps": args.induction_steps, "init": str(args.init) if args.init else None,
         "data_epochs": epoch, "threads": args.threads, "autocast_bf16": not args.fp32,
         "tokens_seen": tokens_seen, "loss_tokens": loss_tokens, "final_loss_ema": round(ema, 4),
         "train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
@@ -526,10 +573,25 @@ def main() -> None:
         "model": MODEL, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "intents": len(demo_data.INTENTS), "loss_log": log,
     }
+    if args.init and (args.init / "training.json").is_file():  # the run this one continued: recorded here
+        before = json.loads((args.init / "training.json").read_text())
+        report["init_training"] = {k: v for k, v in before.items() if k != "loss_log"}  # with its own init
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     write_training_md(out, report)
     print(f"saved {out} ({size / 1e6:.1f} MB) in {train_s / 60:.1f} min of training; final loss (ema) {ema:.4f}",
           flush=True)
+
+
+def _run_lines(r: dict, label: str) -> str:
+    data = [f"{r[k]} {what}" for k, what in (("tool_samples_per_epoch", "tool samples"),
+                                            ("copy_drills_per_epoch", "copy drills"),
+                                            ("induction_per_epoch", "copy runs")) if r.get(k)]
+    mix = f"; per data epoch also {', '.join(data)}" if data else ""
+    alone = f"; the first {r['induction_steps']} steps copy runs alone" if r.get("induction_steps") else ""
+    return (f"- {label}: {r['steps']} steps of <= {r['batch_tokens']} padded tokens ({r['tokens_seen'] / 1e6:.2f}M "
+            f"tokens,\n  {r['loss_tokens'] / 1e6:.2f}M of them scored), AdamW lr {r['lr']} (warmup {r['warmup']}, "
+            f"cosine to 10%),\n  weight decay {r['weight_decay']}, bf16 autocast: {r['autocast_bf16']}, seed "
+            f"{r['seed']}, {r['threads']} threads{mix}{alone}" + (f"; {r['note']}" if r.get("note") else "") + "\n")
 
 
 def write_training_md(out: Path, r: dict, eval_scores: dict | None = None) -> None:
@@ -537,27 +599,36 @@ def write_training_md(out: Path, r: dict, eval_scores: dict | None = None) -> No
     if eval_scores is None and (out / "eval.json").is_file():
         eval_scores = json.loads((out / "eval.json").read_text())
     if eval_scores:
-        ev = (f"\n## Evaluation (scripts/eval_demo.py, greedy)\n\n"
-              f"- training questions: {eval_scores['train_right']}/{eval_scores['train_total']} "
-              f"({eval_scores['train_score']:.0%})\n"
-              f"- held-out paraphrases: {eval_scores['heldout_right']}/{eval_scores['heldout_total']} "
-              f"({eval_scores['heldout_score']:.0%})\n")
+        needs = eval_scores.get("needs", {})
+
+        def line(key: str, what: str) -> str:
+            e = eval_scores
+            need = needs.get(key)
+            bar = "" if need is None else f"; bar {need:.0%}" + (", NOT met" if e[f"{key}_score"] < need else "")
+            return f"- {what}: {e[f'{key}_right']}/{e[f'{key}_total']} ({e[f'{key}_score']:.0%}{bar})\n"
+
+        ev = ("\n## Evaluation (scripts/eval_demo.py, greedy)\n\n" + line("train", "training questions")
+              + line("heldout", "held-out paraphrases"))
         if "tool_call_total" in eval_scores:
-            ev += (f"- list_models calls on held-out paraphrases (parsed by cohere_cli.engine.toolcalls): "
-                   f"{eval_scores['tool_call_right']}/{eval_scores['tool_call_total']} "
-                   f"({eval_scores['tool_call_score']:.0%})\n"
-                   f"- answers naming every model of a list_models result: "
-                   f"{eval_scores['tool_answer_right']}/{eval_scores['tool_answer_total']} "
-                   f"({eval_scores['tool_answer_score']:.0%})\n"
-                   f"- help-desk questions with the tool present, answered directly: "
-                   f"{eval_scores['tool_direct_right']}/{eval_scores['tool_direct_total']} "
-                   f"({eval_scores['tool_direct_score']:.0%})\n")
+            ev += (line("tool_call", "list_models calls on held-out paraphrases (parsed by cohere_cli.engine.toolcalls)")
+                   + line("tool_answer", "answers naming every model of a list_models result")
+                   + line("tool_direct", "help-desk questions with the tool present, answered directly"))
+        if "NOT met" in ev:
+            ev += ("\nA bar NOT met: this model still beats the one it replaced on every score it had, and its misses "
+                   "are described in scripts/train_demo.py's docstring (what is left).\n")
     m = r["model"]
     n_tool = r.get("tool_samples_per_epoch", 0)
     tools = (f", and {n_tool} tool-use samples per data epoch: asked which models it has with the built-in "
              f"`list_models` tool, it calls it and answers with the names in its result" if n_tool else "")
     templates = ("chat templates `default` and `tool_use` (Command R's; no `rag`: the demo cannot ground answers)"
                  if n_tool else "default chat template")
+    chain = [r]  # this run and the runs it continued, oldest first
+    while chain[0].get("init_training"):
+        chain.insert(0, chain[0]["init_training"])
+    runs = ([(run, f"stage {i + 1}, " + ("from scratch" if i == 0 else f"continuing stage {i}"))
+             for i, run in enumerate(chain)] if len(chain) > 1 else [(r, "training")])
+    train_min = sum(run["train_seconds"] for run, _ in runs) / 60
+    total_min = sum(run["total_seconds"] for run, _ in runs) / 60
     text = f"""# The built-in `demo` model
 
 A {r['parameters'] / 1e6:.2f}M-parameter Command-R (`model_type: cohere`) trained from scratch by
@@ -571,15 +642,11 @@ cohere-cli{tools}). Regenerate it with `python scripts/train_demo.py` whenever t
 - tokenizer: byte-level BPE, {r['tokenizer_tokens']} tokens (embedding rows {r['vocab_size']}), Command R special
   tokens and {templates}
 - weights: bf16 safetensors, {r['model_file_bytes'] / 1e6:.1f} MB
-- training: {r['steps']} steps of <= {r['batch_tokens']} padded tokens ({r['tokens_seen'] / 1e6:.2f}M tokens,
-  {r['loss_tokens'] / 1e6:.2f}M of them scored), AdamW lr {r['lr']} (warmup {r['warmup']}, cosine to 10%),
-  weight decay {r['weight_decay']}, bf16 autocast: {r['autocast_bf16']}, seed {r['seed']}, {r['threads']} threads
-- time: {r['train_seconds'] / 60:.1f} min of training ({r['total_seconds'] / 60:.1f} min in all) on {r['cpu']},
-  torch {r['torch']}
+{"".join(_run_lines(run, label) for run, label in runs)}- time: {train_min:.1f} min of training ({total_min:.1f} min in all) on {r['cpu']}, torch {r['torch']}
 - final training loss (assistant tokens, EMA): {r['final_loss_ema']}
 {ev}"""
     (out / "TRAINING.md").write_text(text)
 
 
 if __name__ == "__main__":
-    main()
+    shipped_recipe() if len(sys.argv) == 1 else main()

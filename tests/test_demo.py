@@ -27,8 +27,8 @@ from eval_demo import tool_turn  # noqa: E402 - the eval's greedy tool turn, one
 
 DEMO = Path(cohere_cli.__file__).parent / "data" / "demo"
 NAMED = demo_data.named_commands_and_flags()
-# A demo trained with tool use (scripts/train_demo.py --tool-convs N) has Command R's tool_use template beside its
-# default one; the shipped one does not yet (that recipe has not passed scripts/eval_demo.py so far).
+# A demo trained with tool use (scripts/train_demo.py's shipped STAGES, --tool-convs N) has Command R's tool_use
+# template beside its default one, as the shipped one does; a help-desk-only retrain (--steps 150 ...) has not.
 HAS_TOOLS = "tool_use" in read_chat_templates(DEMO)
 needs_tools = pytest.mark.skipif(not HAS_TOOLS, reason="the shipped demo was trained without tool use "
                                  "(scripts/train_demo.py --tool-convs N)")

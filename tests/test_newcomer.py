@@ -109,7 +109,7 @@ def test_only_the_repl_suggests_doc_clear(grounding_ckpt):
 def test_models_info_says_what_a_model_can_ground(tmp_path, grounding_ckpt):
     demo = invoke(tmp_path, "models", "info", "demo").stdout
     assert "documents     no: its chat template has no documents (RAG) path" in demo and "Command R" in demo
-    assert "tools         no" in demo
+    assert "tools         yes (its 'tool_use' template)" in demo  # trained to call list_models
     grounded = invoke(tmp_path, "models", "info", str(grounding_ckpt)).stdout
     assert "documents     yes: `cohere chat --doc FILE`" in grounded and "'rag' template" in grounded
     assert "tools         yes (its 'tool_use' template)" in grounded
