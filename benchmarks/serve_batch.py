@@ -6,12 +6,15 @@ the server, in one run.
 The model: the 213M bf16 checkpoint of benchmarks/vs_transformers.py (built there once, into --cache) with the demo
 model's tokenizer beside it (its vocabulary of 4096 fits the checkpoint's 32000 rows). Steps:
 1. `cohere serve` on 127.0.0.1 (an ephemeral port), `--ctx 1024 --max-batch 8`.
-2. `cohere bench --endpoint URL --concurrency ... --seq ... --gen ...`: its table as printed (aggregate tok/s per
-   concurrency), and the ratio of concurrency 4 to 1 (target >= 2.5x). The bench client shares the machine.
+2. `cohere bench --endpoint URL --concurrency ... --seq ... --gen ... --json`: aggregate tok/s per concurrency and
+   the ratio of concurrency 4 to 1 (target >= 2.5x); any failed request fails the run. The bench client shares the
+   machine, and sends the same prompt each time: after a slot's first request the server reuses its cached prompt
+   and prefills one token, so TTFT here is a cache hit's (decode, what the ratio is about, is not affected).
 3. Identity: --streams prompts (different token ids), greedy, `ignore_eos`, --gen tokens each, through
    /v1/completions: first one at a time, then all at once (batched by the server); every stream's text must equal
-   its one-at-a-time text and `stream_generate`'s run of the same ids in this process (the unbatched path of
-   `cohere generate`). "All at once" runs on a freshly started server: sent to the server that already answered
+   its one-at-a-time text and `stream_generate`'s run of the same ids in this process, on the model as the server
+   runs it (weights/layout.batch_invariant; `cohere generate` keeps oneDNN's one-row kernels, which may differ in
+   the last bit where K > 1024, so its greedy text can differ at a near tie). "All at once" runs on a freshly started server: sent to the server that already answered
    them, each prompt would reuse the cache its first run left (prefix reuse, for a conversation's next turn) and
    prefill only its last token, which rounds differently from a whole prefill, batch or no batch.
 """
@@ -80,9 +83,11 @@ def local_texts(folder: Path, prompts: list[list[int]], gen: int) -> list[str]:
     from cohere_cli.engine.generate import stream_generate
     from cohere_cli.engine.runtime import load_runtime
     from cohere_cli.engine.sampling import SamplingParams
+    from cohere_cli.weights.layout import batch_invariant
 
     torch.set_num_threads(2)
     rt = load_runtime(str(folder), "bfloat16")
+    batch_invariant(rt.model)  # as cohere serve runs it: its unbatched path
     texts = []
     for ids in prompts:
         texts.append("".join(r.text for r in stream_generate(rt.model, rt.tokenizer, ids, SamplingParams(), gen,
@@ -105,12 +110,19 @@ def main() -> None:
     try:
         if a.concurrency:
             bench = subprocess.run([sys.executable, "-m", "cohere_cli", "bench", "--endpoint", url, "--concurrency",
-                                    a.concurrency, "--seq", str(a.seq), "--gen", str(a.gen)],
+                                    a.concurrency, "--seq", str(a.seq), "--gen", str(a.gen), "--json"],
                                    capture_output=True, text=True, timeout=3600)
-            out = bench.stdout + bench.stderr
-            print(out)
-            agg = {int(m.group(1)): float(m.group(2))
-                   for m in re.finditer(r"^\s*(\d+)\s+\d+\s+\d+\s+\d+\s+.*?\s([\d.]+)\s*$", out, re.M)}
+            if bench.returncode != 0:
+                raise SystemExit(f"cohere bench failed: {bench.stderr.strip()[-500:]}")
+            results = json.loads(bench.stdout)["results"]
+            print(f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'aggregate tok/s':>15} {'vs 1':>6}")
+            agg = {x["concurrency"]: x["aggregate_tokens_per_s"] for x in results}
+            for x in results:
+                ratio = f"{x['aggregate_tokens_per_s'] / agg[1]:.2f}x" if 1 in agg else ""
+                print(f"{x['concurrency']:>11} {x['requests']:>8} {x['errors']:>6} "
+                      f"{x['aggregate_tokens_per_s']:>15.1f} {ratio:>6}")
+            if any(x["errors"] for x in results):
+                raise SystemExit("requests failed: the ratios are not comparable")
             if 1 in agg and 4 in agg:
                 r = agg[4] / agg[1]
                 print(f"aggregate tok/s, concurrency 4 / 1: {r:.2f}x (target >= {TARGET}x: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cohere_cli import store
+from cohere_cli.untrusted import one_line
 
 
 def installed_models() -> list[dict]:
@@ -25,17 +26,28 @@ def models_text(models: list[dict]) -> str:
     and not the other)."""
     if not models:
         return "0 installed models"
-    lines = [f"{len(models)} installed model{'s' if len(models) != 1 else ''}: " + ", ".join(m["name"] for m in models)]
-    for m in models:
+    names = [_field(m["name"]) for m in models]
+    lines = [f"{len(models)} installed model{'s' if len(models) != 1 else ''}: " + ", ".join(names)]
+    for name, m in zip(names, models):
         if m.get("builtin"):
             details = ["built-in", m.get("description")]
         else:
             n = m.get("parameters")
-            size = None if not isinstance(n, int) else (f"{n / 1e9:.1f}B parameters" if n >= 1e9 else
-                                                        f"{n / 1e6:.1f}M parameters")
+            size = None if not isinstance(n, int) or isinstance(n, bool) else (
+                f"{n / 1e9:.1f}B parameters" if n >= 10**9 else f"{n / 1e6:.1f}M parameters" if n >= 10**6 else
+                f"{n} parameters")
             details = [m.get("architecture"), size, m.get("precision")]
-        lines.append(f"- {m['name']}: " + (", ".join(str(d) for d in details if d) or "no details"))
+        lines.append(f"- {name}: " + (", ".join(_field(d) for d in details if d) or "no details"))
     return "\n".join(lines)
+
+
+def _field(value) -> str:
+    """A manifest's text (untrusted) as one inert piece of a line: no newline to forge a line with, no comma to
+    forge a name with, at most MAX_FIELD characters (a huge name would crowd out the others)."""
+    return one_line(value, MAX_FIELD).replace(",", ";")
+
+
+MAX_FIELD = 200
 
 
 def list_models() -> str:

@@ -14,8 +14,9 @@ The batch must not change the answer: each row's logits are bit-identical to the
 greedy tokens equal stream_generate's. Elementwise ops and the row-wise norms are independent of the other rows.
 Matmuls need not be: oneDNN runs a one-row bf16 matmul with another K accumulation order than two rows or more
 when K > 1024 (measured on torch 2.13: ~1 output in 4000 differs in its last bf16 bit; fp32 differs always), while
-any two M >= 2 agree with each other. weights/layout.pack therefore makes such packed linears multiply one row as
-two (TwoRowLinear) in every decode, alone or batched. Each linear is still probed once here (`RowExact`): batched
+any two M >= 2 agree with each other. BatchForward therefore makes the model's packed linears batch-invariant
+(weights/layout.batch_invariant: such a linear multiplies one row as two, in every decode of the served model, alone
+or batched). Each linear is still probed once here (`RowExact`): batched
 where B rows give the one-row results bit for bit, else row by row (an unpacked weight, a quantized kernel that
 differs: each row through the one-row kernel; the weights then come from the cache for every row after the
 first)."""
@@ -26,9 +27,7 @@ import torch
 from torch import nn
 
 from cohere_cli.model import Attention, Block, CohereForCausalLM, KVCache, SparseMoE
-from cohere_cli.weights.layout import FusedAttention, FusedBlock, split_heads
-
-PROBE_ROWS = 16  # rows of the exactness probe: a K-order difference shows in ~6 of them at the least (see above)
+from cohere_cli.weights.layout import FusedAttention, FusedBlock, batch_invariant, probe_rows, split_heads
 
 
 class RowExact:
@@ -48,9 +47,11 @@ class RowExact:
     def exact(self, lin: nn.Module, x: torch.Tensor) -> bool:
         ok = self.known.get(id(lin))
         if ok is None:
-            p = torch.randn(PROBE_ROWS, 1, x.shape[-1], generator=self.gen).to(x.dtype).to(x.device)
-            alone = torch.cat([lin(p[i : i + 1]) for i in range(PROBE_ROWS)])
-            ok = all(torch.equal(lin(p[:m]), alone[:m]) for m in (2, 3, PROBE_ROWS))
+            first = torch.randn(1, 1, x.shape[-1], generator=self.gen).to(x.dtype).to(x.device)
+            rows = probe_rows(lin(first).shape[-1])
+            p = torch.randn(rows, 1, x.shape[-1], generator=self.gen).to(x.dtype).to(x.device)
+            alone = torch.cat([lin(p[i : i + 1]) for i in range(rows)])
+            ok = all(torch.equal(lin(p[:m]), alone[:m]) for m in (2, 3, rows))
             self.known[id(lin)] = ok
         return ok
 
@@ -60,6 +61,7 @@ class BatchForward:
     for B sequences in one pass over the weights."""
 
     def __init__(self, model: CohereForCausalLM):
+        batch_invariant(model)  # the served model: its one-row decode then gives what a batch gives
         self.model, self.lin = model, RowExact()
 
     @torch.inference_mode()

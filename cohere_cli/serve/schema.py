@@ -201,8 +201,10 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _is_tag(part) -> bool:
-    """A union member's tag in pydantic's error location ("constrained-str", "list[int]"), not a field."""
-    return isinstance(part, str) and (any(c in part for c in "[-(") or part in _TYPE_TAGS)
+    """A union member's tag in pydantic's error location ("constrained-str", "list[int]"), not a field or a key of
+    the request's own dicts ("my-key")."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or
+                                      part.startswith(("constrained-", "function-", "json-or-python")))
 
 
 def _fields(loc) -> list:

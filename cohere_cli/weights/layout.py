@@ -6,8 +6,8 @@
   become views of the fused one: memory, module names and state_dict keys stay the checkpoint's. The fused modules
   run through subclasses of model.py's (FusedBlock, FusedAttention, FusedMLP: the instance's class is swapped),
   which reuse its pieces, so model.py keeps one route per module.
-- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight), one-row
-  products made to give the bits of a batch where oneDNN's one-row kernel would not (TwoRowLinear);
+- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight); for serving,
+  batch_invariant makes one-row products give the bits of a batch where oneDNN's one-row kernel would not;
 - the native decode step: bf16 on CPU, each block's one-token step through weights/kernels' DecodeOps.
 
 checkpoint.load_model applies them (inference_layout); bench/quality.py fuses each block it streams."""
@@ -81,9 +81,19 @@ def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[n
     if type(fused) is Linear and fused.weight.is_mkldnn:
         for p in parts:
             p.weight = p.bias = None
-    for lin in packed:
-        if lin.weight.is_mkldnn and one_row_differs(lin):
-            lin.__class__ = TwoRowLinear
+
+
+def batch_invariant(model: nn.Module) -> int:
+    """Make every packed linear give a row the same bits alone as within any batch (TwoRowLinear where oneDNN's
+    one-row kernel differs); the number switched. For `cohere serve` (engine/batch_forward.py), whose answers must not
+    depend on who else is served. Not part of pack(): a second row costs single-stream decode up to 2x per linear in
+    fp32 (every packed fp32 linear differs) and ~1.2x in bf16 where K > 1024, for an agreement only batching needs."""
+    n = 0
+    for m in model.modules():
+        if type(m) is Linear and m.weight is not None and m.weight.is_mkldnn and one_row_differs(m):
+            m.__class__ = TwoRowLinear
+            n += 1
+    return n
 
 
 class TwoRowLinear(Linear):
@@ -93,7 +103,7 @@ class TwoRowLinear(Linear):
     its last bit; fp32 always), while any two counts of rows >= 2 agree. `cohere serve` decodes several
     sequences in one product (engine/batch_forward.py), and a sequence must get the same logits batched as alone:
     with this, every row count gives the same bits, and a stream's tokens do not depend on who else is served.
-    Cost: a second row in a memory-bound product (the weight is read once either way)."""
+    Installed by batch_invariant, for serving only (its cost is below)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() != x.shape[-1]:
@@ -106,14 +116,19 @@ _ONE_ROW_DIFFERS: dict[tuple, bool] = {}  # per (weight shape, dtype, bias): one
 PROBE_OUTPUTS = 1 << 16  # outputs compared per probe: a K-order difference shows in ~16 of them (1 in 4,000)
 
 
+def probe_rows(n_out: int) -> int:
+    """Rows of an exactness probe of a product with `n_out` outputs per row: PROBE_OUTPUTS outputs, 2 to 64 rows
+    (each a pass over the weight). 16 rows of 1,024 outputs missed a 1-in-4,000 difference in ~1 load of 20."""
+    return min(max(2, -(-PROBE_OUTPUTS // n_out)), 64)
+
+
 def one_row_differs(lin: Linear) -> bool:
     """Whether `lin` gives a row alone other bits than the same row within a product of several rows, where two
-    rows (TwoRowLinear) give the bits of several. Probed once per shape with random rows: about 64k outputs
-    (2-16 rows, each a pass over the weight)."""
+    rows (TwoRowLinear) give the bits of several. Probed once per shape with random rows (probe_rows)."""
     w, b = lin.weight, lin.bias
     key = (tuple(w.shape), w.dtype, b is not None)
     if key not in _ONE_ROW_DIFFERS:
-        rows = min(max(2, -(-PROBE_OUTPUTS // w.shape[0])), 16)
+        rows = probe_rows(w.shape[0])
         g = torch.Generator().manual_seed(0)
         p = torch.randn(rows, w.shape[1], generator=g).to(w.dtype)  # (rows, K)
         many = linear(p, w, b)  # (rows, N)
