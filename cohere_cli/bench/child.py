@@ -22,6 +22,7 @@ from typing import Callable
 
 from cohere_cli.errors import CohereError
 from cohere_cli.bench.roofline import _sync
+from cohere_cli.weights.memory import trim_heap
 
 # ---- peak memory (in the child) -------------------------------------------------------------------------------------
 def _status_kib(field: str) -> int | None:
@@ -59,12 +60,7 @@ def release_memory() -> None:
     import gc
 
     gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 # ---- quantizing a loaded model in memory ----------------------------------------------------------------------------

@@ -150,9 +150,8 @@ class LayerStream:
 
     def load(self, path: str, module):
         """Fill `module` (built on meta) with the tensors under `path`; returns it (quantized linears swapped in)."""
-        from safetensors import safe_open
-
         from cohere_cli.weights.checkpoint import assign_tensor
+        from cohere_cli.weights.safetensors import Reader
 
         shell = _shell(path, module)
         params = dict(shell.named_parameters(remove_duplicate=True))
@@ -168,7 +167,7 @@ class LayerStream:
             by_file.setdefault(self.where[k], []).append(k)
         seen = set()
         for f, names in by_file.items():
-            with safe_open(str(f), framework="pt", device="cpu") as sf:
+            with Reader(f) as sf:
                 for key in names:
                     if loader is not None and loader.take(key, sf):
                         seen.add(key)

@@ -36,7 +36,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
     from cohere_cli.store import sizes
     from cohere_cli.weights.quant import QuantSpec
     from cohere_cli.weights.quantize import (check_disk, check_parent, default_name, folder_tmpdir, looks_like_path,
-                                             make_plan, manifest_record, quantize_checkpoint, scan)
+                                             make_plan, manifest_record, quantize_checkpoint, scan, weight_files)
 
     spec = QuantSpec(bits=bits, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant,
                      keep=list(keep or []), head=head)
@@ -47,7 +47,7 @@ def run_quantize(model: str, *, bits: int, quant_type: str, blocksize: int, doub
     # the parent as `bench` and `models` look it up: the entry's name, `demo` (not the package's install path)
     parent_name = entry.name if entry else loc.name
     check_parent(parent)  # already quantized? (one line, before any work)
-    plan = make_plan(scan(parent), spec)
+    plan = make_plan(scan(weight_files(parent)), spec)
     for g in spec.keep:
         if not any(fnmatchcase(m, g) or fnmatchcase(m + ".weight", g) for m in plan.kept):
             warn(f"--keep {g!r} matches no attention/MLP linear: nothing is kept because of it")

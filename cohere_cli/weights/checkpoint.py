@@ -1,7 +1,8 @@
 """Loading an HF-format checkpoint folder into the model core.
 
-Tensors are read one at a time from memory-mapped safetensors and converted straight into the compute dtype, into a
-model built on the meta device: peak memory stays near the model's size in its compute dtype, never twice it."""
+Tensors are read one at a time (safetensors.Reader) and converted straight into the compute dtype, into a model built
+on the meta device, each block put in the inference layout as soon as it is complete: peak memory stays a block above
+the model's size in its compute dtype (load_model)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cohere_cli.config import ModelConfig, read_config
 from cohere_cli.model import CohereForCausalLM
 from cohere_cli.untrusted import confine, parse_json, read_bounded
 from cohere_cli.weights import layout
+from cohere_cli.weights.memory import trim_heap
 
 MAX_INDEX_BYTES = 64 << 20  # a shard index maps tensor names to shards: ~100 bytes a tensor
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -99,12 +101,21 @@ class Loaded:
     folder: Path
 
 
+MAPPED = ("model.embed_tokens.weight", "lm_head.weight")  # left in the file on CPU (see load_model)
+
+
 def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "cpu", inference: bool = True) -> Loaded:
     """Build the model for `folder` and fill it tensor by tensor. Raises CheckpointError on any mismatch.
     With `inference` (the default) it comes out in the decode layout: fused q/k/v and gate/up (layout.fuse) and,
     on CPU, weights packed for oneDNN (layout.pack); inference=False keeps the checkpoint's modules as they are
-    (what bench_child.quantize_in_memory needs)."""
-    from safetensors import SafetensorError, safe_open
+    (what bench_child.quantize_in_memory needs).
+
+    Memory: one resident copy of every weight, and loading peaks a block (or a head chunk) above it. Each tensor is
+    read into memory of its own (safetensors.Reader: no map of the file holding pages), each block fused and packed
+    as soon as its last tensor is in (the checkpoint's parts freed then, not at the end), and on CPU the embedding
+    and the head's source stay in the file, mapped (only the rows of tokens seen are resident; the head is packed
+    from the map chunk by chunk, each chunk's pages given back: layout.packed_head, quant.int8_head)."""
+    from cohere_cli.weights.safetensors import Reader
 
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -122,26 +133,32 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
         from cohere_cli.weights.quant import QuantizedLoader
 
         quant = QuantizedLoader(model, raw, files, torch_dtype, device)
+    blocks = _Blocks(model, expected, quant) if inference else None
+    map_on_cpu = inference and device.type == "cpu"
     for f in files:
         try:
-            with safe_open(str(f), framework="pt", device="cpu") as sf:
+            with Reader(f) as sf:
                 for file_key in sf.keys():
                     key = model_key(file_key, cfg)
                     if key is None or (key == "lm_head.weight" and tied):
                         continue  # the tied head some exports write; a wrapper's vision tower (never read)
                     if quant is not None and quant.take(key, sf, file_key):
                         seen.add(key)
-                        continue
-                    if key not in expected:
+                    elif key not in expected:
                         raise CheckpointError(
                             f"{f.name} has unexpected tensor {file_key!r}: not a {cfg.model_type} checkpoint of this "
                             f"config (quantized checkpoints need `cohere quantize` support)"
                         )
-                    t = sf.get_tensor(file_key)
-                    assign_tensor(model, key, t, params[key], torch_dtype, device, f)
-                    seen.add(key)
-        except SafetensorError as e:
-            raise CheckpointError(f"{f} is corrupt or truncated ({e}): re-download it") from None
+                    else:
+                        mapped = map_on_cpu and key in MAPPED and sf.dtype(file_key) == torch_dtype
+                        t = sf.mapped(file_key) if mapped else sf.get_tensor(file_key)
+                        assign_tensor(model, key, t, params[key], torch_dtype, device, f)
+                        if mapped:
+                            params[key] = model.get_parameter(key)
+                            params[key].file_backed = True  # not memory of the model's own (bench/child.module_bytes)
+                        seen.add(key)
+                    if blocks is not None:
+                        blocks.arrived(key)
         except OSError as e:
             raise CheckpointError(f"cannot read {f} ({e})") from None
     head = None
@@ -157,24 +174,70 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
     model.eval().requires_grad_(False)
     if inference:
         inference_layout(model, files, int8_head=head)
+    trim_heap()
     return Loaded(model, cfg, raw, torch_dtype, why, time.perf_counter() - t0, folder)
+
+
+class _Blocks:
+    """Fuses and packs each block as soon as the last of its tensors is loaded (and its quantized modules built),
+    so the checkpoint's separate q/k/v/gate/up and the plain matrices packing replaces are freed block by block."""
+
+    def __init__(self, model: CohereForCausalLM, expected: set[str], quant):
+        self.model, self.quant = model, quant
+        self.left: dict[int, set[str]] = {}
+        for k in expected:
+            i = self.index(k)
+            if i is not None:
+                self.left.setdefault(i, set()).add(k)
+
+    @staticmethod
+    def index(key: str) -> int | None:
+        parts = key.split(".", 3)
+        return int(parts[2]) if len(parts) > 3 and parts[:2] == ["model", "layers"] and parts[2].isdigit() else None
+
+    def arrived(self, key: str) -> None:
+        i = self.index(key)
+        left = self.left.get(i)
+        if left is None:
+            return
+        left.discard(key)
+        prefix = f"model.layers.{i}."
+        if not left and not (self.quant is not None and any(m.startswith(prefix) for m in self.quant.pending)):
+            del self.left[i]
+            block = self.model.model.layers[i]
+            layout.pack_block(layout.fuse_block(block))
+            trim_heap()  # the block's parts, just freed
 
 
 def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
                      int8_head: float | None = None) -> None:
-    """The decode layout (weights/layout.py): fuse, then pack; with the checkpoint's `files`, a tied head is packed and
-    the embedding lookups read the file (mapped_tensor) where it is stored in the model's dtype. `int8_head`: run
-    the head as LLM.int8() with this outlier threshold instead, on CPU (quantized checkpoints, quant.int8_head).
-    bf16 on CPU: each block's decode step through the native kernels where they build (kernels.decode_ops)."""
+    """The decode layout (weights/layout.py): fuse, then pack; a tied head is packed from the embedding matrix in
+    the checkpoint file (load_model leaves it mapped there; given `files`, it is mapped here: mapped_tensor), and
+    the embedding lookups read the file. `int8_head`: run the head as LLM.int8() with this outlier threshold
+    instead, on CPU (quantized checkpoints, quant.int8_head). A head that is a view of the file is packed or
+    quantized chunk by chunk, each chunk's pages given back as it is done. bf16 on CPU: each block's decode step
+    through the native kernels where they build (kernels.decode_ops)."""
+    from cohere_cli.weights.safetensors import release_rows
+
     w = model.model.embed_tokens.weight
     emb = head = None
-    if files and w.device.type == "cpu" and model.lm_head.weight is w:
-        emb = mapped_tensor(files, "model.embed_tokens.weight", w.dtype)
+    tied = model.lm_head.weight is w
+    if tied and w.device.type == "cpu":
+        emb = w if getattr(w, "file_backed", False) else \
+            mapped_tensor(files, "model.embed_tokens.weight", w.dtype) if files else None
+    src = emb if tied and emb is not None else model.lm_head.weight
+    mapped = src is emb or getattr(src, "file_backed", False)
+
+    def release(a: int, b: int) -> None:  # after each chunk: its source pages, and the temporaries the chunk freed
+        if mapped:
+            release_rows(src, a, b)
+        trim_heap()
+
     if int8_head is not None and isinstance(model.lm_head, torch.nn.Linear):
         from cohere_cli.weights.quant import int8_head as build
 
-        head = build(model.lm_head.weight, int8_head)
-    layout.pack(layout.fuse(model), embedding=emb, head=head)
+        head = build(src, int8_head, release)
+    layout.pack(layout.fuse(model), embedding=emb, head=head, release=release)
     if w.device.type == "cpu" and w.dtype == torch.bfloat16:
         from cohere_cli.weights import kernels
 
@@ -239,11 +302,7 @@ def assign_tensor(model, key: str, t: torch.Tensor, meta_param, dtype, device, f
         )
     mod_name, _, attr = key.rpartition(".")
     module = model.get_submodule(mod_name)
-    # .to() converts and copies once; the mmap-backed source is dropped right after. Where it had nothing to do
-    # the tensor still lives in the safetensors memory map: fine for linears (fuse() and pack() copy them, or they
-    # stay mapped), but an embedding or norm left there would keep the whole file mapped, with every page loading
-    # touched counting in the resident set on top of the packed copies (426 MB on the 213M benchmark model).
+    # .to() converts and copies once. Where it has nothing to do the tensor is the one read (safetensors.Reader: memory
+    # of its own), or on CPU a view of the file map load_model asked for (the embedding, the head's source).
     w = t.to(device=device, dtype=dtype)
-    if w.data_ptr() == t.data_ptr() and not isinstance(module, torch.nn.Linear):
-        w = w.clone()
     module._parameters[attr] = torch.nn.Parameter(w, requires_grad=False)

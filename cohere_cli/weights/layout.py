@@ -280,36 +280,80 @@ def fuse(model: CohereForCausalLM) -> CohereForCausalLM:
     return model
 
 
+HEAD_CHUNK_BYTES = 128 << 20  # the most of a float head packed in one piece (see HeadChunks)
+
+
+class HeadChunks(nn.Module):
+    """The output head as row chunks of at most HEAD_CHUNK_BYTES, each its own packed Linear, their logits side by
+    side. Why: packing copies a weight, so packing a head in one piece holds the plain matrix and the packed one at
+    once (a 256000 x 2048 bf16 head: 1 GB twice); chunk by chunk, each chunk's source pages given back as soon as
+    it is packed (packed_head), loading peaks one chunk above the model. A head under the bound stays one Linear."""
+
+    def __init__(self, parts: list[Linear]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)  # (..., V)
+
+
+def packed_head(w: torch.Tensor, release=None) -> nn.Module:
+    """The head (vocab, hidden) weight `w` packed for oneDNN, by chunks of rows (HeadChunks) where it is large;
+    `release(start, end)` is called once rows start..end are packed (a mapped source gives their pages back)."""
+    rows = max(1, HEAD_CHUNK_BYTES // (w.shape[1] * w.element_size()))
+    parts = []
+    for r in range(0, w.shape[0], rows):
+        part = w[r : r + rows]
+        with torch.device("meta"):
+            lin = Linear(part.shape[1], part.shape[0], bias=False)
+        lin.weight = nn.Parameter(pack_weight(part), requires_grad=False)
+        parts.append(lin)
+        if release is not None:
+            release(r, r + part.shape[0])
+    return parts[0] if len(parts) == 1 else HeadChunks(parts)
+
+
+def pack_block(layer: Block) -> None:
+    """Pack the float linears of one block, after fuse_block (idempotent: a packed weight stays as it is)."""
+    a, m = layer.self_attn, layer.mlp
+    if isinstance(layer, FusedBlock):
+        pack_linears(layer.in_proj, inputs(layer), [a.o_proj, m.down_proj])
+    else:
+        pack_linears(getattr(a, "qkv_proj", None), [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
+        for e in mlps(layer):
+            pack_linears(getattr(e, "gate_up_proj", None), [e.gate_proj, e.up_proj], [e.down_proj])
+
+
 def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
-         head: nn.Module | None = None) -> CohereForCausalLM:
+         head: nn.Module | None = None, release=None) -> CohereForCausalLM:
     """CPU decode layout, after fuse(): every float linear's weight reordered once for oneDNN (pack_weight;
-    1.4-2.8x faster one-row matmuls). A tied head needs a packed copy of the embedding matrix, while the
-    embedding lookup needs its plain rows: given `embedding`, the same matrix in memory the model does not own
-    (checkpoint.mapped_tensor: the checkpoint file, memory-mapped), the head is packed from the model's copy and
-    the lookups then read the map, where only the rows of tokens actually seen become resident. Without it a
-    tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
+    1.4-2.8x faster one-row matmuls; pack_block, which checkpoint.load_model runs on each block as soon as it is
+    loaded). A tied head needs a packed copy of the embedding matrix, while the embedding lookup needs its plain
+    rows: given `embedding`, the same matrix in memory the model does not own (a view of the checkpoint file,
+    memory-mapped: Reader.mapped), the head is packed from it (packed_head, `release` giving each chunk's pages
+    back) and the lookups then read the map, where only the rows of tokens actually seen become resident (an
+    untied head is packed in the same chunks, `release` giving back its own pages where it is mapped). Without
+    it a tied head stays on the embedding matrix (plain 3.4 ms against packed 1.2 ms for the 32000 x 1024 head of
     the 213M benchmark model, whose whole bf16 decode step takes ~13 ms). `head`: a module to run as the head
     instead (built by the caller from the head's weight, e.g. int8 for quantized models); the embedding then
     reads `embedding` in the same way."""
     for layer in model.model.layers:
-        a, m = layer.self_attn, layer.mlp
-        if isinstance(layer, FusedBlock):
-            pack_linears(layer.in_proj, inputs(layer), [a.o_proj, m.down_proj])
-        else:
-            pack_linears(getattr(a, "qkv_proj", None), [a.q_proj, a.k_proj, a.v_proj], [a.o_proj])
-            for e in mlps(layer):
-                pack_linears(getattr(e, "gate_up_proj", None), [e.gate_proj, e.up_proj], [e.down_proj])
+        pack_block(layer)
     emb = model.model.embed_tokens
-    tied = model.lm_head.weight is emb.weight
+    tied = model.lm_head.weight is emb.weight if type(model.lm_head) is Linear else False
     if head is not None:
         model.lm_head = head
     elif type(model.lm_head) is not Linear:
         return model
     elif not tied:
-        pack_linears(None, [model.lm_head], [])
+        w = model.lm_head.weight
+        if packable(w) and model.lm_head.bias is None:
+            model.lm_head = packed_head(w.detach(), release)  # `release`: the head's own pages, where mapped
+        else:
+            pack_linears(None, [model.lm_head], [])
     elif embedding is not None and packable(emb.weight):
-        model.lm_head.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)  # untie, then pack
-        pack_linears(None, [model.lm_head], [])
+        model.lm_head = packed_head(embedding, release)  # the chunks' sources: the file's pages
     else:
         return model
     if tied and embedding is not None:

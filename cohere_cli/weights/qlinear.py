@@ -341,7 +341,7 @@ class QuantLinear8bit(_PlanFree, nn.Module):
             if fn is None or not (kernels.cpu_contiguous(cb, torch.int8) and kernels.cpu_contiguous(scb, torch.float32)
                                   and (bias is None or kernels.cpu_contiguous(bias, torch.bfloat16))):
                 return None
-            rowsum = cb.sum(1, dtype=torch.int32)  # the kernel's correction for its unsigned activations, once
+            rowsum = _row_sums(cb)  # the kernel's correction for its unsigned activations, once
             n, k, thr = self.out_features, self.in_features, self.threshold
             args = (k, cb.data_ptr(), scb.data_ptr(), rowsum.data_ptr(), None if bias is None else bias.data_ptr())
 
@@ -359,6 +359,16 @@ class QuantLinear8bit(_PlanFree, nn.Module):
                 f"threshold={self.threshold}, one row: {'LLM.int8() on _int_mm, ' if self.row_kernel else ''}"
                 f"weight-only <= {self.woq_max_rows} bf16 rows, "
                 f"bnb int8 kernel <= {self.kernel_max_rows} rows, else dequantize+gemm")
+
+
+def _row_sums(cb: torch.Tensor) -> torch.Tensor:
+    """The int32 sum of each row of an int8 matrix (out, in), as an int8 product with a column of ones: exact, and
+    nothing the size of the matrix is made. `cb.sum(1, dtype=torch.int32)` widens the whole matrix to int32 first
+    (a 256000 x 2048 head: 2 GB for a moment, and up to 700 MB of it left in the heap after)."""
+    try:
+        return torch._int_mm(cb, cb.new_ones(cb.shape[1], 8))[:, 0].contiguous()  # (out, 8) int32 -> (out,)
+    except RuntimeError:  # shapes _int_mm does not take
+        return torch.cat([c.sum(1, dtype=torch.int32) for c in cb.split(1024)])
 
 
 FUSED_NAMES = ("in_proj", "qkv_proj", "gate_up_proj")  # modules layout.fuse adds (views of the checkpoint's modules)

@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -186,33 +187,44 @@ def weight_shape_on_disk(shape: tuple[int, int], spec: QuantSpec) -> tuple[list[
     return stored, dtype
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec, rows: int | None = None) -> dict[str, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, spec: QuantSpec, rows: int | None = None,
+                    release: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """The serialization of one linear weight {suffix: tensor}, quantized `rows` rows at a time (default: chunks of
-    ~4M values; `rows` must keep chunks on whole 4-bit blocks)."""
+    ~4M values; `rows` must keep chunks on whole 4-bit blocks), each chunk's bytes written straight into the
+    result (no second copy of it). `release(start, end)`: called once rows start..end are quantized (a mapped
+    source gives their pages back: checkpoint.py's head)."""
     q = quantizer(tuple(w.shape), w.dtype, spec)
     step = rows or row_chunk(tuple(w.shape), spec.blocksize)
-    datas, stats = zip(*(q.rows(w[r : r + step]) for r in range(0, w.shape[0], step)))
-    data = torch.cat(datas)
+    data, stats, at = None, [], 0
+    for r in range(0, w.shape[0], step):
+        chunk, stat = q.rows(w[r : r + step])
+        if data is None:  # every chunk holds the same bytes per row
+            data = torch.empty(chunk.numel() * w.shape[0] // min(step, w.shape[0]), dtype=chunk.dtype)
+        data[at : at + chunk.numel()] = chunk
+        at += chunk.numel()
+        stats.append(stat)
+        if release is not None:
+            release(r, min(r + step, w.shape[0]))
+    assert at == data.numel(), "quantized chunks do not cover the weight"
     out = {"weight": data.reshape(-1, 1) if spec.bits == 4 else data.reshape(w.shape)}
-    out.update(q.finish(list(stats)))
+    out.update(q.finish(stats))
     return out
-
-
-# ---- loading quantized checkpoints (the hook in checkpoint.load_model) ----------------------------------------------
 
 
 def is_quantized_config(raw: dict) -> bool:
     return isinstance(raw.get("quantization_config"), dict)
 
 
-def int8_head(w: torch.Tensor, threshold: float | None) -> QuantLinear8bit | None:
+def int8_head(w: torch.Tensor, threshold: float | None,
+              release: Callable[[int, int], None] | None = None) -> QuantLinear8bit | None:
     """The LLM.int8() module a quantized checkpoint runs as its head on CPU, from the float (vocab, hidden) head
     weight `w`: quantized as `cohere quantize` quantizes a linear (quantize_weight, by row chunks: a 256000 x 8192
-    head is 2 billion weights). None where `threshold` is None (head_threshold: "float") or `w` is not on CPU."""
+    head is 2 billion weights; `release` as there). None where `threshold` is None (head_threshold: "float") or `w`
+    is not on CPU."""
     if threshold is None or w.device.type != "cpu":
         return None
     spec = QuantSpec(bits=8, threshold=threshold)
-    return QuantLinear8bit.from_stored(quantize_weight(w.detach(), spec), w.shape[1], w.shape[0],
+    return QuantLinear8bit.from_stored(quantize_weight(w.detach(), spec, release=release), w.shape[1], w.shape[0],
                                        threshold=threshold)
 
 

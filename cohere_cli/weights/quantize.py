@@ -32,6 +32,8 @@ import torch
 
 from cohere_cli.weights import qlinear
 from cohere_cli.weights import quant
+from cohere_cli.weights.checkpoint import weight_files
+from cohere_cli.weights.memory import fixed_mmap_threshold
 from cohere_cli.errors import QuantizeError, UsageError
 from cohere_cli.store import bnb_format
 from cohere_cli.store.atomic import free_bytes, publish_folder
@@ -207,9 +209,9 @@ def quantize_checkpoint(parent: Path, out: Path, spec: quant.QuantSpec, *,
     progress(n_bytes_of_parent_done, tensor_name) is called as work completes."""
     spec.validate()
     raw = check_parent(parent)
-    plan = plan or make_plan(scan(parent), spec, max_shard_bytes)
+    plan = plan or make_plan(scan(weight_files(parent)), spec, max_shard_bytes)
     qlinear.bnb()  # import (and silence) bitsandbytes before the clock starts
-    _return_freed_memory()
+    fixed_mmap_threshold()
     workers = workers or max(1, min(4, torch.get_num_threads()))
     t0 = time.perf_counter()
     maps = MappedFiles()
@@ -267,19 +269,6 @@ def _write_rest(parent: Path, out: Path, raw: dict, spec: quant.QuantSpec, plan:
     cfg["quantization_config"] = spec.quantization_config(plan.kept)
     cfg[quant.HEAD_KEY] = spec.head
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def _return_freed_memory() -> None:
-    """Make glibc hand large freed blocks back to the system at once. By default its mmap threshold rises to the
-    largest block freed so far, after which the chunk-sized temporaries of every quantized chunk are recycled inside
-    the heap and the resident set creeps up by hundreds of MB (measured: 485 MB -> 105 MB peak over the baseline
-    for int8 on a 478 MB checkpoint). No effect elsewhere than glibc."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, fixed
 
 
 def _copy_item(it: Item, maps: MappedFiles, writer: ShardWriter, progress, base: int) -> None:
