@@ -16,6 +16,8 @@ from cohere_cli.engine.response import Response
 from cohere_cli.model import CohereForCausalLM, KVCache
 from cohere_cli.engine.sampling import Sampler, SamplingParams
 from cohere_cli.engine.thinking import ThinkBudget
+from cohere_cli.engine.threads import ThreadTuner
+from cohere_cli.weights.memory import trim_heap
 
 PREFILL_CHUNK = 512
 
@@ -34,6 +36,8 @@ def prefill(model: CohereForCausalLM, ids: torch.Tensor, cache: KVCache, start: 
     for s in range(0, ids.numel(), chunk):
         piece = ids[s : s + chunk][None]  # (1, t)
         logits = model(piece, start + s, cache, last_only=True)  # (1, 1, V)
+        if piece.shape[1] > 1 and ids.device.type == "cpu":
+            trim_heap()  # a chunk's activations, tens of MB a layer, freed into the heap: give them back
     return logits[0, -1]
 
 
@@ -81,6 +85,9 @@ def fit_answer(n_prompt: int, max_tokens: int, context: int) -> int:
     return min(max_tokens, context - n_prompt)
 
 
+_DECODE_THREADS: dict[int, int] = {}  # by the user's thread count: the decode count the last generation settled on
+
+
 @torch.inference_mode()
 def stream_generate(
     model: CohereForCausalLM,
@@ -123,21 +130,33 @@ def stream_generate(
 
     n, step_in = 0, torch.empty(1, 1, dtype=torch.long, device=device)
     finish = None
-    while True:
-        n += 1
-        decode_tps = (n - 1) / max(time.perf_counter() - t_first, 1e-9) if n > 1 else 0.0
-        if token in stop_ids:
-            finish = "stop"
-            break
-        history[n_prompt + n - 1] = token
-        yield response(detok.step(token), token, n, decode_tps)
-        if n >= max_tokens:
-            finish = "length"
-            break
-        step_in[0, 0] = token
-        logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
-        session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
-        token = pick(lambda: sampler(logits, history[: n_prompt + n]))
+    threads = torch.get_num_threads()
+    tuner = ThreadTuner(torch.set_num_threads, threads, _DECODE_THREADS.get(threads)) if device.type == "cpu" \
+        else None  # see engine/threads.py
+    try:
+        while True:
+            n += 1
+            decode_tps = (n - 1) / max(time.perf_counter() - t_first, 1e-9) if n > 1 else 0.0
+            if token in stop_ids:
+                finish = "stop"
+                break
+            history[n_prompt + n - 1] = token
+            yield response(detok.step(token), token, n, decode_tps)
+            if n >= max_tokens:
+                finish = "length"
+                break
+            step_in[0, 0] = token
+            t = time.perf_counter()
+            logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
+            if tuner is not None:
+                tuner.step(time.perf_counter() - t)
+            session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
+            token = pick(lambda: sampler(logits, history[: n_prompt + n]))
+    finally:
+        if tuner is not None:
+            _DECODE_THREADS[threads] = tuner.current
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # the next prefill, and the next call's tuner, start from the user's count
     generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer
     elapsed = time.perf_counter() - t_first  # n-1 decode steps ran after the prefill produced token 1
     yield response(detok.flush(), None, generated, (n - 1) / elapsed if n > 1 else 0.0, finish)

@@ -1,0 +1,73 @@
+"""The decode thread count, chosen by measurement while decoding (stream_generate).
+
+Why: a decode step is hundreds of short parallel regions (each matmul, each kernel call), and every region waits
+for its slowest thread. When another process keeps a core busy, the thread that shares that core is preempted for
+a scheduler slice (milliseconds) in region after region, while its partner spins: on the 2-core machine, 2 threads
+then decoded at 0.1-0.3x their quiet speed, where 1 thread keeps ~0.5x (platform-notes: one thread reads memory at
+about half the bandwidth of two). Which count is faster depends on what else runs, and that changes while we run,
+so ThreadTuner measures: after every `wait` steps it runs a few steps with a neighbouring count (one fewer, or one
+more when it is below the maximum) and keeps whichever is faster. A probe that loses doubles the wait (up to
+MAX_WAIT: in a quiet run probes cost under 1%), a step much slower than the recent ones probes at once. The next
+generation starts from the count the last one settled on (stream_generate)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+
+class ThreadTuner:
+    PROBE = 3  # steps per probe (their median is compared: one slow step, e.g. oneDNN's first call, does not decide)
+    FIRST = 8  # steps before the first probe, and after a switch
+    MAX_WAIT = 512
+    SLOWER = 2.0  # a step this many times the recent median starts a probe at once
+    GAIN = 0.9  # a probe wins when its median step is under this fraction of the current count's
+
+    def __init__(self, set_threads, threads: int, start: int | None = None):
+        """set_threads(n): applies a thread count (torch.set_num_threads); `threads`: the most to use; `start`: the
+        count to begin with (what the previous generation settled on), the most by default."""
+        self.set, self.max = set_threads, max(1, threads)
+        self.current, self.wait, self.count = min(start or self.max, self.max), self.FIRST, 0
+        if self.current != self.max:
+            self.set(self.current)
+        self.recent: deque[float] = deque(maxlen=8)  # step seconds at the current count
+        self.trial: int | None = None  # the count being probed
+        self.trial_times: list[float] = []
+        self.down = True  # which neighbour the next probe tries, where both exist
+
+    @property
+    def threads(self) -> int:
+        return self.current if self.trial is None else self.trial
+
+    def step(self, seconds: float) -> None:
+        """Record one decode step's duration; may change the thread count for the next step."""
+        if self.max == 1:
+            return
+        if self.trial is not None:
+            self.trial_times.append(seconds)
+            if len(self.trial_times) >= self.PROBE:
+                self._decide()
+            return
+        sudden = len(self.recent) >= self.PROBE and seconds > self.SLOWER * statistics.median(self.recent)
+        self.recent.append(seconds)
+        self.count += 1
+        if (self.count >= self.wait or sudden) and len(self.recent) >= self.PROBE:
+            self._probe()
+
+    def _probe(self) -> None:
+        down = self.current > 1 and (self.down or self.current == self.max)
+        self.trial = self.current - 1 if down else self.current + 1
+        self.down = not down
+        self.trial_times = []
+        self.set(self.trial)
+
+    def _decide(self) -> None:
+        mine = statistics.median(list(self.recent)[-self.PROBE :])
+        if statistics.median(self.trial_times) < self.GAIN * mine:
+            self.current, self.wait = self.trial, self.FIRST
+            self.recent.clear()
+            self.recent.extend(self.trial_times)
+        else:
+            self.set(self.current)
+            self.wait = min(2 * self.wait, self.MAX_WAIT)
+        self.trial, self.count = None, 0

@@ -1,0 +1,119 @@
+"""engine/threads.py: the decode thread count chosen by measurement. Driven by a model of step time per thread
+count (no clock, no real threads): the tuner sees only the step durations it is given."""
+
+from __future__ import annotations
+
+from cohere_cli.engine.threads import ThreadTuner
+
+
+class Machine:
+    """Step seconds by thread count, changeable mid-run; records what the tuner set."""
+
+    def __init__(self, times: dict[int, float]):
+        self.times, self.threads, self.sets = times, 2, []
+
+    def set(self, n: int) -> None:
+        self.threads = n
+        self.sets.append(n)
+
+    def run(self, tuner: ThreadTuner, steps: int) -> list[int]:
+        used = []
+        for _ in range(steps):
+            used.append(self.threads)
+            tuner.step(self.times[self.threads])
+        return used
+
+
+def test_quiet_keeps_every_thread_and_probes_rarely():
+    m = Machine({2: 0.010, 1: 0.018})
+    tuner = ThreadTuner(m.set, 2)
+    used = m.run(tuner, 2000)
+    assert tuner.current == 2 and m.threads == 2
+    assert used.count(1) <= 0.01 * len(used) + 3 * 3  # probes back off: 16, 32, ... 512 steps apart
+
+
+def test_a_busy_core_moves_decode_to_one_thread_and_back_when_it_ends():
+    m = Machine({2: 0.060, 1: 0.018})  # another process on one core: two threads wait on each other
+    tuner = ThreadTuner(m.set, 2)
+    used = m.run(tuner, 100)
+    assert tuner.current == 1 and used[-50:].count(1) >= 47  # a probe of 2 now and then (backing off)
+    assert used.index(1) <= ThreadTuner.FIRST  # the first probe finds it
+    m.times = {2: 0.010, 1: 0.018}  # the other process ends
+    used = m.run(tuner, 200)
+    assert tuner.current == 2 and used[-50:].count(2) >= 47
+
+
+def test_a_sudden_slowdown_probes_at_once():
+    m = Machine({2: 0.010, 1: 0.018})
+    tuner = ThreadTuner(m.set, 2)
+    m.run(tuner, 600)  # quiet long enough for the wait to grow to its maximum
+    assert tuner.wait >= 256
+    m.times = {2: 0.060, 1: 0.018}
+    used = m.run(tuner, 10)
+    assert used[-3:] == [1, 1, 1] and tuner.current == 1
+
+
+def test_a_losing_probe_restores_the_count_and_one_thread_never_probes():
+    m = Machine({2: 0.010, 1: 0.018})
+    tuner = ThreadTuner(m.set, 2)
+    m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE)
+    assert m.sets == [1, 2] and tuner.wait == 2 * ThreadTuner.FIRST
+    single = Machine({1: 0.018})
+    single.threads = 1
+    ThreadTuner(single.set, 1)
+    single.run(ThreadTuner(single.set, 1), 1000)
+    assert single.sets == []
+
+
+def test_many_cores_step_down_one_at_a_time():
+    times = {n: 0.010 * 16 / n for n in range(1, 17)}
+    times[16] = 0.050  # one core taken: 16 threads straggle, 15 do not
+    m = Machine(times)
+    m.threads = 16
+    tuner = ThreadTuner(m.set, 16)
+    m.run(tuner, 100)
+    assert tuner.current == 15
+
+
+def test_a_tuner_starts_where_the_last_one_settled():
+    m = Machine({2: 0.010, 1: 0.018})
+    tuner = ThreadTuner(m.set, 2, start=1)
+    assert m.threads == 1 and tuner.current == 1
+    m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE + 2)  # quiet now: its first probe goes back to 2
+    assert tuner.current == 2
+
+
+def test_stream_generate_gives_the_thread_count_back(tmp_path, monkeypatch):
+    """Whatever the tuner chose while decoding, the caller's count is restored when the generation ends or is
+    stopped (the next prefill runs on every thread), and the next generation starts from the tuner's choice."""
+    import torch
+
+    from cohere_cli.engine import generate
+    from cohere_cli.engine.sampling import SamplingParams
+    from cohere_cli.weights.checkpoint import load_model
+    from factory_checkpoint import make_checkpoint
+
+    class Tok:
+        vocab_size, stop_ids = None, set()
+
+        def stream_decoder(self):
+            return type("D", (), {"step": lambda self, t: "", "flush": lambda self: ""})()
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=384)
+    model = load_model(tmp_path).model
+    monkeypatch.setattr(ThreadTuner, "GAIN", 100.0)  # every probe wins: the count changes at each probe
+    monkeypatch.setattr(generate, "_DECODE_THREADS", {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = set()
+        gen = generate.stream_generate(model, Tok(), [1, 2, 3], SamplingParams(), 40, stop_ids=set())
+        for i, _ in enumerate(gen):
+            seen.add(torch.get_num_threads())
+            if i == 30:
+                break
+        gen.close()
+        assert seen == {1, 2} and torch.get_num_threads() == 2
+        assert generate._DECODE_THREADS[2] in (1, 2)
+    finally:
+        torch.set_num_threads(before)
