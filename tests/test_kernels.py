@@ -157,3 +157,24 @@ def test_rope_table_built_in_inference_mode_serves_training(tmp_path):
         model(ids)
     model(ids).sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+@needs_kernel
+def test_decode_attention_kernel_gives_the_same_bits_at_any_thread_count():
+    """The key chunks (whose merge order rounds) do not follow the thread count: decode's count changes with the
+    machine's load (engine/threads.py), and a greedy answer must not."""
+    nh, nkv, hd, S = 16, 4, 64, 3000
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(1, 1, (nh + 2 * nkv) * hd, generator=g).bfloat16()
+    kc0 = torch.randn(1, nkv, S + 1, hd, generator=g).bfloat16()
+    vc0 = torch.randn(1, nkv, S + 1, hd, generator=g).bfloat16()
+    cis = rope_cos_sin(torch.tensor([S - 1]), hd, 10000.0, torch.bfloat16)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(attend(qkv, cis, kc0.clone(), vc0.clone(), S - 1, S, None, S - 1, 0, nh, nkv, hd, 0.125))
+    finally:
+        torch.set_num_threads(before)
+    assert all(o is not None and torch.equal(o, outs[0]) for o in outs)

@@ -145,3 +145,45 @@ def test_quantize_weight_releases_each_chunk_once_in_order():
     assert seen == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]
     whole = quantize_weight(w, spec, rows=300)
     assert chunked.keys() == whole.keys() and all(torch.equal(chunked[k], whole[k]) for k in whole)
+
+
+def test_a_forged_shape_is_refused_in_bounded_time(tmp_path):
+    """A shape of a million huge dimensions (a 20 MB header) is refused at once: its product as a Python integer
+    would take hours (quadratic), and a zero-size entry of the right dtype does not reach the map."""
+    import time
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB)
+    f = tmp_path / "model.safetensors"
+    raw = f.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header["model.norm.weight"]["shape"] = [10**18] * 1_000_000
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    f.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+    t = time.perf_counter()
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path)
+    assert time.perf_counter() - t < 60  # seconds of JSON parsing at most, not the hours of the product
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16")
+    rewrite_header(tmp_path / "model.safetensors",
+                   lambda h: h.update({"model.embed_tokens.weight": {**h["model.embed_tokens.weight"], "shape": [0, 64],
+                                       "data_offsets": [0, 0]}}))
+    with pytest.raises(CheckpointError, match=r"'model.embed_tokens.weight' has shape \(0, 64\)"):
+        load_model(tmp_path, dtype="bfloat16")
+
+
+def test_a_tensor_stored_twice_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, max_shard_size="150KB")
+    files = sorted(tmp_path.glob("*.safetensors"))
+    first = load_file(files[0])
+    key = next(iter(first))
+    last = load_file(files[-1])
+    last[key] = first[key]
+    save_file(last, files[-1], metadata={"format": "pt"})
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    with pytest.raises(CheckpointError, match="a second time"):
+        load_model(tmp_path)
+    assert index["weight_map"][key] == files[0].name

@@ -7,34 +7,30 @@ from cohere_cli.engine.threads import ThreadTuner
 
 
 class Machine:
-    """Step seconds by thread count, changeable mid-run; records what the tuner set."""
+    """Step seconds by thread count, changeable mid-run; runs each step at the count the tuner gives."""
 
     def __init__(self, times: dict[int, float]):
-        self.times, self.threads, self.sets = times, 2, []
-
-    def set(self, n: int) -> None:
-        self.threads = n
-        self.sets.append(n)
+        self.times = times
 
     def run(self, tuner: ThreadTuner, steps: int) -> list[int]:
         used = []
         for _ in range(steps):
-            used.append(self.threads)
-            tuner.step(self.times[self.threads])
+            used.append(tuner.threads)
+            tuner.step(self.times[used[-1]])
         return used
 
 
 def test_quiet_keeps_every_thread_and_probes_rarely():
     m = Machine({2: 0.010, 1: 0.018})
-    tuner = ThreadTuner(m.set, 2)
+    tuner = ThreadTuner(2)
     used = m.run(tuner, 2000)
-    assert tuner.current == 2 and m.threads == 2
+    assert tuner.current == 2 and tuner.threads == 2
     assert used.count(1) <= 0.01 * len(used) + 3 * 3  # probes back off: 16, 32, ... 512 steps apart
 
 
 def test_a_busy_core_moves_decode_to_one_thread_and_back_when_it_ends():
     m = Machine({2: 0.060, 1: 0.018})  # another process on one core: two threads wait on each other
-    tuner = ThreadTuner(m.set, 2)
+    tuner = ThreadTuner(2)
     used = m.run(tuner, 100)
     assert tuner.current == 1 and used[-50:].count(1) >= 47  # a probe of 2 now and then (backing off)
     assert used.index(1) <= ThreadTuner.FIRST  # the first probe finds it
@@ -45,7 +41,7 @@ def test_a_busy_core_moves_decode_to_one_thread_and_back_when_it_ends():
 
 def test_a_sudden_slowdown_probes_at_once():
     m = Machine({2: 0.010, 1: 0.018})
-    tuner = ThreadTuner(m.set, 2)
+    tuner = ThreadTuner(2)
     m.run(tuner, 600)  # quiet long enough for the wait to grow to its maximum
     assert tuner.wait >= 256
     m.times = {2: 0.060, 1: 0.018}
@@ -55,37 +51,25 @@ def test_a_sudden_slowdown_probes_at_once():
 
 def test_a_losing_probe_restores_the_count_and_one_thread_never_probes():
     m = Machine({2: 0.010, 1: 0.018})
-    tuner = ThreadTuner(m.set, 2)
-    m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE)
-    assert m.sets == [1, 2] and tuner.wait == 2 * ThreadTuner.FIRST
-    single = Machine({1: 0.018})
-    single.threads = 1
-    ThreadTuner(single.set, 1)
-    single.run(ThreadTuner(single.set, 1), 1000)
-    assert single.sets == []
+    tuner = ThreadTuner(2)
+    used = m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE + 1)
+    assert used.count(1) == ThreadTuner.PROBE and used[-1] == 2 and tuner.wait == 2 * ThreadTuner.FIRST
+    assert set(Machine({1: 0.018}).run(ThreadTuner(1), 1000)) == {1}
 
 
 def test_many_cores_step_down_one_at_a_time():
     times = {n: 0.010 * 16 / n for n in range(1, 17)}
     times[16] = 0.050  # one core taken: 16 threads straggle, 15 do not
     m = Machine(times)
-    m.threads = 16
-    tuner = ThreadTuner(m.set, 16)
+    tuner = ThreadTuner(16)
     m.run(tuner, 100)
     assert tuner.current == 15
 
 
-def test_a_tuner_starts_where_the_last_one_settled():
-    m = Machine({2: 0.010, 1: 0.018})
-    tuner = ThreadTuner(m.set, 2, start=1)
-    assert m.threads == 1 and tuner.current == 1
-    m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE + 2)  # quiet now: its first probe goes back to 2
-    assert tuner.current == 2
-
-
-def test_stream_generate_gives_the_thread_count_back(tmp_path, monkeypatch):
-    """Whatever the tuner chose while decoding, the caller's count is restored when the generation ends or is
-    stopped (the next prefill runs on every thread), and the next generation starts from the tuner's choice."""
+def test_stream_generate_runs_only_its_decode_steps_at_the_tuned_count(tmp_path, monkeypatch):
+    """The tuned count holds for the decode step alone: whatever the tuner chose, the caller's count is in force at
+    every token handed out (and so after the generation ends or is stopped), and the tuner, with its choice and
+    back-off, carries to the next generation."""
     import torch
 
     from cohere_cli.engine import generate
@@ -102,18 +86,23 @@ def test_stream_generate_gives_the_thread_count_back(tmp_path, monkeypatch):
     make_checkpoint(tmp_path, tokenizer=False, vocab=384)
     model = load_model(tmp_path).model
     monkeypatch.setattr(ThreadTuner, "GAIN", 100.0)  # every probe wins: the count changes at each probe
-    monkeypatch.setattr(generate, "_DECODE_THREADS", {})
+    monkeypatch.setattr(generate, "_TUNERS", {})
+    used: list[int] = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: used.append(torch.get_num_threads()) or real(*a, **k))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        seen = set()
         gen = generate.stream_generate(model, Tok(), [1, 2, 3], SamplingParams(), 40, stop_ids=set())
         for i, _ in enumerate(gen):
-            seen.add(torch.get_num_threads())
+            assert torch.get_num_threads() == 2
             if i == 30:
                 break
         gen.close()
-        assert seen == {1, 2} and torch.get_num_threads() == 2
-        assert generate._DECODE_THREADS[2] in (1, 2)
+        assert set(used) == {1, 2} and torch.get_num_threads() == 2
+        tuner = generate._TUNERS[2]
+        for _ in generate.stream_generate(model, Tok(), [1, 2, 3], SamplingParams(), 5, stop_ids=set()):
+            assert torch.get_num_threads() == 2
+        assert generate._TUNERS[2] is tuner
     finally:
         torch.set_num_threads(before)

@@ -85,7 +85,7 @@ def fit_answer(n_prompt: int, max_tokens: int, context: int) -> int:
     return min(max_tokens, context - n_prompt)
 
 
-_DECODE_THREADS: dict[int, int] = {}  # by the user's thread count: the decode count the last generation settled on
+_TUNERS: dict[int, ThreadTuner] = {}  # by the caller's thread count: decode's, kept across generations
 
 
 @torch.inference_mode()
@@ -131,32 +131,32 @@ def stream_generate(
     n, step_in = 0, torch.empty(1, 1, dtype=torch.long, device=device)
     finish = None
     threads = torch.get_num_threads()
-    tuner = ThreadTuner(torch.set_num_threads, threads, _DECODE_THREADS.get(threads)) if device.type == "cpu" \
-        else None  # see engine/threads.py
-    try:
-        while True:
-            n += 1
-            decode_tps = (n - 1) / max(time.perf_counter() - t_first, 1e-9) if n > 1 else 0.0
-            if token in stop_ids:
-                finish = "stop"
-                break
-            history[n_prompt + n - 1] = token
-            yield response(detok.step(token), token, n, decode_tps)
-            if n >= max_tokens:
-                finish = "length"
-                break
-            step_in[0, 0] = token
-            t = time.perf_counter()
+    tuner = _TUNERS.setdefault(threads, ThreadTuner(threads)) if device.type == "cpu" else None  # engine/threads.py
+    while True:
+        n += 1
+        decode_tps = (n - 1) / max(time.perf_counter() - t_first, 1e-9) if n > 1 else 0.0
+        if token in stop_ids:
+            finish = "stop"
+            break
+        history[n_prompt + n - 1] = token
+        yield response(detok.step(token), token, n, decode_tps)
+        if n >= max_tokens:
+            finish = "length"
+            break
+        step_in[0, 0] = token
+        tuned = tuner.threads if tuner is not None else threads
+        if tuned != threads:
+            torch.set_num_threads(tuned)
+        t = time.perf_counter()
+        try:
             logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
-            if tuner is not None:
-                tuner.step(time.perf_counter() - t)
-            session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
-            token = pick(lambda: sampler(logits, history[: n_prompt + n]))
-    finally:
+        finally:
+            if tuned != threads:
+                torch.set_num_threads(threads)  # only the decode step runs at the tuned count
         if tuner is not None:
-            _DECODE_THREADS[threads] = tuner.current
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)  # the next prefill, and the next call's tuner, start from the user's count
+            tuner.step(time.perf_counter() - t)
+        session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
+        token = pick(lambda: sampler(logits, history[: n_prompt + n]))
     generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer
     elapsed = time.perf_counter() - t_first  # n-1 decode steps ran after the prefill produced token 1
     yield response(detok.flush(), None, generated, (n - 1) / elapsed if n > 1 else 0.0, finish)

@@ -7,8 +7,9 @@ then decoded at 0.1-0.3x their quiet speed, where 1 thread keeps ~0.5x (platform
 about half the bandwidth of two). Which count is faster depends on what else runs, and that changes while we run,
 so ThreadTuner measures: after every `wait` steps it runs a few steps with a neighbouring count (one fewer, or one
 more when it is below the maximum) and keeps whichever is faster. A probe that loses doubles the wait (up to
-MAX_WAIT: in a quiet run probes cost under 1%), a step much slower than the recent ones probes at once. The next
-generation starts from the count the last one settled on (stream_generate)."""
+MAX_WAIT: in a long quiet run probes cost under 1%), a step much slower than the recent ones probes at once.
+stream_generate keeps one tuner per caller's count for the whole process (its choice and its back-off carry from one
+answer to the next) and sets the tuned count around each decode step only, so nothing else runs at it."""
 
 from __future__ import annotations
 
@@ -23,13 +24,11 @@ class ThreadTuner:
     SLOWER = 2.0  # a step this many times the recent median starts a probe at once
     GAIN = 0.9  # a probe wins when its median step is under this fraction of the current count's
 
-    def __init__(self, set_threads, threads: int, start: int | None = None):
-        """set_threads(n): applies a thread count (torch.set_num_threads); `threads`: the most to use; `start`: the
-        count to begin with (what the previous generation settled on), the most by default."""
-        self.set, self.max = set_threads, max(1, threads)
-        self.current, self.wait, self.count = min(start or self.max, self.max), self.FIRST, 0
-        if self.current != self.max:
-            self.set(self.current)
+    def __init__(self, threads: int):
+        """`threads`: the most to use (the caller's count). `threads` is the count for the next step; the caller
+        runs the step at it and reports its duration to step()."""
+        self.max = max(1, threads)
+        self.current, self.wait, self.count = self.max, self.FIRST, 0
         self.recent: deque[float] = deque(maxlen=8)  # step seconds at the current count
         self.trial: int | None = None  # the count being probed
         self.trial_times: list[float] = []
@@ -59,7 +58,6 @@ class ThreadTuner:
         self.trial = self.current - 1 if down else self.current + 1
         self.down = not down
         self.trial_times = []
-        self.set(self.trial)
 
     def _decide(self) -> None:
         mine = statistics.median(list(self.recent)[-self.PROBE :])
@@ -68,6 +66,5 @@ class ThreadTuner:
             self.recent.clear()
             self.recent.extend(self.trial_times)
         else:
-            self.set(self.current)
             self.wait = min(2 * self.wait, self.MAX_WAIT)
         self.trial, self.count = None, 0

@@ -81,22 +81,38 @@ class TensorStats:
         return DTYPE_NAMES.get(top, top.lower())
 
 
+MAX_DIMS = 8  # a tensor of more dimensions is no checkpoint's
+MAX_NUMEL = 1 << 50  # more elements than any file holds
+
+
+def shape_numel(shape) -> int:
+    """The element count of a safetensors `shape` (untrusted): -1 where it is not a list of at most MAX_DIMS
+    non-negative integers or counts past MAX_NUMEL. Bounded work: a header can hold a shape of millions of huge
+    dimensions, whose product as a Python integer costs quadratic time."""
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        return -1
+    n = 1
+    for d in shape:
+        if type(d) is not int or d < 0 or d > MAX_NUMEL:
+            return -1
+        n *= d
+    return n if n <= MAX_NUMEL else -1
+
+
 def tensor_stats(files: Iterable[Path]) -> TensorStats:
     """Parameter count and bytes per dtype over safetensors files, from their headers only."""
     params = 0
     by_dtype: dict[str, int] = {}
     for path in files:
         header = read_safetensors_header(path)
-        names = set(header)
+        owners = {n.partition(".quant_state.")[0] for n in header if ".quant_state." in n}  # 4-bit weights
         for name, t in header.items():
-            numel = 1
-            for d in t.get("shape", []):
-                numel *= int(d)
+            numel = shape_numel(t.get("shape", []))
             dtype = t.get("dtype", "?")
             by_dtype[dtype] = by_dtype.get(dtype, 0) + int(numel * DTYPE_BYTES.get(dtype, 1))
             if name.endswith(bnb_format.AUX_SUFFIXES) or ".quant_state." in name:
                 continue
-            packed_4bit = dtype == "U8" and any(n.startswith(name + ".quant_state.") for n in names)
+            packed_4bit = dtype == "U8" and name in owners
             params += numel * 2 if packed_4bit else numel
     return TensorStats(params, by_dtype)
 

@@ -142,6 +142,9 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
                     key = model_key(file_key, cfg)
                     if key is None or (key == "lm_head.weight" and tied):
                         continue  # the tied head some exports write; a wrapper's vision tower (never read)
+                    if key in seen:  # a later copy would land in a module already fused and packed
+                        raise CheckpointError(f"{f.name} holds tensor {file_key!r} a second time: the checkpoint is "
+                                              f"inconsistent; re-download it")
                     if quant is not None and quant.take(key, sf, file_key):
                         seen.add(key)
                     elif key not in expected:
@@ -150,6 +153,7 @@ def load_model(folder: Path, dtype: str = "auto", device: str | torch.device = "
                             f"config (quantized checkpoints need `cohere quantize` support)"
                         )
                     else:
+                        check_shape(key, sf.shape(file_key), params[key], f)  # before reading a byte
                         mapped = map_on_cpu and key in MAPPED and sf.dtype(file_key) == torch_dtype
                         t = sf.mapped(file_key) if mapped else sf.get_tensor(file_key)
                         assign_tensor(model, key, t, params[key], torch_dtype, device, f)
@@ -292,14 +296,18 @@ def _no_init():
             setattr(torch.nn.init, n, f)
 
 
+def check_shape(key: str, shape: tuple[int, ...], meta_param, f: Path) -> None:
+    if tuple(shape) != tuple(meta_param.shape):
+        raise CheckpointError(
+            f"{f.name}: tensor {key!r} has shape {tuple(shape)}, config.json implies {tuple(meta_param.shape)}"
+        )
+
+
 def assign_tensor(model, key: str, t: torch.Tensor, meta_param, dtype, device, f: Path) -> None:
     """Put checkpoint tensor `key` (read from file `f`) into `model`, built on meta, in `dtype` on `device`; a shape
     other than the architecture's (`meta_param`) is a CheckpointError. load_model and bench's quality streaming
     (one block at a time) both load through it."""
-    if tuple(t.shape) != tuple(meta_param.shape):
-        raise CheckpointError(
-            f"{f.name}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies {tuple(meta_param.shape)}"
-        )
+    check_shape(key, tuple(t.shape), meta_param, f)
     mod_name, _, attr = key.rpartition(".")
     module = model.get_submodule(mod_name)
     # .to() converts and copies once. Where it has nothing to do the tensor is the one read (safetensors.Reader: memory

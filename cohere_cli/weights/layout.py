@@ -355,6 +355,8 @@ def pack(model: CohereForCausalLM, embedding: torch.Tensor | None = None,
     elif embedding is not None and packable(emb.weight):
         model.lm_head = packed_head(embedding, release)  # the chunks' sources: the file's pages
     else:
+        if getattr(emb.weight, "file_backed", False):  # the head reads every row of it, every step: resident
+            emb.weight.file_backed = False
         return model
     if tied and embedding is not None:
         assert embedding.shape == emb.weight.shape and embedding.dtype == emb.weight.dtype

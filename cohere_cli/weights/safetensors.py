@@ -1,6 +1,8 @@
-"""safetensors for the weights layer: the parent's tensors located and memory-mapped (`scan`, `MappedFiles`) and
-shards written front to back without holding them in memory (`ShardWriter`). The header itself is read by
-cohere_cli/store/sizes.safetensors_header, the one reader."""
+"""safetensors for the weights layer: every header entry checked against its file (`entries`), tensors read into
+memory of their own or viewed in a private map (`Reader`: what load_model and bench's quality streaming read), the
+parent's tensors located and memory-mapped for quantizing (`scan`, `MappedFiles`), and shards written front to back
+without holding them in memory (`ShardWriter`). The header itself is read by cohere_cli/store/sizes.safetensors_header,
+the one reader."""
 
 from __future__ import annotations
 
@@ -61,9 +63,12 @@ def entries(path: Path) -> list[Src]:
     items = []
     for name, t in header.items():
         try:
-            dtype, shape, (a, b) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
-            ok = dtype in sizes.DTYPE_BYTES and all(type(d) is int and d >= 0 for d in (*shape, a, b)) and a <= b
-            why = "" if ok and (b - a) == math.prod(shape) * sizes.DTYPE_BYTES[dtype] else "an inconsistent entry"
+            dtype, (a, b) = t["dtype"], t["data_offsets"]
+            numel = sizes.shape_numel(t["shape"])  # -1: not a shape (bounded: see shape_numel)
+            ok = numel >= 0 and dtype in sizes.DTYPE_BYTES and all(type(o) is int and o >= 0 for o in (a, b)) \
+                and a <= b
+            why = "" if ok and (b - a) == numel * sizes.DTYPE_BYTES[dtype] else "an inconsistent entry"
+            shape = tuple(t["shape"])
         except (KeyError, TypeError, ValueError):
             why = "an unreadable entry"
         if not why and base + b > size:
@@ -105,6 +110,9 @@ class Reader:
 
     def dtype(self, key: str) -> torch.dtype | None:
         return ST_DTYPES.get(self.src[key].dtype)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.src[key].shape
 
     def get_tensor(self, key: str) -> torch.Tensor:
         s = self.src[key]

@@ -167,9 +167,11 @@ int decode_attn_bf16(const uint16_t *qkv, const float *cs, uint16_t *kc, uint16_
                      int64_t hd, float scale, int64_t threads, uint16_t *out) {
     const int64_t g = nh / nkv;
     if (hd % 16 || hd > MAX_HD || g > MAX_G || g * nkv != nh || S > n || slot >= n) return 1;
-    /* chunks of keys per kv head: enough tasks to keep the threads busy, no chunk under 2 blocks */
+    /* chunks of keys per kv head: ~32 tasks in all, no chunk under 2 blocks. Not from the thread count: the
+     * chunks set the order of the merge's float sums, and decode's thread count changes with the machine's load
+     * (engine/threads.py) while its answers must not */
     threads = threads > 0 ? threads : 1;
-    int64_t per = (threads * 4 + nkv - 1) / nkv;
+    int64_t per = (32 + nkv - 1) / nkv;
     const int64_t most = (S + 2 * BLOCK - 1) / (2 * BLOCK);
     per = per < most ? per : most;
     per = per > 0 ? per : 1;
