@@ -430,13 +430,9 @@ class Spinner:
 
 # ---- system description ---------------------------------------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    from cohere_cli.bench.roofline import cpu_name
+
+    return cpu_name()
 
 
 def cpu_flags() -> str:
