@@ -1,9 +1,12 @@
 """Every matmul path the model core can take, per layer shape of the 213M benchmark model, at 1 row (decode) and a
 few rows, with weights cycled through enough copies (~300 MB) that they come from memory, not cache.
 
-    python benchmarks/gemv_paths.py [--threads 2] [--rows 1,8,512]
+    python benchmarks/gemv_paths.py [--threads 2] [--rows 1,8,512] [--model 213m|1.2b]
 
-Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (weights/layout.pack_weight); int8 weight-only
+(--model 1.2b: the fused shapes of benchmarks/vs_llamacpp.py's 1.25B Cohere2, its head as one 128 MiB chunk.)
+
+Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (weights/layout.pack_weight) and, at one row,
+our kernel on that packed buffer (kernels.packed_row, what RowKernelLinear runs for decode); int8 weight-only
 (torch._weight_int8pack_mm, what QuantLinear8bit runs for decode); bitsandbytes LLM.int8() (threshold 6, what it
 runs for more rows); bitsandbytes' fused nf4 kernel through its registered op and called directly
 (qlinear.gemv_4bit_cpu). Prints ms per call and GB/s of weight bytes read. The choices in model.py and quant.py cite
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {"qkv": (1536, 1024), "o": (1024, 1024), "gate_up": (5632, 1024), "down": (1024, 2816),
           "lm_head": (32000, 1024)}
+SHAPES_1B = {"in_proj": (19456, 2048), "o": (2048, 2048), "down": (2048, 8192), "lm_head": (32768, 2048)}
 
 
 def bench(f, n: int) -> float:
@@ -39,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="1,8,512")
+    ap.add_argument("--model", default="213m", choices=["213m", "1.2b"])
     ap.add_argument("--mb", type=int, default=300, help="bytes of copies per path, so weights come from memory")
     a = ap.parse_args()
     import torch
@@ -47,12 +52,13 @@ def main() -> None:
     from cohere_cli.weights import qlinear
     from cohere_cli.weights import quant
     from cohere_cli.model import linear
+    from cohere_cli.weights import kernels
     from cohere_cli.weights.layout import pack_weight
 
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads; ms per call (GB/s of weight bytes)")
     for rows in [int(r) for r in a.rows.split(",")]:
-        for name, (n, k) in SHAPES.items():
+        for name, (n, k) in (SHAPES if a.model == "213m" else SHAPES_1B).items():
             copies = max(2, a.mb * 10**6 // (n * k * 2))
             ws = [torch.randn(n, k).bfloat16() for _ in range(copies)]
             x = torch.randn(rows, k).bfloat16()
@@ -67,6 +73,10 @@ def main() -> None:
             run("bf16 F.linear", lambda: F.linear(x, ws[next(it) % copies]), n * k * 2)
             packed = [pack_weight(w) for w in ws]
             run("bf16 packed", lambda: linear(x, packed[next(it) % copies]), n * k * 2)
+            kp = kernels.packed_row_layout(ws[0], packed[0]) if rows == 1 else None
+            if kp is not None:
+                row = kernels.packed_row()
+                run("bf16 row kernel", lambda: row(x, packed[next(it) % copies], n, k, kp), n * k * 2)
             packed = None
             if rows <= 8:
                 w32 = [w.float() for w in ws[: max(2, copies // 2)]]

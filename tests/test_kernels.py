@@ -178,3 +178,109 @@ def test_decode_attention_kernel_gives_the_same_bits_at_any_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(o is not None and torch.equal(o, outs[0]) for o in outs)
+
+
+row = kernels.packed_row()
+needs_row = pytest.mark.skipif(row is None, reason="packed_row needs a C compiler, AVX512-BF16 and oneDNN: not here")
+
+
+def _packed_linear(n, k, seed=0):
+    """A bf16 Linear(k, n) packed as load_model packs it (layout.pack_linear), and its plain weight."""
+    from cohere_cli.model import Linear
+
+    g = torch.Generator().manual_seed(seed)
+    lin = Linear(k, n, bias=False)
+    lin.weight = torch.nn.Parameter(torch.randn(n, k, generator=g).bfloat16(), requires_grad=False)
+    plain = lin.weight.detach().clone()
+    layout.pack_linear(lin)
+    return lin, plain
+
+
+@needs_row
+@pytest.mark.parametrize("n,k", [
+    (5, 3),  # under one block and one pair: padding on both sides, an odd k
+    (64, 2),
+    (100, 71),  # a partial last block, an odd k
+    (130, 2817),  # an odd count of pairs ends in a half pair
+    (1024, 2816),  # the 213M model's down_proj
+    (3072, 2048),  # the 1.25B model's q/k/v
+    (7168, 1024),  # the 213M model's fused input projection
+])
+def test_packed_row_kernel_matches_a_float_reference(n, k):
+    """One row through the native kernel on oneDNN's packed buffer: every output within bf16 rounding of the exact
+    product (float64), as oneDNN's own result is; several rows keep oneDNN's kernel, bit for bit."""
+    lin, plain = _packed_linear(n, k, seed=n + k)
+    assert type(lin) is layout.RowKernelLinear and lin.weight.is_mkldnn
+    x = torch.randn(3, 1, k, generator=torch.Generator().manual_seed(1)).bfloat16()
+    exact = x.double() @ plain.double().t()  # (3, 1, n)
+    bound = exact.abs() * 2**-8 + (x.double().abs() @ plain.double().abs().t()) * 2**-20
+    with torch.inference_mode():
+        for i in range(3):
+            got = lin(x[i : i + 1])  # (1, 1, n)
+            assert got.shape == (1, 1, n) and got.dtype == torch.bfloat16
+            assert ((got.double() - exact[i : i + 1]).abs() <= bound[i : i + 1]).all()
+            onednn = torch.ops.mkldnn._linear_pointwise(x[i : i + 1], lin.weight, None, "none", [], "")
+            assert (got == onednn).float().mean() > 0.9  # differs in a last bit where the sums' order rounds
+        from cohere_cli.model import linear
+
+        assert torch.equal(lin(x), linear(x, lin.weight))  # rows > 1: oneDNN
+
+
+@needs_row
+def test_packed_row_kernel_gives_the_same_bits_at_any_thread_count():
+    """Each output is summed by one thread in one order: decode's thread count follows the machine's load
+    (engine/threads.py), and a greedy answer must not."""
+    lin, _ = _packed_linear(1000, 1536)
+    x = torch.randn(1, 1536, generator=torch.Generator().manual_seed(2)).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(lin(x))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+@needs_row
+def test_packed_row_layout_is_checked_against_each_weight():
+    """The kernel runs only on a buffer that holds its own weight in the layout it reads: another weight's
+    buffer, another shape, a float32 weight or a plain one are refused (they stay on oneDNN's kernel)."""
+    w = torch.randn(300, 200).bfloat16()
+    packed = layout.pack_weight(w)
+    assert kernels.packed_row_layout(w, packed) == 224  # k padded to a multiple of 32 by oneDNN here
+    other = w.clone()
+    other[299, 199] += 1  # the last real element: the padded tail of the last block is compared too
+    assert kernels.packed_row_layout(other, packed) is None
+    assert kernels.packed_row_layout(w[:299], layout.pack_weight(w[:299].contiguous())) is not None
+    assert kernels.packed_row_layout(w[:299], packed) is None
+    assert kernels.packed_row_layout(w.float(), layout.pack_weight(w.float())) is None
+    assert kernels.packed_row_layout(w, w) is None
+    assert row(torch.randn(1, 201).bfloat16(), packed, 300, 200, 224) is None  # the row's length is checked
+
+
+@needs_row
+def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
+    """load_model gives a bf16 model's packed linears (fused projections, o/down, the tied head) the row kernel;
+    decoding through it gives oneDNN's logits to bf16 rounding, and the same greedy tokens."""
+    from cohere_cli.model import Linear
+
+    make_checkpoint(tmp_path, tokenizer=False, vocab=384, dtype="bfloat16", hidden=128, heads=4, kv_heads=2)
+    model = load_model(tmp_path, dtype="bfloat16").model
+    rows = [m for m in model.modules() if type(m) is layout.RowKernelLinear]
+    assert len(rows) == 3 * len(model.model.layers) + 1  # in_proj, o_proj, down_proj per block; the head
+    ids = torch.randint(0, 384, (30,), generator=torch.Generator().manual_seed(5))
+    caches = [KVCache(model.config, 30, torch.bfloat16) for _ in range(2)]
+    with torch.inference_mode():
+        for c in caches:
+            prefill(model, ids[:10], c, 0, chunk=5)
+        for t in range(10, 30):
+            got = model(ids[t : t + 1][None], t, caches[0], last_only=True)
+            for m in rows:
+                m.__class__ = Linear
+            want = model(ids[t : t + 1][None], t, caches[1], last_only=True)
+            for m in rows:
+                m.__class__ = layout.RowKernelLinear
+            torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+            assert want.flatten()[got.argmax()] >= want.max() - 0.05, t

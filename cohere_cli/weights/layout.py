@@ -6,8 +6,9 @@
   become views of the fused one: memory, module names and state_dict keys stay the checkpoint's. The fused modules
   run through subclasses of model.py's (FusedBlock, FusedAttention, FusedMLP: the instance's class is swapped),
   which reuse its pieces, so model.py keeps one route per module.
-- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight); for serving,
-  batch_invariant makes one-row products give the bits of a batch where oneDNN's one-row kernel would not;
+- pack: on CPU every float linear's weight reordered once into oneDNN's blocked layout (pack_weight); a bf16 one's
+  one-row product (decode) then runs through a native kernel reading that same buffer (RowKernelLinear); for
+  serving, batch_invariant makes one-row products give the bits of a batch;
 - the native decode step: bf16 on CPU, each block's one-token step through weights/kernels' DecodeOps.
 
 checkpoint.load_model applies them (inference_layout); bench/quality.py fuses each block it streams."""
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cohere_cli.weights.kernels import packed_row, packed_row_layout
 from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope, linear
 
 
@@ -27,6 +29,37 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor:
     32000x1024 head: 3.4 -> 1.2 ms); fp32 19-22 -> 25-40 GB/s; 512-row prefill matmuls are 5-20% faster too; bf16
     results are bit-identical to F.linear."""
     return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 1) if packable(w) else w
+
+
+def pack_linear(lin: Linear, w: torch.Tensor | None = None) -> None:
+    """`lin`'s weight (or `w`, its plain matrix given separately) packed (pack_weight); a bf16 one then runs its
+    one-row products through kernels.packed_row (RowKernelLinear), where the packed buffer is in the layout it reads."""
+    w = lin.weight.detach() if w is None else w
+    packed = pack_weight(w)
+    lin.weight = nn.Parameter(packed, requires_grad=False)
+    if packed is not w and lin.bias is None and type(lin) is Linear:
+        kp = packed_row_layout(w, packed)
+        if kp is not None:
+            lin.row_kp = kp
+            lin.__class__ = RowKernelLinear
+
+
+class RowKernelLinear(Linear):
+    """A Linear with a packed bf16 weight whose one-row product (decode) runs through kernels.packed_row on the
+    same buffer oneDNN reads for several rows. Why: oneDNN's one-row kernel reads packed bf16 weights at 15-25 GB/s
+    on the 2-core machine, the native loop at the machine's read bandwidth (1.2-1.5x faster per matmul,
+    benchmarks/gemv_paths.py); a decode step is almost all such reads. Its sums run in another order than oneDNN's:
+    equal to float32 rounding, not bit for bit (batch_invariant turns it back into a Linear for serving)."""
+
+    row_kp: int  # the packed buffer's padded k (kernels.packed_row_layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:
+            row = packed_row()
+            out = row(x, self.weight, self.out_features, self.in_features, self.row_kp) if row is not None else None
+            if out is not None:
+                return out.view(*x.shape[:-1], -1)  # (..., N)
+        return linear(x, self.weight, self.bias)
 
 
 def packable(w: torch.Tensor) -> bool:
@@ -77,8 +110,8 @@ def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[n
     matrix are dropped (forward never reads them again)."""
     packed = [lin for lin in ([fused] if fused is not None else parts) + others if type(lin) is Linear]
     for lin in packed:
-        lin.weight = nn.Parameter(pack_weight(lin.weight), requires_grad=False)
-    if type(fused) is Linear and fused.weight.is_mkldnn:
+        pack_linear(lin)
+    if isinstance(fused, Linear) and fused.weight.is_mkldnn:
         for p in parts:
             p.weight = p.bias = None
 
@@ -90,6 +123,8 @@ def batch_invariant(model: nn.Module) -> int:
     fp32 (every packed fp32 linear differs) and ~1.2x in bf16 where K > 1024, for an agreement only batching needs."""
     n = 0
     for m in model.modules():
+        if type(m) is RowKernelLinear:  # its one-row sums differ from oneDNN's several-row ones
+            m.__class__ = Linear
         if type(m) is Linear and m.weight is not None and m.weight.is_mkldnn and one_row_differs(m):
             m.__class__ = TwoRowLinear
             n += 1
@@ -307,7 +342,7 @@ def packed_head(w: torch.Tensor, release=None) -> nn.Module:
         part = w[r : r + rows]
         with torch.device("meta"):
             lin = Linear(part.shape[1], part.shape[0], bias=False)
-        lin.weight = nn.Parameter(pack_weight(part), requires_grad=False)
+        pack_linear(lin, part)
         parts.append(lin)
         if release is not None:
             release(r, r + part.shape[0])
