@@ -76,7 +76,8 @@ def main() -> None:
             kp = kernels.packed_row_layout(ws[0], packed[0]) if rows == 1 else None
             if kp is not None:
                 row = kernels.packed_row()
-                run("bf16 row kernel", lambda: row(x, packed[next(it) % copies], n, k, kp), n * k * 2)
+                ptrs = [row.data_ptr(p) for p in packed]
+                run("bf16 row kernel", lambda: row(x, ptrs[next(it) % copies], n, k, kp), n * k * 2)
             packed = None
             if rows <= 8:
                 w32 = [w.float() for w in ws[: max(2, copies // 2)]]

@@ -257,7 +257,13 @@ def test_packed_row_layout_is_checked_against_each_weight():
     assert kernels.packed_row_layout(w[:299], packed) is None
     assert kernels.packed_row_layout(w.float(), layout.pack_weight(w.float())) is None
     assert kernels.packed_row_layout(w, w) is None
-    assert row(torch.randn(1, 201).bfloat16(), packed, 300, 200, 224) is None  # the row's length is checked
+    assert row(torch.randn(1, 201).bfloat16(), row.data_ptr(packed), 300, 200, 224) is None  # the row's length
+    lin, plain = _packed_linear(300, 200)
+    lin.weight = torch.nn.Parameter(layout.pack_weight(plain + 1), requires_grad=False)  # another weight since
+    x = torch.randn(1, 200).bfloat16()
+    from cohere_cli.model import linear
+
+    assert torch.equal(lin(x), linear(x, lin.weight))  # oneDNN on the weight it holds, not the checked buffer
 
 
 @needs_row

@@ -40,7 +40,7 @@ def pack_linear(lin: Linear, w: torch.Tensor | None = None) -> None:
     if packed is not w and lin.bias is None and type(lin) is Linear:
         kp = packed_row_layout(w, packed)
         if kp is not None:
-            lin.row_kp = kp
+            lin.row_kp, lin.row_of, lin.row_ptr = kp, lin.weight, packed_row().data_ptr(packed)
             lin.__class__ = RowKernelLinear
 
 
@@ -52,11 +52,12 @@ class RowKernelLinear(Linear):
     equal to float32 rounding, not bit for bit (batch_invariant turns it back into a Linear for serving)."""
 
     row_kp: int  # the packed buffer's padded k (kernels.packed_row_layout)
+    row_of: nn.Parameter  # the weight it was checked for (a weight assigned since runs oneDNN)
+    row_ptr: int  # the address of row_of's packed buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:
-            row = packed_row()
-            out = row(x, self.weight, self.out_features, self.in_features, self.row_kp) if row is not None else None
+        if x.numel() == x.shape[-1] and self.weight is self.row_of:
+            out = packed_row()(x, self.row_ptr, self.out_features, self.in_features, self.row_kp)
             if out is not None:
                 return out.view(*x.shape[:-1], -1)  # (..., N)
         return linear(x, self.weight, self.bias)

@@ -75,9 +75,7 @@ PACKED_BLOCK = 64  # outputs per block of oneDNN's packed bf16 layout, as packed
 
 @functools.cache
 def packed_row():
-    """(x, packed, n, k, kp) -> x @ w.T as (n,) bf16 for one contiguous bf16 row `x` of k values and `packed`, a
-    (n, k) bf16 weight packed by layout.pack_weight whose layout packed_row_layout confirmed (kp: its padded k), or
-    None for what it does not take; None where the kernel is not available here."""
+    """A PackedRow for kernels/packed_row.c, or None where it is not available here."""
     lib = _library("packed_row.c", AVX512_BF16)
     if lib is None:
         return None
@@ -88,26 +86,34 @@ def packed_row():
     except (AttributeError, RuntimeError):
         return None
     p, i = ct.c_void_p, ct.c_int64
-    fn = _function(lib.gemv_packed_bf16, [p, p, i, i, i, ct.c_int, p])
-    bf16 = torch.bfloat16
+    return PackedRow(_function(lib.gemv_packed_bf16, [p, p, i, i, i, ct.c_int, p]), data_ptr, nbytes)
 
-    def row(x, packed, n: int, k: int, kp: int):
-        if not (cpu_contiguous(x, bf16) and x.numel() == k and packed.dtype == bf16 and packed.shape == (n, k)
-                and nbytes(packed) == -(-n // PACKED_BLOCK) * PACKED_BLOCK * kp * 2):
+
+@dataclass(frozen=True)
+class PackedRow:
+    """packed_row.c's one-row product on oneDNN's packed bf16 buffers, and the raw view of such a buffer."""
+
+    fn: Callable
+    data_ptr: Callable  # packed weight -> the address of oneDNN's buffer
+    nbytes: Callable  # packed weight -> its size
+
+    def __call__(self, x, ptr: int, n: int, k: int, kp: int):
+        """x @ w.T as (n,) bf16 for one contiguous bf16 row `x` of k values and the (n, k) weight whose packed
+        buffer is at `ptr` (data_ptr of a weight packed_row_layout confirmed, kp its padded k); None for an `x` it
+        does not take. The caller keeps the weight alive and checks it is the one `ptr` came from."""
+        import torch
+
+        if not (cpu_contiguous(x, torch.bfloat16) and x.numel() == k):
             return None
-        out = torch.empty(n, dtype=bf16)
-        err = fn(x.data_ptr(), data_ptr(packed), n, k, kp, torch.get_num_threads(), out.data_ptr())
-        return None if err else out
+        out = torch.empty(n, dtype=torch.bfloat16)
+        return None if self.fn(x.data_ptr(), ptr, n, k, kp, torch.get_num_threads(), out.data_ptr()) else out
 
-    row.raw = lambda packed: _raw(packed, data_ptr(packed), nbytes(packed))
-    return row
+    def raw(self, packed):
+        """The bytes of oneDNN's buffer of `packed` as a flat int16 tensor (valid while `packed` lives)."""
+        import torch
 
-
-def _raw(packed, ptr: int, size: int):
-    """The bytes of oneDNN's buffer of `packed` as a flat int16 tensor (valid while `packed` lives)."""
-    import torch
-
-    return torch.frombuffer((ct.c_char * size).from_address(ptr), dtype=torch.int16)
+        size = self.nbytes(packed)
+        return torch.frombuffer((ct.c_char * size).from_address(self.data_ptr(packed)), dtype=torch.int16)
 
 
 ROWS_CHECKED = 4096  # rows compared per step by packed_row_layout (a transient copy of this many rows)
@@ -122,7 +128,8 @@ def packed_row_layout(w, packed) -> int | None:
 
     row = packed_row()
     n, k = w.shape if w.dim() == 2 else (0, 0)
-    if row is None or n == 0 or w.dtype != torch.bfloat16 or not packed.is_mkldnn or packed.shape != w.shape:
+    if row is None or n == 0 or w.dtype != torch.bfloat16 or not packed.is_mkldnn or packed.shape != w.shape \
+            or packed.dtype != torch.bfloat16:
         return None
     raw = row.raw(packed)
     blocks = -(-n // PACKED_BLOCK)
