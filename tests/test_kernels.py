@@ -264,6 +264,9 @@ def test_packed_row_layout_is_checked_against_each_weight():
     from cohere_cli.model import linear
 
     assert torch.equal(lin(x), linear(x, lin.weight))  # oneDNN on the weight it holds, not the checked buffer
+    lin, plain = _packed_linear(300, 200)
+    lin.weight.data = layout.pack_weight(plain + 1)  # the same Parameter, its data replaced in place
+    assert torch.equal(lin(x), linear(x, lin.weight))
 
 
 @needs_row

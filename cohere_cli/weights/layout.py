@@ -56,8 +56,12 @@ class RowKernelLinear(Linear):
     row_ptr: int  # the address of row_of's packed buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1] and self.weight is self.row_of:
-            out = packed_row()(x, self.row_ptr, self.out_features, self.in_features, self.row_kp)
+        w = self.weight
+        if x.numel() == x.shape[-1] and w is self.row_of and w.is_mkldnn and w.dtype == torch.bfloat16:
+            row = packed_row()
+            if row.data_ptr(w) != self.row_ptr:  # its data replaced in place since (Parameter.data = ...)
+                return linear(x, w, self.bias)
+            out = row(x, self.row_ptr, self.out_features, self.in_features, self.row_kp)
             if out is not None:
                 return out.view(*x.shape[:-1], -1)  # (..., N)
         return linear(x, self.weight, self.bias)
