@@ -46,9 +46,9 @@ def pack_linear(lin: Linear, w: torch.Tensor | None = None) -> None:
 
 class RowKernelLinear(Linear):
     """A Linear with a packed bf16 weight whose one-row product (decode) runs through kernels.packed_row on the
-    same buffer oneDNN reads for several rows. Why: oneDNN's one-row kernel reads packed bf16 weights at 15-25 GB/s
-    on the 2-core machine, the native loop at the machine's read bandwidth (1.2-1.5x faster per matmul,
-    benchmarks/gemv_paths.py); a decode step is almost all such reads. Its sums run in another order than oneDNN's:
+    same buffer oneDNN reads for several rows. Why: oneDNN's one-row kernel reads packed bf16 weights at 21-27 GB/s
+    on the 2-core machine, the native loop at the machine's read bandwidth (1.2-1.8x faster per matmul,
+    benchmarks/gemv_paths.py --model 1.2b); a decode step is almost all such reads. Its sums run in another order than oneDNN's:
     equal to float32 rounding, not bit for bit (batch_invariant turns it back into a Linear for serving)."""
 
     row_kp: int  # the packed buffer's padded k (kernels.packed_row_layout)

@@ -8,7 +8,7 @@
  * One block is 64*kp bf16, the blocks follow each other; the last block is padded with zero rows.
  *
  * Why not oneDNN's own one-row kernel on the same buffer: on the 2-core dev machine it reads the packed weights at
- * 15-20 GB/s for the 1.25B benchmark model's shapes, where this loop reads them at the machine's read bandwidth
+ * 21-27 GB/s for the 1.25B benchmark model's shapes, where this loop reads them at the machine's read bandwidth
  * (benchmarks/gemv_paths.py): each block is one front-to-back stream of 256-byte steps, 4 vdpbf16ps per step, each
  * multiplying 16 outputs' (w[2p], w[2p+1]) pairs by the broadcast (x[2p], x[2p+1]); no horizontal sums; each
  * thread reads 4 blocks side by side. Prefill
