@@ -247,11 +247,18 @@ def test_packed_row_kernel_gives_the_same_bits_at_any_thread_count():
 def test_packed_row_layout_is_checked_against_each_weight():
     """The kernel runs only on a buffer that holds its own weight in the layout it reads: another weight's
     buffer, another shape, a float32 weight or a plain one are refused (they stay on oneDNN's kernel)."""
+    kernels._CHECKED.clear()
     w = torch.randn(300, 200).bfloat16()
     packed = layout.pack_weight(w)
+    wrong = w.clone()
+    wrong[64 * 3 + 5, 17] += 1  # block 3: not among a later weight's samples (blocks 0 and 4 of 5)
+    assert kernels.packed_row_layout(wrong, packed) is None  # the first weight of a shape: compared in full
     assert kernels.packed_row_layout(w, packed) == 224  # k padded to a multiple of 32 by oneDNN here
     other = w.clone()
     other[299, 199] += 1  # the last real element: the padded tail of the last block is compared too
+    assert kernels.packed_row_layout(other, packed) is None
+    other = w.clone()
+    other[5, 0] += 1  # later weights of the shape: their first block is among the samples
     assert kernels.packed_row_layout(other, packed) is None
     assert kernels.packed_row_layout(w[:299], layout.pack_weight(w[:299].contiguous())) is not None
     assert kernels.packed_row_layout(w[:299], packed) is None

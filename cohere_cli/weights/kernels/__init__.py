@@ -9,7 +9,7 @@
 - `packed_row()` is one bf16 row times a bf16 weight in oneDNN's packed layout (layout.pack_weight) on AVX512-BF16,
   packed_row.c: the decode matmuls of bf16 models, 1.2-1.8x faster than oneDNN's one-row kernel on the same buffer
   (prefill keeps oneDNN's kernels on it: one copy of every weight). `packed_row_layout()` checks, for each packed
-  weight, that the buffer holds it in the layout the kernel reads.
+  weight, that the buffer holds it in the layout the kernel reads (in full for the first weight of each shape).
 - `decode_ops()` is the rest of a bf16 decode step of a block besides its matmuls, decode.c: the LayerNorm, the
   attention after the q/k/v projection (rotary, cache write, grouped-query attention over the cache) and the
   SwiGLU activation, one call each instead of F.scaled_dot_product_attention and ~25 small ops
@@ -117,14 +117,17 @@ class PackedRow:
 
 
 ROWS_CHECKED = 4096  # rows compared per step by packed_row_layout (a transient copy of this many rows)
+SAMPLE_EVERY = 16  # a weight of a shape already checked in full: its first, last and every 16th block compared
+_CHECKED: set[tuple] = set()  # (n, k, kp) whose layout a weight confirmed in full in this process
 
 
 def packed_row_layout(w, packed) -> int | None:
     """kp (k padded) where oneDNN's buffer of `packed` holds the bf16 (n, k) weight `w` exactly in the layout
     packed_row.c reads (blocks of 64 outputs, each [kp/2][64][2], zero padding), else None (then the kernel is not
-    used for it). Every weight is compared in full, in steps of ROWS_CHECKED rows: oneDNN picks its layout by
-    machine and shape, and a wrong guess would compute garbage; the check takes about as long as packing (0.66 s per
-    GB on the dev machine, measured on the 1.25B in_proj)."""
+    used for it). oneDNN picks its layout by machine and shape, and a wrong guess would compute garbage, so the
+    first weight of each shape is compared in full (in steps of ROWS_CHECKED rows), which takes about as long as
+    packing it (0.66 s per GB on the dev machine); later weights of that shape, which oneDNN packs with the same
+    primitive, in samples (the first, the last and every SAMPLE_EVERY-th block of 64 rows)."""
     import torch
 
     row = packed_row()
@@ -140,16 +143,21 @@ def packed_row_layout(w, packed) -> int | None:
     if kp < k or kp % 2:
         return None
     plain = w.view(torch.int16)
-    step = ROWS_CHECKED // PACKED_BLOCK  # blocks per step
-    for b in range(0, blocks, step):
-        r0, r1 = b * PACKED_BLOCK, min(n, (b + step) * PACKED_BLOCK)
-        nb = -(-(r1 - r0) // PACKED_BLOCK)
+    if (n, k, kp) in _CHECKED:
+        spans = [(b, b + 1) for b in sorted({0, blocks - 1, *range(0, blocks, SAMPLE_EVERY)})]
+    else:
+        step = ROWS_CHECKED // PACKED_BLOCK  # blocks per step
+        spans = [(b, min(blocks, b + step)) for b in range(0, blocks, step)]
+    for b0, b1 in spans:
+        r0, r1 = b0 * PACKED_BLOCK, min(n, b1 * PACKED_BLOCK)
+        nb = b1 - b0
         want = torch.zeros(nb * PACKED_BLOCK, kp, dtype=torch.int16)  # (rows padded, kp)
         want[: r1 - r0, :k] = plain[r0:r1]
         want = want.view(nb, PACKED_BLOCK, kp // 2, 2).transpose(1, 2)  # (blocks, kp/2, 64, 2): the packed order
         got = raw[r0 * kp : (r0 + nb * PACKED_BLOCK) * kp].view(nb, kp // 2, PACKED_BLOCK, 2)
         if not torch.equal(got, want):
             return None
+    _CHECKED.add((n, k, kp))
     return kp
 
 
