@@ -300,6 +300,8 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96, bytes_per_element=elem)
         assert x["head"] == ("int8" if p == "nf4" else "float")  # quantized on CPU: the int8 head
         want = ["decode"] if kernels.decode_ops() is not None else []  # bf16 on CPU, both precisions
+        if p == "bf16" and kernels.packed_row() is not None:  # its packed bf16 linears (the layout checked here)
+            want += ["packed_row"]
         if p == "nf4":  # its 4-bit linears and its int8 head
             want += ["gemv_4bit_row"] if kernels.gemv_4bit_row() and qlinear.cpu_has_bnb_kernel() else []
             want += ["int8_row"] if kernels.int8_row() is not None and qlinear.cpu_has_int8_mm() else []

@@ -274,6 +274,16 @@ def test_packed_row_layout_is_checked_against_each_weight():
     lin, plain = _packed_linear(300, 200)
     lin.weight.data = layout.pack_weight(plain + 1)  # the same Parameter, its data replaced in place
     assert torch.equal(lin(x), linear(x, lin.weight))
+    kernels._CHECKED.clear()
+    before = torch.get_num_threads()
+    try:  # a shape checked in full at one thread count is checked in full again at another (oneDNN's layout
+        # follows the count): here a weight wrong in an unsampled block is refused at 3 threads
+        torch.set_num_threads(2)
+        assert kernels.packed_row_layout(w, packed) == 224
+        torch.set_num_threads(3)
+        assert kernels.packed_row_layout(wrong, packed) is None
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_row
@@ -286,6 +296,7 @@ def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
     model = load_model(tmp_path, dtype="bfloat16").model
     rows = [m for m in model.modules() if type(m) is layout.RowKernelLinear]
     assert len(rows) == 3 * len(model.model.layers) + 1  # in_proj, o_proj, down_proj per block; the head
+    assert not [k for k in model.state_dict() if "row_" in k]  # its bookkeeping adds no state_dict key
     ids = torch.randint(0, 384, (30,), generator=torch.Generator().manual_seed(5))
     caches = [KVCache(model.config, 30, torch.bfloat16) for _ in range(2)]
     with torch.inference_mode():

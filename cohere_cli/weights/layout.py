@@ -15,6 +15,7 @@ checkpoint.load_model applies them (inference_layout); bench/quality.py fuses ea
 
 from __future__ import annotations
 
+import weakref
 import torch
 from torch import nn
 
@@ -40,7 +41,8 @@ def pack_linear(lin: Linear, w: torch.Tensor | None = None) -> None:
     if packed is not w and lin.bias is None and type(lin) is Linear:
         kp = packed_row_layout(w, packed)
         if kp is not None:
-            lin.row_kp, lin.row_of, lin.row_ptr = kp, lin.weight, packed_row().data_ptr(packed)
+            # plain attributes (no new state_dict key); a weak reference: a weight assigned since is not kept alive
+            lin.__dict__.update(row_kp=kp, row_of=weakref.ref(lin.weight), row_ptr=packed_row().data_ptr(packed))
             lin.__class__ = RowKernelLinear
 
 
@@ -52,16 +54,18 @@ class RowKernelLinear(Linear):
     equal to float32 rounding, not bit for bit (batch_invariant turns it back into a Linear for serving)."""
 
     row_kp: int  # the packed buffer's padded k (kernels.packed_row_layout)
-    row_of: nn.Parameter  # the weight it was checked for (a weight assigned since runs oneDNN)
+    row_of: weakref.ref  # to the weight it was checked for (a weight assigned since runs oneDNN)
     row_ptr: int  # the address of row_of's packed buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if x.numel() == x.shape[-1] and w is self.row_of and w.is_mkldnn and w.dtype == torch.bfloat16:
+        if x.numel() == x.shape[-1] and w is self.row_of() and self.bias is None and w.is_mkldnn \
+                and w.dtype == torch.bfloat16:
             row = packed_row()
             if row.data_ptr(w) != self.row_ptr:  # its data replaced in place since (Parameter.data = ...)
                 return linear(x, w, self.bias)
-            out = row(x, self.row_ptr, self.out_features, self.in_features, self.row_kp)
+            n, k = w.shape
+            out = row(x, self.row_ptr, n, k, self.row_kp)
             if out is not None:
                 return out.view(*x.shape[:-1], -1)  # (..., N)
         return linear(x, self.weight, self.bias)

@@ -118,7 +118,7 @@ class PackedRow:
 
 ROWS_CHECKED = 4096  # rows compared per step by packed_row_layout (a transient copy of this many rows)
 SAMPLE_EVERY = 16  # a weight of a shape already checked in full: its first, last and every 16th block compared
-_CHECKED: set[tuple] = set()  # (n, k, kp) whose layout a weight confirmed in full in this process
+_CHECKED: set[tuple] = set()  # (n, k, kp, threads) whose layout a weight confirmed in full in this process
 
 
 def packed_row_layout(w, packed) -> int | None:
@@ -126,8 +126,8 @@ def packed_row_layout(w, packed) -> int | None:
     packed_row.c reads (blocks of 64 outputs, each [kp/2][64][2], zero padding), else None (then the kernel is not
     used for it). oneDNN picks its layout by machine and shape, and a wrong guess would compute garbage, so the
     first weight of each shape is compared in full (in steps of ROWS_CHECKED rows), which takes about as long as
-    packing it (0.66 s per GB on the dev machine); later weights of that shape, which oneDNN packs with the same
-    primitive, in samples (the first, the last and every SAMPLE_EVERY-th block of 64 rows)."""
+    packing it (0.66 s per GB on the dev machine); later weights of that shape packed at the same thread count,
+    which oneDNN packs with the same primitive, in samples (the first, the last and every SAMPLE_EVERY-th block of 64 rows)."""
     import torch
 
     row = packed_row()
@@ -143,7 +143,8 @@ def packed_row_layout(w, packed) -> int | None:
     if kp < k or kp % 2:
         return None
     plain = w.view(torch.int16)
-    if (n, k, kp) in _CHECKED:
+    key = (n, k, kp, torch.get_num_threads())  # oneDNN's layout follows the thread count too (more threads than
+    if key in _CHECKED:  # blocks of 64 rows: another blocking); the packing ran at this count
         spans = [(b, b + 1) for b in sorted({0, blocks - 1, *range(0, blocks, SAMPLE_EVERY)})]
     else:
         step = ROWS_CHECKED // PACKED_BLOCK  # blocks per step
@@ -157,7 +158,7 @@ def packed_row_layout(w, packed) -> int | None:
         got = raw[r0 * kp : (r0 + nb * PACKED_BLOCK) * kp].view(nb, kp // 2, PACKED_BLOCK, 2)
         if not torch.equal(got, want):
             return None
-    _CHECKED.add((n, k, kp))
+    _CHECKED.add(key)
     return kp
 
 
