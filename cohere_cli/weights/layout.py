@@ -50,8 +50,8 @@ class RowKernelLinear(Linear):
     """A Linear with a packed bf16 weight whose one-row product (decode) runs through kernels.packed_row on the
     same buffer oneDNN reads for several rows. Why: oneDNN's one-row kernel reads packed bf16 weights at 21-27 GB/s
     on the 2-core machine, the native loop at the machine's read bandwidth (1.2-1.8x faster per matmul,
-    benchmarks/gemv_paths.py --model 1.2b); a decode step is almost all such reads. Its sums run in another order than oneDNN's:
-    equal to float32 rounding, not bit for bit (batch_invariant turns it back into a Linear for serving)."""
+    benchmarks/gemv_paths.py --model 1.2b). Its sums run in another order than oneDNN's: equal to float32 rounding,
+    not bit for bit (batch_invariant turns it back into a Linear for serving)."""
 
     row_kp: int  # the packed buffer's padded k (kernels.packed_row_layout)
     row_of: weakref.ref  # to the weight it was checked for (a weight assigned since runs oneDNN)
@@ -59,13 +59,10 @@ class RowKernelLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if x.numel() == x.shape[-1] and w is self.row_of() and self.bias is None and w.is_mkldnn \
-                and w.dtype == torch.bfloat16:
-            row = packed_row()
-            if row.data_ptr(w) != self.row_ptr:  # its data replaced in place since (Parameter.data = ...)
-                return linear(x, w, self.bias)
-            n, k = w.shape
-            out = row(x, self.row_ptr, n, k, self.row_kp)
+        row = packed_row()
+        if row is not None and x.numel() == x.shape[-1] and w is self.row_of() and self.bias is None and w.is_mkldnn \
+                and w.dtype == torch.bfloat16 and row.data_ptr(w) == self.row_ptr:  # (not its data replaced since)
+            out = row(x, self.row_ptr, *w.shape, self.row_kp)
             if out is not None:
                 return out.view(*x.shape[:-1], -1)  # (..., N)
         return linear(x, self.weight, self.bias)
