@@ -576,30 +576,30 @@ def print_shape(shape: str, results: list[dict], precisions: list[str], contexts
           f"every run a fresh process" + ("; these are the quiet runs" if a.busy else "") +
           (f"; 1-min load average after each run {min(loads):.2f}..{max(loads):.2f} (the run itself adds up "
            f"to {a.threads}; the rest is other jobs)" if loads else "") + ".\n")
+    def quiet_pairs():
+        """(context, our precision, its pair index, llama.cpp's type, our quiet runs, its quiet runs): a row each."""
+        for c in contexts:
+            for p in precisions:
+                o = pick("quiet", c, "ours", p)
+                for i, q in enumerate(PAIRS[p]):
+                    yield c, p, i, q, o, pick("quiet", c, "llama", q)
+
     print("| pair (ours / llama.cpp) | context | ours tok/s | llama.cpp tok/s | ratio | target |")
     print("|---|---|---|---|---|---|")
-    for c in contexts:
-        for p in precisions:
-            o = pick("quiet", c, "ours", p)
-            for i, q in enumerate(PAIRS[p]):
-                ll = pick("quiet", c, "llama", q)
-                ratios = [x["decode_tps"] / y["decode_tps"] for x, y in zip(o, ll)]
-                target = verdict(median(ratios), TARGET_DECODE) if i == 0 else "(shown)"
-                print(f"| {p} / {q} | {c} | {fmt(median([x['decode_tps'] for x in o]))} | "
-                      f"{fmt(median([y['decode_tps'] for y in ll]))} | {fmt(median(ratios), 'x', 2)} | {target} |")
+    for c, p, i, q, o, ll in quiet_pairs():
+        ratios = [x["decode_tps"] / y["decode_tps"] for x, y in zip(o, ll)]
+        target = verdict(median(ratios), TARGET_DECODE) if i == 0 else "(shown)"
+        print(f"| {p} / {q} | {c} | {fmt(median([x['decode_tps'] for x in o]))} | "
+              f"{fmt(median([y['decode_tps'] for y in ll]))} | {fmt(median(ratios), 'x', 2)} | {target} |")
     print("\nPeak RSS of the whole process (loading included; os.wait4 ru_maxrss), the largest over rounds:\n")
     print("| precision (ours / llama.cpp) | context | ours MB | llama.cpp MB | ratio | target |")
     print("|---|---|---|---|---|---|")
-    for c in contexts:
-        for p in precisions:
-            o = pick("quiet", c, "ours", p)
-            for i, q in enumerate(PAIRS[p]):
-                ll = pick("quiet", c, "llama", q)
-                if not o or not ll:
-                    continue
-                om, lm = max(x["peak_rss"] for x in o), max(y["peak_rss"] for y in ll)
-                target = verdict(om / lm, TARGET_RSS, lower=True) if i == 0 else "(shown)"
-                print(f"| {p} / {q} | {c} | {om / 1e6:.0f} | {lm / 1e6:.0f} | {om / lm:.2f}x | {target} |")
+    for c, p, i, q, o, ll in quiet_pairs():
+        if not o or not ll:
+            continue
+        om, lm = max(x["peak_rss"] for x in o), max(y["peak_rss"] for y in ll)
+        target = verdict(om / lm, TARGET_RSS, lower=True) if i == 0 else "(shown)"
+        print(f"| {p} / {q} | {c} | {om / 1e6:.0f} | {lm / 1e6:.0f} | {om / lm:.2f}x | {target} |")
     print("\nFiles: llama.cpp " + ", ".join(f"{q} {f.stat().st_size / 1e6:.0f} MB" for q, f in ggufs.items())
           + f"; its vocabulary: {vocab.get('tokens')} tokens of which {vocab.get('pad')} [PAD] fillers (the test "
           "tokenizer padded to vocab_size)")
