@@ -5,7 +5,7 @@ few rows, with weights cycled through enough copies (~300 MB) that they come fro
 
 (--model 1.2b: the fused shapes of benchmarks/vs_llamacpp.py's 1.25B Cohere2, its head as one 128 MiB chunk.)
 
-Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (weights/layout.pack_weight) and, at one row,
+Paths: plain F.linear (bf16, fp32); the same weights packed for oneDNN (weights/packed.pack_weight) and, at one row,
 our kernel on that packed buffer (kernels.packed_row, what RowKernelLinear runs for decode); int8 weight-only
 (torch._weight_int8pack_mm, what QuantLinear8bit runs for decode); bitsandbytes LLM.int8() (threshold 6, what it
 runs for more rows); bitsandbytes' fused nf4 kernel through its registered op and called directly
@@ -53,7 +53,7 @@ def main() -> None:
     from cohere_cli.weights import quant
     from cohere_cli.model import linear
     from cohere_cli.weights import kernels
-    from cohere_cli.weights.layout import pack_weight
+    from cohere_cli.weights.packed import pack_weight
 
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads; ms per call (GB/s of weight bytes)")

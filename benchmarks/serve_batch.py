@@ -13,7 +13,7 @@ model's tokenizer beside it (its vocabulary of 4096 fits the checkpoint's 32000 
 3. Identity: --streams prompts (different token ids), greedy, `ignore_eos`, --gen tokens each, through
    /v1/completions: first one at a time, then all at once (batched by the server); every stream's text must equal
    its one-at-a-time text and `stream_generate`'s run of the same ids in this process, on the model as the server
-   runs it (weights/layout.batch_invariant; `cohere generate` keeps oneDNN's one-row kernels, which may differ in
+   runs it (weights/packed.batch_invariant; `cohere generate` keeps oneDNN's one-row kernels, which may differ in
    the last bit where K > 1024, so its greedy text can differ at a near tie). "All at once" runs on a freshly started server: sent to the server that already answered
    them, each prompt would reuse the cache its first run left (prefix reuse, for a conversation's next turn) and
    prefill only its last token, which rounds differently from a whole prefill, batch or no batch.
@@ -83,7 +83,7 @@ def local_texts(folder: Path, prompts: list[list[int]], gen: int) -> list[str]:
     from cohere_cli.engine.generate import stream_generate
     from cohere_cli.engine.runtime import load_runtime
     from cohere_cli.engine.sampling import SamplingParams
-    from cohere_cli.weights.layout import batch_invariant
+    from cohere_cli.weights.packed import batch_invariant
 
     torch.set_num_threads(2)
     rt = load_runtime(str(folder), "bfloat16")

@@ -107,7 +107,7 @@ def apply_rope(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
 # ---- linear layers --------------------------------------------------------------------------------------------------
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or oneDNN's linear when `w` was reordered for it (weights/layout.pack_weight)."""
+    """F.linear, or oneDNN's linear when `w` was reordered for it (weights/packed.pack_weight)."""
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)

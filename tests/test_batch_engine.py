@@ -18,7 +18,7 @@ from cohere_cli.engine.sampling import SamplingParams
 from cohere_cli.engine.tokenizer import Tokenizer
 from cohere_cli.errors import CohereError, ContextOverflow, EngineBusy, UsageError
 from cohere_cli.weights.checkpoint import load_model
-from cohere_cli.weights.layout import batch_invariant
+from cohere_cli.weights.packed import batch_invariant
 from factory_checkpoint import make_checkpoint
 
 GREEDY = SamplingParams()
@@ -146,22 +146,22 @@ def test_batched_logits_are_bit_identical_to_one_row_forwards(rt):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_a_served_linear_gives_a_row_the_same_bits_alone_as_in_any_batch(dtype):
     """oneDNN multiplies one row with another K order than several (bf16 with K > 1024, as the 213M model's
-    down_proj; fp32): layout.batch_invariant (what BatchForward does to the served model) makes such a linear
+    down_proj; fp32): packed.batch_invariant (what BatchForward does to the served model) makes such a linear
     multiply one row as two, so a decode alone and a batched one agree bit for bit and serve batches every linear
     instead of running rows one by one. Several weights: the probe must not miss a 1-in-4,000 difference."""
     from cohere_cli.model import Linear
-    from cohere_cli.weights import layout
+    from cohere_cli.weights import packed
 
-    if not layout.packable(torch.empty(1, dtype=dtype)):
+    if not packed.packable(torch.empty(1, dtype=dtype)):
         pytest.skip(f"oneDNN does not take {dtype} here: nothing is packed")
     for seed in range(4):
         torch.manual_seed(seed)
         lin = Linear(2816, 1024, bias=False).to(dtype)
-        layout.pack_linears(None, [lin], [])
+        packed.pack_linear(lin)
         # pack alone keeps the fastest one-row kernel (cohere chat, generate): bf16's native one where it runs
-        assert type(lin) is Linear or (dtype == torch.bfloat16 and type(lin) is layout.RowKernelLinear)
-        layout._ONE_ROW_DIFFERS.clear()  # probe each weight anew
-        layout.batch_invariant(lin)
+        assert type(lin) is Linear or (dtype == torch.bfloat16 and type(lin) is packed.RowKernelLinear)
+        packed._ONE_ROW_DIFFERS.clear()  # probe each weight anew
+        packed.batch_invariant(lin)
         x = torch.randn(64, 1, 2816).to(dtype)  # (B, 1, K): 64 rows of one token
         with torch.inference_mode():
             alone = torch.cat([lin(x[i : i + 1]) for i in range(64)])  # (64, 1, N)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from cohere_cli.weights import kernels, layout
+from cohere_cli.weights import kernels, layout, packed
 from cohere_cli.weights.checkpoint import load_model
 from cohere_cli.engine.generate import prefill
 from cohere_cli.model import Attention, KVCache, ModelConfig, layer_norm, rope_cos_sin
@@ -185,14 +185,14 @@ needs_row = pytest.mark.skipif(row is None, reason="packed_row needs a C compile
 
 
 def _packed_linear(n, k, seed=0):
-    """A bf16 Linear(k, n) packed as load_model packs it (layout.pack_linear), and its plain weight."""
+    """A bf16 Linear(k, n) packed as load_model packs it (packed.pack_linear), and its plain weight."""
     from cohere_cli.model import Linear
 
     g = torch.Generator().manual_seed(seed)
     lin = Linear(k, n, bias=False)
     lin.weight = torch.nn.Parameter(torch.randn(n, k, generator=g).bfloat16(), requires_grad=False)
     plain = lin.weight.detach().clone()
-    layout.pack_linear(lin)
+    packed.pack_linear(lin)
     return lin, plain
 
 
@@ -210,7 +210,7 @@ def test_packed_row_kernel_matches_a_float_reference(n, k):
     """One row through the native kernel on oneDNN's packed buffer: every output within bf16 rounding of the exact
     product (float64), as oneDNN's own result is; several rows keep oneDNN's kernel, bit for bit."""
     lin, plain = _packed_linear(n, k, seed=n + k)
-    assert type(lin) is layout.RowKernelLinear and lin.weight.is_mkldnn
+    assert type(lin) is packed.RowKernelLinear and lin.weight.is_mkldnn
     x = torch.randn(3, 1, k, generator=torch.Generator().manual_seed(1)).bfloat16()
     exact = x.double() @ plain.double().t()  # (3, 1, n)
     bound = exact.abs() * 2**-8 + (x.double().abs() @ plain.double().abs().t()) * 2**-20
@@ -249,39 +249,39 @@ def test_packed_row_layout_is_checked_against_each_weight():
     buffer, another shape, a float32 weight or a plain one are refused (they stay on oneDNN's kernel)."""
     kernels._CHECKED.clear()
     w = torch.randn(300, 200).bfloat16()
-    packed = layout.pack_weight(w)
+    pw = packed.pack_weight(w)
     wrong = w.clone()
     wrong[64 * 3 + 5, 17] += 1  # block 3: not among a later weight's samples (blocks 0 and 4 of 5)
-    assert kernels.packed_row_layout(wrong, packed) is None  # the first weight of a shape: compared in full
-    assert kernels.packed_row_layout(w, packed) == 224  # k padded to a multiple of 32 by oneDNN here
+    assert kernels.packed_row_layout(wrong, pw) is None  # the first weight of a shape: compared in full
+    assert kernels.packed_row_layout(w, pw) == 224  # k padded to a multiple of 32 by oneDNN here
     other = w.clone()
     other[299, 199] += 1  # the last real element: the padded tail of the last block is compared too
-    assert kernels.packed_row_layout(other, packed) is None
+    assert kernels.packed_row_layout(other, pw) is None
     other = w.clone()
     other[5, 0] += 1  # later weights of the shape: their first block is among the samples
-    assert kernels.packed_row_layout(other, packed) is None
-    assert kernels.packed_row_layout(w[:299], layout.pack_weight(w[:299].contiguous())) is not None
-    assert kernels.packed_row_layout(w[:299], packed) is None
-    assert kernels.packed_row_layout(w.float(), layout.pack_weight(w.float())) is None
+    assert kernels.packed_row_layout(other, pw) is None
+    assert kernels.packed_row_layout(w[:299], packed.pack_weight(w[:299].contiguous())) is not None
+    assert kernels.packed_row_layout(w[:299], pw) is None
+    assert kernels.packed_row_layout(w.float(), packed.pack_weight(w.float())) is None
     assert kernels.packed_row_layout(w, w) is None
-    assert row(torch.randn(1, 201).bfloat16(), row.data_ptr(packed), 300, 200, 224) is None  # the row's length
+    assert row(torch.randn(1, 201).bfloat16(), row.data_ptr(pw), 300, 200, 224) is None  # the row's length
     lin, plain = _packed_linear(300, 200)
-    lin.weight = torch.nn.Parameter(layout.pack_weight(plain + 1), requires_grad=False)  # another weight since
+    lin.weight = torch.nn.Parameter(packed.pack_weight(plain + 1), requires_grad=False)  # another weight since
     x = torch.randn(1, 200).bfloat16()
     from cohere_cli.model import linear
 
     assert torch.equal(lin(x), linear(x, lin.weight))  # oneDNN on the weight it holds, not the checked buffer
     lin, plain = _packed_linear(300, 200)
-    lin.weight.data = layout.pack_weight(plain + 1)  # the same Parameter, its data replaced in place
+    lin.weight.data = packed.pack_weight(plain + 1)  # the same Parameter, its data replaced in place
     assert torch.equal(lin(x), linear(x, lin.weight))
     kernels._CHECKED.clear()
     before = torch.get_num_threads()
     try:  # a shape checked in full at one thread count is checked in full again at another (oneDNN's layout
         # follows the count): here a weight wrong in an unsampled block is refused at 3 threads
         torch.set_num_threads(2)
-        assert kernels.packed_row_layout(w, packed) == 224
+        assert kernels.packed_row_layout(w, pw) == 224
         torch.set_num_threads(3)
-        assert kernels.packed_row_layout(wrong, packed) is None
+        assert kernels.packed_row_layout(wrong, pw) is None
     finally:
         torch.set_num_threads(before)
 
@@ -294,7 +294,7 @@ def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
 
     make_checkpoint(tmp_path, tokenizer=False, vocab=384, dtype="bfloat16", hidden=128, heads=4, kv_heads=2)
     model = load_model(tmp_path, dtype="bfloat16").model
-    rows = [m for m in model.modules() if type(m) is layout.RowKernelLinear]
+    rows = [m for m in model.modules() if type(m) is packed.RowKernelLinear]
     assert len(rows) == 3 * len(model.model.layers) + 1  # in_proj, o_proj, down_proj per block; the head
     assert not [k for k in model.state_dict() if "row_" in k]  # its bookkeeping adds no state_dict key
     ids = torch.randint(0, 384, (30,), generator=torch.Generator().manual_seed(5))
@@ -308,6 +308,6 @@ def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
                 m.__class__ = Linear
             want = model(ids[t : t + 1][None], t, caches[1], last_only=True)
             for m in rows:
-                m.__class__ = layout.RowKernelLinear
+                m.__class__ = packed.RowKernelLinear
             torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
             assert want.flatten()[got.argmax()] >= want.max() - 0.05, t

@@ -103,7 +103,7 @@ def module_bytes(model) -> int:
     for t in [*model.parameters(), *model.buffers()]:
         if getattr(t, "file_backed", False):
             continue
-        if t.is_mkldnn:  # a packed weight (layout.pack_weight): its own opaque memory, never shared
+        if t.is_mkldnn:  # a packed weight (packed.pack_weight): its own opaque memory, never shared
             total += t.numel() * t.element_size()
             continue
         key = (t.device, t.untyped_storage().data_ptr())
@@ -235,10 +235,10 @@ def measure(job: dict, say: Callable[[str], None] = lambda msg: None) -> dict:
 
 def native_kernels(model) -> list[str]:
     """The cohere_cli.weights.kernels the model's decode step runs here: decode (bf16 on CPU, where it built and
-    checkpoint.inference_layout installed it), packed_row (packed bf16 linears, layout.RowKernelLinear),
+    checkpoint.inference_layout installed it), packed_row (packed bf16 linears, packed.RowKernelLinear),
     gemv_4bit_row (4-bit linears), int8_row (int8 linears)."""
     from cohere_cli.weights import kernels
-    from cohere_cli.weights.layout import RowKernelLinear
+    from cohere_cli.weights.packed import RowKernelLinear
     from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit
 
     names = []

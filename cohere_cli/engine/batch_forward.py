@@ -15,7 +15,7 @@ greedy tokens equal stream_generate's. Elementwise ops and the row-wise norms ar
 Matmuls need not be: oneDNN runs a one-row bf16 matmul with another K accumulation order than two rows or more
 when K > 1024 (measured on torch 2.13: ~1 output in 4000 differs in its last bf16 bit; fp32 differs always), while
 any two M >= 2 agree with each other. BatchForward therefore makes the model's packed linears batch-invariant
-(weights/layout.batch_invariant: such a linear multiplies one row as two, in every decode of the served model, alone
+(weights/packed.batch_invariant: such a linear multiplies one row as two, in every decode of the served model, alone
 or batched). Each linear is still probed once here (`RowExact`): batched
 where B rows give the one-row results bit for bit, else row by row (an unpacked weight, a quantized kernel that
 differs: each row through the one-row kernel; the weights then come from the cache for every row after the
@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from cohere_cli.model import Attention, Block, CohereForCausalLM, KVCache, SparseMoE
-from cohere_cli.weights.layout import FusedAttention, FusedBlock, batch_invariant, probe_rows, split_heads
+from cohere_cli.weights.layout import FusedAttention, FusedBlock, split_heads
+from cohere_cli.weights.packed import batch_invariant, probe_rows
 
 
 class RowExact:

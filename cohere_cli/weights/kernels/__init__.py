@@ -6,7 +6,7 @@
 - `gemv_4bit_row()` is one bf16 row times a bitsandbytes 4-bit (nf4/fp4) weight in bitsandbytes' CPU layout on
   AVX512-BF16, nf4_row.c: 10-20% faster than bitsandbytes' own kernel at one row, which its instruction count
   bounds (decode of 4-bit models).
-- `packed_row()` is one bf16 row times a bf16 weight in oneDNN's packed layout (layout.pack_weight) on AVX512-BF16,
+- `packed_row()` is one bf16 row times a bf16 weight in oneDNN's packed layout (packed.pack_weight) on AVX512-BF16,
   packed_row.c: the decode matmuls of bf16 models, 1.2-1.8x faster than oneDNN's one-row kernel on the same buffer
   (prefill keeps oneDNN's kernels on it: one copy of every weight). `packed_row_layout()` checks, for each packed
   weight, that the buffer holds it in the layout the kernel reads (in full for the first weight of each shape).
