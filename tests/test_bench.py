@@ -299,7 +299,9 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         elem = {"bfloat16": 2, "float16": 2, "float32": 4}[x["compute_dtype"]]
         assert x["kv_cache_bytes"] == sizes.kv_cache_bytes(d, 96, bytes_per_element=elem)
         assert x["head"] == ("int8" if p == "nf4" else "float")  # quantized on CPU: the int8 head
-        want = ["decode"] if kernels.decode_ops() is not None else []  # bf16 on CPU, both precisions
+        ops = kernels.decode_ops()
+        want = ["decode"] if ops is not None else []  # bf16 on CPU, both precisions
+        want += ["block_step"] if ops is not None and ops.block is not None else []  # each block in one call
         if p == "bf16" and kernels.packed_row() is not None:  # its packed bf16 linears (the layout checked here)
             want += ["packed_row"]
         if p == "nf4":  # its 4-bit linears and its int8 head

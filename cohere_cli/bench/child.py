@@ -235,15 +235,18 @@ def measure(job: dict, say: Callable[[str], None] = lambda msg: None) -> dict:
 
 def native_kernels(model) -> list[str]:
     """The cohere_cli.weights.kernels the model's decode step runs here: decode (bf16 on CPU, where it built and
-    checkpoint.inference_layout installed it), packed_row (packed bf16 linears, packed.RowKernelLinear),
+    checkpoint.inference_layout installed it), block_step (decode's whole block in one call), packed_row (packed bf16 linears, packed.RowKernelLinear),
     gemv_4bit_row (4-bit linears), int8_row (int8 linears)."""
     from cohere_cli.weights import kernels
     from cohere_cli.weights.packed import RowKernelLinear
     from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit
 
     names = []
-    if any(getattr(layer, "native", None) is not None for layer in model.model.layers):
+    natives = [getattr(layer, "native", None) for layer in model.model.layers]
+    if any(n is not None for n in natives):
         names.append("decode")
+    if any(getattr(n, "block", None) is not None for n in natives):
+        names.append("block_step")
     if any(isinstance(m, RowKernelLinear) for m in model.modules()):
         names.append("packed_row")
     if any(isinstance(m, QuantLinear4bit) and m.cpu_kernel for m in model.modules()) and kernels.gemv_4bit_row():

@@ -49,14 +49,25 @@ class RowKernelLinear(Linear):
     row_ptr: int  # the address of row_of's packed buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
         row = packed_row()
-        if row is not None and x.numel() == x.shape[-1] and w is self.row_of() and self.bias is None and w.is_mkldnn \
-                and w.dtype == torch.bfloat16 and row.data_ptr(w) == self.row_ptr:  # (not its data replaced since)
-            out = row(x, self.row_ptr, *w.shape, self.row_kp)
+        if x.numel() == x.shape[-1] and self.row_ready(row):
+            out = row(x, self.row_ptr, *self.weight.shape, self.row_kp)
             if out is not None:
                 return out.view(*x.shape[:-1], -1)  # (..., N)
         return linear(x, self.weight, self.bias)
+
+    def row_ready(self, row) -> bool:
+        """Whether the kernel may run on the checked buffer: the weight is still the one checked, its data not
+        replaced since, no bias assigned since."""
+        w = self.weight
+        return row is not None and w is self.row_of() and self.bias is None and w.is_mkldnn \
+            and w.dtype == torch.bfloat16 and row.data_ptr(w) == self.row_ptr
+
+    def row_spec(self) -> tuple | None:
+        """The weight as kernels/block_step.c reads it (kernels.block.Mat's fields), or None: see row_ready."""
+        if not self.row_ready(packed_row()):
+            return None
+        return (1, *self.weight.shape, self.row_ptr, self.row_kp, None, None, 0.0)
 
 
 def packable(w: torch.Tensor) -> bool:

@@ -138,8 +138,10 @@ class QuantLinear4bit(_PlanFree, nn.Module):
             absmax_t = absmax_t.contiguous()  # a copy only for the parts of a fused module, never called in decode
             n, k, bs = self.out_features, self.in_features, self.blocksize
             pp, ap, cp = packed.data_ptr(), absmax_t.data_ptr(), code.data_ptr()
+            spec = None  # kernels/block_step.c's description of the weight (row_spec), where it runs ours
             if ours is not None and bs % 4 == 0:  # x, out -> 0, or 1 where it declines
                 run = lambda xp, op: ours(xp, pp, ap, cp, n, k, bs, op)
+                spec = (3, n, k, pp, bs, ap, cp, 0.0)
             elif theirs is not None:  # returns nothing: never declines
                 run = lambda xp, op: theirs(1, n, k, xp, pp, ap, op, bs, k, n)
             else:
@@ -149,10 +151,15 @@ class QuantLinear4bit(_PlanFree, nn.Module):
                 out = torch.empty((*x.shape[:-1], n), dtype=torch.bfloat16)
                 return None if run(x.data_ptr(), out.data_ptr()) else out
 
-            call.keep = (absmax_t, code)
+            call.keep, call.spec = (absmax_t, code), spec
             return call
 
         return _bound(self, ("packed", "absmax_t", "bias", "code"), build, self.quant_type, self.blocksize)
+
+    def row_spec(self) -> tuple | None:
+        """What forward runs for one bf16 row on CPU, as kernels/block_step.c reads it, or None (another path)."""
+        call = self._row_call() if self.kernel_max_rows > 0 else None
+        return getattr(call, "spec", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features and x.dtype == torch.bfloat16 and x.is_cpu and self.kernel_max_rows > 0 \
@@ -303,6 +310,11 @@ class QuantLinear8bit(_PlanFree, nn.Module):
         sub_b[:n] = w.to(a.dtype).t()  # bitsandbytes rounds the dequantized columns to the activations' dtype
         return sub_a, sub_b
 
+    def row_spec(self) -> tuple | None:
+        """What forward runs for one bf16 row on CPU (LLM.int8() natively), as kernels/block_step.c reads it, or None."""
+        call = self._row_call() if self.row_kernel and self.cb.is_cpu else None
+        return getattr(call, "spec", None)
+
     def row_kernel_fits(self) -> bool:
         """Whether one row should take _llm_int8_row here: _int_mm has its AVX-512 kernel and the weight is on CPU."""
         return cpu_has_int8_mm() and self.cb.device.type == "cpu"
@@ -350,6 +362,7 @@ class QuantLinear8bit(_PlanFree, nn.Module):
                 return None if fn(x.data_ptr(), *args, out.data_ptr(), n, thr) else out
 
             call.keep = rowsum
+            call.spec = None if bias is not None else (2, n, k, cb.data_ptr(), 0, scb.data_ptr(), rowsum.data_ptr(), thr)
             return call
 
         return _bound(self, ("cb", "scb", "bias"), build, self.threshold)

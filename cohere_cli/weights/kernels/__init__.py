@@ -176,12 +176,17 @@ class DecodeOps:
     attend: Callable
     norm: Callable
     silu_mul: Callable
+    block: Callable | None = None  # kernels.block.BlockStep: the whole step in one call, tried first
 
     def step(self, block, x, start: int, rope, cache_layer):
         """layout.FusedBlock.forward for one token through these ops: norm, the fused input projection, then rotary +
         cache write + attention in one call and the SwiGLU activation in another, the two output projections and
         the residual. The same computation as the block's torch path, written to the cache the same way
         (Attention._update_cache); None where an op declines before anything is written (its dtype, its shapes)."""
+        if self.block is not None:
+            out = self.block(block, x, start, rope, cache_layer)
+            if out is not None:
+                return out
         a, norm = block.self_attn, block.input_layernorm
         h = self.norm(x, norm.weight, norm.eps)
         if h is None:
@@ -251,7 +256,9 @@ def decode_ops() -> DecodeOps | None:
         act(gate_up.data_ptr(), n, out.data_ptr())
         return out
 
-    return DecodeOps(attend, norm, silu_mul)
+    from cohere_cli.weights.kernels.block import block_step
+
+    return DecodeOps(attend, norm, silu_mul, block_step())
 
 
 def cpu_contiguous(t, dtype) -> bool:
@@ -273,13 +280,30 @@ def _function(fn, argtypes: list):
     return fn
 
 
+def _sources(src: Path) -> list[Path]:
+    """`src` and every file it includes from this folder (`#include "..."`, recursively: block_step.c includes the
+    other kernels' sources), each once."""
+    seen: list[Path] = []
+    todo = [src]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.append(f)
+        for line in f.read_text().splitlines():
+            if line.startswith('#include "'):
+                todo.append(f.parent / line.split('"')[1])
+    return seen
+
+
 def _load(src: Path):
     """ctypes.CDLL of `src` compiled, building it first if this machine has no copy yet; None on any failure. The
-    build key covers the source, the shared headers next to it (bf16.h), the compiler and its flags."""
+    build key covers the source, the files it includes (bf16.h; block_step.c: the other kernels), the compiler and
+    its flags."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    text = src.read_bytes() + b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))
+    text = b"".join(f.read_bytes() for f in _sources(src))
     key = hashlib.sha256(text + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     try:
         from cohere_cli.store import store_root

@@ -1,0 +1,80 @@
+/* One decode step (one token, batch 1, bf16) of a parallel Cohere block in one call, on AVX-512 (BF16, VNNI):
+ *
+ *   h   = LayerNorm(x)                                   layer_norm_bf16 (decode.c)
+ *   y   = in_proj(h)          = [q | k | v | gate | up]  one matvec (below)
+ *   att = attention(q, k, v) over the cache              decode_attn_bf16 (decode.c: rotary, cache write, GQA)
+ *   act = silu(gate) * up                                silu_mul_bf16 (decode.c)
+ *   out = bf16(bf16(x + o_proj(att)) + down_proj(act))   the residual as torch adds it: x + attn + mlp
+ *
+ * where each matvec is whichever kernel the module's weight is stored for: oneDNN's packed bf16 (packed_row.c),
+ * LLM.int8() (int8_row.c) or bitsandbytes' 4-bit CPU layout (nf4_row.c). The same kernels, in the same order, as
+ * layout.FusedBlock's per-op native path (kernels.DecodeOps.step), so the results are the same bits.
+ *
+ * Why: that per-op path made ~20 Python-level calls per layer (checks, torch.empty, views, adds, one ctypes call
+ * per kernel), ~125 us a layer on the 2-core dev machine, ~2 ms of a 7-16 ms step of the 213M benchmark model.
+ * Here the layer is one ctypes call; what is left per layer is the kernels and their OpenMP regions.
+ *
+ * Returns 0, or 1 where a kernel declines (a shape it does not take; LLM.int8() on a row with an outlier). A decline
+ * may come after the attention wrote this token's key and value into the cache: the caller's per-op path then
+ * writes the same values again (the same kernels on the same inputs), so declining is safe at any point; `out` is
+ * written only on success. */
+#include <stdlib.h>
+
+#include "decode.c"
+#include "int8_row.c"
+#include "nf4_row.c"
+#include "packed_row.c"
+
+enum { PACKED_BF16 = 1, LLM_INT8 = 2, BNB_4BIT = 3 };
+
+/* One weight as its kernel reads it (kernels/block.py builds these from the modules' bound pointers). */
+typedef struct {
+    int64_t kind, n, k;
+    const void *w;       /* the packed bf16 buffer, the int8 rows (n x k) or the 4-bit bytes */
+    int64_t kp;          /* packed bf16: k padded; 4-bit: the blocksize */
+    const void *a, *b;   /* LLM.int8(): scb (n float32), rowsum (n int32); 4-bit: absmax_t (bf16), code (16 float32) */
+    float threshold;     /* LLM.int8()'s outlier threshold */
+} Mat;
+
+typedef struct {
+    Mat in_proj, o_proj, down;
+    const void *norm_w;  /* hidden values, bf16 (norm_bf16) or float32 */
+    int64_t norm_bf16;
+    float eps, scale;    /* the norm's epsilon, the attention's 1/sqrt(hd) */
+    int64_t hidden, nh, nkv, hd, inter, window;
+} Block;
+
+static int matvec(const Mat *m, const uint16_t *x, int threads, uint16_t *out) {
+    switch (m->kind) {
+        case PACKED_BF16: return gemv_packed_bf16(x, m->w, m->n, m->k, m->kp, threads, out);
+        case LLM_INT8: return llm_int8_row_bf16(x, m->k, m->w, m->a, m->b, NULL, out, m->n, m->threshold);
+        case BNB_4BIT: return gemv_4bit_row_bf16(x, m->w, m->a, m->b, m->n, m->k, m->kp, out);
+        default: return 1;
+    }
+}
+
+/* x, out: hidden bf16 (distinct); cs: hd/2 (cos, sin) float pairs or NULL (no rotary); kc, vc: (nkv, n, hd) bf16;
+ * slot_pos: n int64 or NULL; slot, S, qpos, window as decode_attn_bf16 takes them. */
+int block_step_bf16(const Block *b, const uint16_t *x, const float *cs, uint16_t *kc, uint16_t *vc, int64_t n,
+                     int64_t slot, int64_t S, int64_t *slot_pos, int64_t qpos, int64_t threads, uint16_t *out) {
+    const int64_t H = b->hidden, qkv = (b->nh + 2 * b->nkv) * b->hd, I = b->inter;
+    /* every size the kernels rely on, from the one description: a mismatch declines instead of reading past */
+    if (b->in_proj.k != H || b->in_proj.n != qkv + 2 * I || b->o_proj.k != b->nh * b->hd || b->o_proj.n != H
+        || b->down.k != I || b->down.n != H || H <= 0 || I <= 0 || threads < 1)
+        return 1;
+    uint16_t *buf = malloc(sizeof(uint16_t) * (H + (qkv + 2 * I) + b->nh * b->hd + I + 2 * H) + 64);
+    if (!buf) return 1;
+    uint16_t *h = buf, *y = h + H, *att = y + qkv + 2 * I, *act = att + b->nh * b->hd, *ao = act + I, *mo = ao + H;
+    int err = layer_norm_bf16(x, b->norm_w, b->norm_bf16, H, b->eps, h)
+              || matvec(&b->in_proj, h, (int)threads, y)
+              || decode_attn_bf16(y, cs, kc, vc, n, slot, S, slot_pos, qpos, b->window, b->nh, b->nkv, b->hd,
+                                  b->scale, threads, att)
+              || silu_mul_bf16(y + qkv, I, act)
+              || matvec(&b->o_proj, att, (int)threads, ao)
+              || matvec(&b->down, act, (int)threads, mo);
+    if (!err)
+        for (int64_t j = 0; j < H; j++)
+            out[j] = f32_to_bf16(bf16_to_f32(f32_to_bf16(bf16_to_f32(x[j]) + bf16_to_f32(ao[j]))) + bf16_to_f32(mo[j]));
+    free(buf);
+    return err;
+}

@@ -1,0 +1,138 @@
+"""The whole decode step of a block in one native call (kernels/block_step.c) against the per-op native path it
+replaces (the same kernels, one call each): the same logits and the same cache, bit for bit, for bf16, LLM.int8()
+and 4-bit checkpoints; declines (an outlier mid-layer, after the cache write) and changed weights fall back to that
+path with the same results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cohere_cli.engine.generate import prefill
+from cohere_cli.model import KVCache
+from cohere_cli.weights import kernels, layout, packed, quant, quantize
+from cohere_cli.weights.checkpoint import load_model
+from cohere_cli.weights.kernels.block import BlockStep, block_step, row_spec
+from factory_checkpoint import make_checkpoint
+
+ops = kernels.decode_ops()
+needs_step = pytest.mark.skipif(ops is None or block_step() is None,
+                                reason="the kernels need a C compiler, AVX512-BF16 and VNNI: not here")
+KIND = {"bf16": 1, "int8": 2, "nf4": 3}  # block_step.c's Mat kinds
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A cohere2 model with sliding layers (rings that wrap) and its int8 and nf4 quantizations."""
+    parent = make_checkpoint(tmp_path_factory.mktemp("bf16"), tokenizer=False, vocab=384, dtype="bfloat16",
+                             hidden=128, heads=4, kv_heads=2, intermediate=256, layers=4, model_type="cohere2",
+                             sliding_window=12)
+    out = {"bf16": parent}
+    for name, spec in (("int8", quant.QuantSpec(bits=8)), ("nf4", quant.QuantSpec(bits=4))):
+        out[name] = tmp_path_factory.mktemp(name)
+        quantize.quantize_checkpoint(parent, out[name], spec)
+    return out
+
+
+def _counting(calls: list) -> BlockStep:
+    """ops.block with its C function counted: (calls made, calls that declined)."""
+    real = ops.block.fn
+
+    def fn(*args):
+        err = real(*args)
+        calls.append(err)
+        return err
+
+    return BlockStep(fn)
+
+
+def _decode_both(model, steps, before=None, seed=4):
+    """Prefill 17 tokens into two caches, then decode `steps` tokens into each: one through the fused step, one
+    through the per-op path; `before(t)` runs ahead of each step. -> (fused logits, per-op logits, caches, calls)."""
+    calls: list = []
+    fused = dataclasses.replace(ops, block=_counting(calls))
+    per_op = dataclasses.replace(ops, block=None)
+    ids = torch.randint(0, 384, (17 + steps,), generator=torch.Generator().manual_seed(seed))
+    caches = [KVCache(model.config, 17 + steps, torch.bfloat16, slack=2) for _ in range(2)]
+    got, want = [], []
+    with torch.inference_mode():
+        for c in caches:
+            prefill(model, ids[:17], c, 0, chunk=5)
+        for t in range(17, 17 + steps):
+            if before is not None:
+                before(t)
+            layout.use_decode_kernels(model, fused)
+            got.append(model(ids[t : t + 1][None], t, caches[0], last_only=True))
+            layout.use_decode_kernels(model, per_op)
+            want.append(model(ids[t : t + 1][None], t, caches[1], last_only=True))
+    layout.use_decode_kernels(model, ops)
+    return torch.cat(got), torch.cat(want), caches, calls
+
+
+def _same_caches(caches):
+    for (k1, v1, s1), (k2, v2, s2) in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+        assert torch.equal(s1, s2) if s1 is not None else s2 is None
+
+
+@needs_step
+@pytest.mark.parametrize("kind", ["bf16", "int8", "nf4"])
+def test_block_step_gives_the_per_op_bits(checkpoints, kind):
+    model = load_model(checkpoints[kind], dtype="bfloat16").model
+    for layer in model.model.layers:  # every matmul of every block on the kernel of its precision
+        specs = [row_spec(m) for m in (layer.in_proj, layer.self_attn.o_proj, layer.mlp.down_proj)]
+        assert [s[0] if s else None for s in specs] == [KIND[kind]] * 3
+    got, want, caches, calls = _decode_both(model, 23)
+    assert calls and not any(calls) and len(calls) == 23 * len(model.model.layers)  # it ran, never declined
+    assert torch.equal(got, want)
+    _same_caches(caches)  # the sliding layers' rings wrapped (window 12, slack 2) on the way
+
+
+@needs_step
+def test_a_decline_after_the_cache_write_falls_back_with_the_same_results(checkpoints):
+    """LLM.int8() declines a row with an outlier: here o_proj's, after the attention wrote this token's key and
+    value. The per-op path then runs the layer (its outlier decomposition for o_proj) and writes the same values."""
+    model = load_model(checkpoints["int8"], dtype="bfloat16").model
+    o = model.model.layers[1].self_attn.o_proj
+    o.threshold = 1e-6  # every attention output has an "outlier"
+    got, want, caches, calls = _decode_both(model, 6)
+    assert calls.count(1) == 6 and calls.count(0) == 6 * (len(model.model.layers) - 1)
+    assert torch.equal(got, want)
+    _same_caches(caches)
+
+
+@needs_step
+def test_changed_weights_are_read_anew(checkpoints):
+    """A weight replaced (bf16: a new packed Parameter, which the row kernel no longer takes) or edited in place
+    (int8: its rows and scales) between steps: the fused step never reads the old pointers."""
+    model = load_model(checkpoints["bf16"], dtype="bfloat16").model
+    down = model.model.layers[2].mlp.down_proj
+    plain = torch.randn(down.weight.shape, generator=torch.Generator().manual_seed(1)).bfloat16() * 0.05
+
+    def swap(t):
+        if t == 20:
+            down.weight = torch.nn.Parameter(packed.pack_weight(plain), requires_grad=False)
+
+    got, want, caches, calls = _decode_both(model, 6, swap)
+    assert torch.equal(got, want)
+    n = len(model.model.layers)  # layer 2 declines (before its C call) once down_proj is another weight: steps 20-22
+    assert len(calls) == 6 * n - 3 and not any(calls)
+    _same_caches(caches)
+
+    model = load_model(checkpoints["int8"], dtype="bfloat16").model
+    lin = model.model.layers[0].mlp.down_proj
+    before = None
+
+    def edit(t):
+        nonlocal before
+        if t == 19:
+            before = row_spec(lin)
+            lin.cb.neg_()  # the rows (and so their sums) change in place
+            lin.scb.mul_(2)
+
+    got, want, caches, calls = _decode_both(model, 4, edit)
+    assert row_spec(lin) != before and not any(calls)  # rebuilt (the row sums are new), still fused
+    assert torch.equal(got, want)
+    _same_caches(caches)
