@@ -9,14 +9,16 @@ from cohere_cli.engine.threads import ThreadTuner
 class Machine:
     """Step seconds by thread count, changeable mid-run; runs each step at the count the tuner gives."""
 
-    def __init__(self, times: dict[int, float]):
+    def __init__(self, times: dict[int, float], share: float | None = None):
         self.times = times
+        self.share = share  # the process's CPU time per thread per wall second, reported with each step (or not)
 
     def run(self, tuner: ThreadTuner, steps: int) -> list[int]:
         used = []
         for _ in range(steps):
             used.append(tuner.threads)
-            tuner.step(self.times[used[-1]])
+            s = self.times[used[-1]]
+            tuner.step(s, None if self.share is None else self.share * used[-1] * s)
         return used
 
 
@@ -37,6 +39,24 @@ def test_a_busy_core_moves_decode_to_one_thread_and_back_when_it_ends():
     m.times = {2: 0.010, 1: 0.018}  # the other process ends
     used = m.run(tuner, 200)
     assert tuner.current == 2 and used[-50:].count(2) >= 47
+
+
+def test_with_cpu_times_a_quiet_machine_is_never_probed_and_a_busy_one_is_found_as_fast():
+    """Steps whose threads were on their cores the whole time (CPU time >= QUIET_SHARE x threads x wall) are no
+    reason to try fewer threads; steps that lost CPU time count towards the probe as before."""
+    m = Machine({2: 0.010, 1: 0.018}, share=1.05)
+    tuner = ThreadTuner(2)
+    assert set(m.run(tuner, 2000)) == {2}
+    m = Machine({2: 0.060, 1: 0.018}, share=0.74)  # one core kept busy (measured: median 0.74, at most 0.88)
+    tuner = ThreadTuner(2)
+    used = m.run(tuner, 100)
+    assert used.index(1) <= ThreadTuner.FIRST and tuner.current == 1
+    m.times, m.share = {2: 0.010, 1: 0.018}, 1.0  # the other process ends: one thread (below the full count)
+    used = m.run(tuner, 200)  # still probes upwards, whatever its CPU share
+    assert tuner.current == 2 and used[-50:].count(2) == 50
+    m.share = 0.89  # just under the bar: contention again counts towards a probe
+    used = m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE)
+    assert used.count(1) == ThreadTuner.PROBE
 
 
 def test_a_sudden_slowdown_probes_at_once():

@@ -147,14 +147,14 @@ def stream_generate(
         tuned = tuner.threads if tuner is not None else threads
         if tuned != threads:
             torch.set_num_threads(tuned)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         try:
             logits = model(step_in, n_prompt + n - 1, session.cache, last_only=True)[0, -1]
         finally:
             if tuned != threads:
                 torch.set_num_threads(threads)  # only the decode step runs at the tuned count
         if tuner is not None:
-            tuner.step(time.perf_counter() - t)
+            tuner.step(time.perf_counter() - t, time.process_time() - cpu)
         session.ids.append(token)  # only once its keys/values are in the cache (Ctrl-C may land in between)
         token = pick(lambda: sampler(logits, history[: n_prompt + n]))
     generated = n - 1 if finish == "stop" else n  # the stop token itself is not part of the answer

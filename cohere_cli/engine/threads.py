@@ -8,6 +8,12 @@ about half the bandwidth of two). Which count is faster depends on what else run
 so ThreadTuner measures: after every `wait` steps it runs a few steps with a neighbouring count (one fewer, or one
 more when it is below the maximum) and keeps whichever is faster. A probe that loses doubles the wait (up to
 MAX_WAIT: in a long quiet run probes cost under 1%), a step much slower than the recent ones probes at once.
+
+At the caller's full count, only steps that show contention count towards the next probe: a step whose process CPU
+time is under QUIET_SHARE of threads x wall time had a thread off its core (quiet 2-core machine: 1.0-1.1 per step
+with OpenMP's spinning threads counted, 0.75-1.14 at the extremes; one core kept busy: median 0.74, at most 0.88).
+Why: each probe runs 3 steps at one thread fewer, 1.4-1.9x slower on the 2-core machine, so a quiet 64-token
+answer paid ~8% for probes at steps 8, 27 and 62 that could not win.
 stream_generate keeps one tuner per caller's count for the whole process (its choice and its back-off carry from one
 answer to the next) and sets the tuned count around each decode step only, so nothing else runs at it."""
 
@@ -23,6 +29,7 @@ class ThreadTuner:
     MAX_WAIT = 512
     SLOWER = 2.0  # a step this many times the recent median starts a probe at once
     GAIN = 0.9  # a probe wins when its median step is under this fraction of the current count's
+    QUIET_SHARE = 0.9  # CPU time / (threads x wall time) at or above which a step saw no contention
 
     def __init__(self, threads: int):
         """`threads`: the most to use (the caller's count). `threads` is the count for the next step; the caller
@@ -38,8 +45,9 @@ class ThreadTuner:
     def threads(self) -> int:
         return self.current if self.trial is None else self.trial
 
-    def step(self, seconds: float) -> None:
-        """Record one decode step's duration; may change the thread count for the next step."""
+    def step(self, seconds: float, cpu: float | None = None) -> None:
+        """Record one decode step's duration (and the process CPU time it took, where known); may change the
+        thread count for the next step."""
         if self.max == 1:
             return
         if self.trial is not None:
@@ -49,7 +57,8 @@ class ThreadTuner:
             return
         sudden = len(self.recent) >= self.PROBE and seconds > self.SLOWER * statistics.median(self.recent)
         self.recent.append(seconds)
-        self.count += 1
+        if cpu is None or self.current < self.max or cpu < self.QUIET_SHARE * self.current * seconds:
+            self.count += 1  # (at the full count, a quiet step is no reason to try fewer threads)
         if (self.count >= self.wait or sudden) and len(self.recent) >= self.PROBE:
             self._probe()
 
