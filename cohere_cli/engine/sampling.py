@@ -86,8 +86,9 @@ class Sampler:
         p = self.p
         logits = logits.float()
         if self.n_valid is not None and self.n_valid < logits.shape[-1]:
-            logits = logits.clone()
-            logits[self.n_valid :] = float("-inf")
+            logits = logits[: self.n_valid]  # a view: ids past it are never picked (no 1 MB copy per token)
+            if history is not None:
+                history = history[history < self.n_valid]
         if p.repetition_penalty != 1.0 and history is not None and history.numel():
             logits = logits.clone()
             prev = logits[history]
