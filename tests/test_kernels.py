@@ -311,3 +311,22 @@ def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
                 m.__class__ = packed.RowKernelLinear
             torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
             assert want.flatten()[got.argmax()] >= want.max() - 0.05, t
+
+
+def test_every_kernel_builds_where_the_cpu_has_what_it_needs():
+    """A kernel that does not compile is not an error at run time (its callers keep their torch path, slower), so a
+    compile error would pass unnoticed: where there is a C compiler and the CPU has a kernel's extensions, each
+    one must build and load."""
+    import os
+    import shutil
+
+    from cohere_cli.weights.kernels.block import block_step
+
+    if os.environ.get(kernels.ENV, "1") == "0" or not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("native kernels switched off or no C compiler here")
+    wanted = {"int8_row": (kernels.INT8_ROW, kernels.int8_row), "int8_dequant": (kernels.INT8_ROW, kernels.int8_dequant),
+              "gemv_4bit_row": (kernels.AVX512_BF16, kernels.gemv_4bit_row),
+              "packed_row": (kernels.AVX512_BF16, kernels.packed_row), "decode": (kernels.AVX512_BF16, kernels.decode_ops),
+              "block_step": (kernels.AVX512_BF16 | kernels.INT8_ROW, block_step)}
+    missing = [name for name, (needs, load) in wanted.items() if needs <= kernels.cpu_flags() and load() is None]
+    assert not missing, missing

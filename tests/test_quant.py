@@ -169,6 +169,31 @@ def test_int8_one_row_is_bitsandbytes_llm_int8(dtype, bias, native, k, monkeypat
     assert seen == {False, True}
 
 
+@pytest.mark.skipif(not qlinear.cpu_has_int8_mm(), reason="torch._int_mm has no AVX-512 kernel on this CPU")
+@pytest.mark.parametrize("rows,n,k", [(512, 1000, 256), (129, 37, 64), (9, 16, 700), (300, 5, 32)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_prefill_int8_product_is_bitsandbytes_int8_scaled_mm(rows, n, k, bias, monkeypatch):
+    """Several rows (prefill) of LLM.int8(): our slices of torch._int_mm and native dequantization give
+    bitsandbytes' int8_scaled_mm bit for bit (row slices of 128 and a partial one, outputs not a multiple of 16,
+    a bias, products that overflow bf16 to inf), with the native pass in use where it builds."""
+    from cohere_cli.weights import bnb_cpu, kernels
+
+    g = torch.Generator().manual_seed(rows + n)
+    ca = torch.randint(-127, 128, (rows, k), dtype=torch.int8, generator=g)
+    cb = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    sca = torch.rand(rows, generator=g) * 8
+    scb = torch.rand(n, generator=g) * 8
+    sca[0] = 3e38  # inf after scaling: rounds like torch
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    want = torch.ops.bitsandbytes.int8_scaled_mm.default(ca, cb, sca, scb, bias=b, dtype=torch.bfloat16)
+    real, calls = kernels.int8_dequant(), []
+    if real is not None:  # count the rows the native pass converts
+        monkeypatch.setattr(kernels, "int8_dequant", lambda: lambda *a: calls.append(a[1]) or real(*a))
+    got = bnb_cpu.int8_scaled_mm(ca, cb, sca, scb, b, torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want) and got[0].isinf().any()
+    assert real is None or (sum(calls) == rows and max(calls) <= bnb_cpu.INT8_SLICE)  # every row, in slices
+
+
 # ---- whole checkpoints ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):

@@ -148,3 +148,34 @@ def native_gemv_4bit(quant_type: str):
             fn = None
         cache[quant_type] = fn
     return cache[quant_type]
+
+
+INT8_SLICE = 128  # rows per torch._int_mm call of int8_scaled_mm: its int32 product is held for this many rows
+
+
+def int8_scaled_mm(ca: torch.Tensor, cb: torch.Tensor, sca: torch.Tensor, scb: torch.Tensor,
+                   bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """bitsandbytes' int8_scaled_mm (rows of int8 activations `ca` with their absmax `sca`, times the int8 weight
+    rows `cb` with theirs, `scb`) -> (rows, out), the same bits. In bf16 on a CPU where the native dequantization
+    builds (kernels/int8_row.c): torch._int_mm (what bitsandbytes runs on CPU) on INT8_SLICE rows at a time, each
+    int32 product turned into bf16 in one native pass. Why: bitsandbytes' dequantization is whole-matrix float32
+    ops, three (rows, out) float32 temporaries at once: a 512-row prefill chunk of the 1.25B benchmark model's
+    19456-output projection took 109 ms and +172 MB of peak memory that way, 67 ms and +60 MB this way, and the
+    int8 model's prefill peak came from it. Elsewhere: bitsandbytes' op."""
+    from cohere_cli.weights import kernels
+
+    fn = kernels.int8_dequant() if dtype == torch.bfloat16 else None
+    ok = lambda t, dt: t is None or kernels.cpu_contiguous(t, dt)  # noqa: E731
+    if fn is None or not (ok(ca, torch.int8) and ok(cb, torch.int8) and ok(sca, torch.float32)
+                          and ok(scb, torch.float32) and ok(bias, torch.bfloat16)) or ca.dim() != 2 \
+            or ca.shape[1] != cb.shape[1] or sca.numel() != ca.shape[0] or scb.numel() != cb.shape[0] \
+            or (bias is not None and bias.numel() != cb.shape[0]):
+        return torch.ops.bitsandbytes.int8_scaled_mm.default(ca, cb, sca, scb, bias=bias, dtype=dtype)
+    rows, n = ca.shape[0], cb.shape[0]
+    out = torch.empty(rows, n, dtype=torch.bfloat16)
+    for i in range(0, rows, INT8_SLICE):
+        acc = torch._int_mm(ca[i : i + INT8_SLICE], cb.t())  # (r, n) int32
+        r = acc.shape[0]
+        fn(acc.data_ptr(), r, n, sca[i:].data_ptr(), scb.data_ptr(), None if bias is None else bias.data_ptr(),
+           out[i:].data_ptr())
+    return out

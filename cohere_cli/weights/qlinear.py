@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cohere_cli.weights import kernels
-from cohere_cli.weights.bnb_cpu import bnb, cpu_has_bnb_kernel, gemv_4bit_cpu, native_gemv_4bit, pack_for_cpu, unpack_from_cpu
+from cohere_cli.weights.bnb_cpu import (bnb, cpu_has_bnb_kernel, gemv_4bit_cpu, int8_scaled_mm, native_gemv_4bit,
+                                        pack_for_cpu, unpack_from_cpu)
 from cohere_cli.weights.qpath import (UNLIMITED, WOQ_MAX_ROWS, _bound, _f32, _PlanFree, cpu_has_int8_mm,
                                       kernel_max_rows)
 
@@ -286,7 +287,7 @@ class QuantLinear8bit(_PlanFree, nn.Module):
                 a = a.clone()  # int8_vectorwise_quant zeroes outliers in place (and restores them) while quantizing
             ca, sca, outliers = torch.ops.bitsandbytes.int8_vectorwise_quant.default(a, self.threshold)
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = torch.ops.bitsandbytes.int8_scaled_mm.default(ca, self.cb, sca, self.scb, bias=bias, dtype=x.dtype)
+            out = int8_scaled_mm(ca, self.cb, sca, self.scb, bias, x.dtype)
             if self.threshold > 0.0 and outliers is not None and outliers.numel():
                 out = out.addmm(*self._outlier_parts(a, outliers))
             return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

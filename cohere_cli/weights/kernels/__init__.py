@@ -40,6 +40,7 @@ HERE = Path(__file__).parent
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]  # no FMA contraction: bitsandbytes' roundings
 ENV = "COHERE_CLI_NATIVE"  # 0: never build or load native kernels
 AVX512_BF16 = {"avx512_bf16", "avx512bw", "avx512dq", "avx512vl"}  # what nf4_row.c and decode.c are compiled for
+INT8_ROW = {"avx512_vnni", "avx512bw", "avx512vl"}  # int8_row.c
 
 
 @functools.cache
@@ -56,9 +57,17 @@ def cpu_flags() -> frozenset[str]:
 @functools.cache
 def int8_row():
     """The C function llm_int8_row_bf16 (see int8_row.c), or None where it is not available here."""
-    lib = _library("int8_row.c", {"avx512_vnni", "avx512bw"})
+    lib = _library("int8_row.c", INT8_ROW)
     p, i = ct.c_void_p, ct.c_int64
     return None if lib is None else _function(lib.llm_int8_row_bf16, [p, i, p, p, p, p, p, i, ct.c_float])
+
+
+@functools.cache
+def int8_dequant():
+    """The C function int8_dequant_bf16 (see int8_row.c): bitsandbytes' int8_mm_dequant into bf16, or None."""
+    lib = _library("int8_row.c", INT8_ROW)
+    p, i = ct.c_void_p, ct.c_int64
+    return None if lib is None else _function(lib.int8_dequant_bf16, [p, i, i, p, p, p, p])
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import ctypes as ct
 import functools
 import math
 
-from cohere_cli.weights.kernels import AVX512_BF16, _function, _library, cpu_contiguous
+from cohere_cli.weights.kernels import AVX512_BF16, INT8_ROW, _function, _library, cpu_contiguous
 
 
 class Mat(ct.Structure):
@@ -93,7 +93,7 @@ class BlockStep:
 def block_step() -> BlockStep | None:
     """block_step.c loaded (BlockStep), or None where it is not available here (it runs all three matmul kernels:
     AVX512-BF16 and VNNI)."""
-    lib = _library("block_step.c", AVX512_BF16 | {"avx512_vnni"})
+    lib = _library("block_step.c", AVX512_BF16 | INT8_ROW)
     if lib is None:
         return None
     p, i = ct.c_void_p, ct.c_int64
