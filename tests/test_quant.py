@@ -194,6 +194,20 @@ def test_prefill_int8_product_is_bitsandbytes_int8_scaled_mm(rows, n, k, bias, m
     assert real is None or (sum(calls) == rows and max(calls) <= bnb_cpu.INT8_SLICE)  # every row, in slices
 
 
+def test_bitsandbytes_is_imported_without_fetching_hub_kernels():
+    """bitsandbytes' import would ask the Hub for remote kernel code through the `kernels` package (where it is
+    installed, as in this test environment): our import of it never lets it, and leaves `kernels` importable."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util; from cohere_cli.weights.bnb_cpu import bnb; bnb(); "
+            "assert 'bitsandbytes' in sys.modules; print(sorted(m for m in ('kernels', 'huggingface_hub') "
+            "if m in sys.modules and sys.modules[m] is not None), sys.modules.get('kernels', 0) is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]", "False"]
+
+
 # ---- whole checkpoints ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
