@@ -91,16 +91,31 @@ def test_block_step_gives_the_per_op_bits(checkpoints, kind):
 
 
 @needs_step
-def test_a_decline_after_the_cache_write_falls_back_with_the_same_results(checkpoints):
-    """LLM.int8() declines a row with an outlier: here o_proj's, after the attention wrote this token's key and
-    value. The per-op path then runs the layer (its outlier decomposition for o_proj) and writes the same values."""
+@pytest.mark.parametrize("where,stage", [("in_proj", 1), ("o_proj", 2), ("down_proj", 3)])
+def test_a_decline_falls_back_from_where_it_stopped_with_the_same_results(checkpoints, where, stage):
+    """LLM.int8() declines a row with an outlier. In in_proj's input nothing is written yet (the per-op path runs
+    the block); in o_proj's or down_proj's the attention has written this token's key and value, and the step is
+    finished from the kernel's attention output and activation (o_proj's output too) with the block's modules:
+    the same bits as the per-op path, which takes bitsandbytes' outlier decomposition there."""
     model = load_model(checkpoints["int8"], dtype="bfloat16").model
-    o = model.model.layers[1].self_attn.o_proj
-    o.threshold = 1e-6  # every attention output has an "outlier"
+    layer = model.model.layers[1]
+    mod = {"in_proj": layer.in_proj, "o_proj": layer.self_attn.o_proj, "down_proj": layer.mlp.down_proj}[where]
+    mod.threshold = 1e-6  # every input row has an "outlier"
     got, want, caches, calls = _decode_both(model, 6)
-    assert calls.count(1) == 6 and calls.count(0) == 6 * (len(model.model.layers) - 1)
+    assert calls.count(stage) == 6 and calls.count(0) == 6 * (len(model.model.layers) - 1)
     assert torch.equal(got, want)
     _same_caches(caches)
+
+
+@needs_step
+def test_a_model_loaded_in_inference_mode_decodes_through_it(checkpoints):
+    """Tensors made under torch.inference_mode() keep no version counter: nothing on the way may ask for one."""
+    for kind in ("bf16", "int8"):
+        with torch.inference_mode():
+            model = load_model(checkpoints[kind], dtype="bfloat16").model
+        assert model.model.layers[0].input_layernorm.weight.is_inference()
+        got, want, caches, calls = _decode_both(model, 3)
+        assert calls and not any(calls) and torch.equal(got, want)
 
 
 @needs_step
@@ -119,6 +134,16 @@ def test_changed_weights_are_read_anew(checkpoints):
     assert torch.equal(got, want)
     n = len(model.model.layers)  # layer 2 declines (before its C call) once down_proj is another weight: steps 20-22
     assert len(calls) == 6 * n - 3 and not any(calls)
+    _same_caches(caches)
+
+    norm = model.model.layers[1].input_layernorm  # a new norm weight (another buffer): a new description
+
+    def renorm(t):
+        if t == 18:
+            norm.weight = torch.nn.Parameter(norm.weight.detach() * 1.5 + 0.25, requires_grad=False)
+
+    got, want, caches, calls = _decode_both(model, 4, renorm)
+    assert torch.equal(got, want) and len(calls) == 4 * (n - 1) and not any(calls)  # (layer 2: as above)
     _same_caches(caches)
 
     model = load_model(checkpoints["int8"], dtype="bfloat16").model

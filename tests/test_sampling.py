@@ -28,3 +28,19 @@ def test_top_p_still_samples_within_its_mass():
     logits = torch.tensor([2.0, 2.0, -10.0, -10.0])
     sample = Sampler(SamplingParams(temperature=1.0, top_p=0.9, seed=3))
     assert {sample(logits) for _ in range(200)} == {0, 1}
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=1.0, seed=3),
+                                    SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.01, seed=4,
+                                                   repetition_penalty=1.3)])
+def test_rows_past_the_vocabulary_are_never_picked(params):
+    """The embedding rows past the tokenizer's vocabulary (n_valid) never come out, even where they hold the
+    largest logits, and a history holding such ids (a repetition penalty reads it) is no error."""
+    sampler = Sampler(params, n_valid=100)
+    history = torch.tensor([3, 150, 99, 101])
+    for i in range(50):
+        logits = torch.randn(128, generator=torch.Generator().manual_seed(i))
+        logits[100:] += 50.0
+        before = logits.clone()
+        assert 0 <= sampler(logits, history) < 100
+        assert torch.equal(logits, before)  # the caller's logits untouched

@@ -9,16 +9,16 @@ from cohere_cli.engine.threads import ThreadTuner
 class Machine:
     """Step seconds by thread count, changeable mid-run; runs each step at the count the tuner gives."""
 
-    def __init__(self, times: dict[int, float], share: float | None = None):
+    def __init__(self, times: dict[int, float], lost: float | None = None):
         self.times = times
-        self.share = share  # the process's CPU time per thread per wall second, reported with each step (or not)
+        self.lost = lost  # threads x wall - the process's CPU time, in walls, reported with each step (or not)
 
     def run(self, tuner: ThreadTuner, steps: int) -> list[int]:
         used = []
         for _ in range(steps):
             used.append(tuner.threads)
             s = self.times[used[-1]]
-            tuner.step(s, None if self.share is None else self.share * used[-1] * s)
+            tuner.step(s, None if self.lost is None else (used[-1] - self.lost) * s)
         return used
 
 
@@ -42,21 +42,32 @@ def test_a_busy_core_moves_decode_to_one_thread_and_back_when_it_ends():
 
 
 def test_with_cpu_times_a_quiet_machine_is_never_probed_and_a_busy_one_is_found_as_fast():
-    """Steps whose threads were on their cores the whole time (CPU time >= QUIET_SHARE x threads x wall) are no
-    reason to try fewer threads; steps that lost CPU time count towards the probe as before."""
-    m = Machine({2: 0.010, 1: 0.018}, share=1.05)
+    """Steps whose threads were on their cores the whole time (CPU time short of threads x wall by at most LOST
+    walls) are no reason to try fewer threads; steps that lost CPU time count towards the probe as before."""
+    m = Machine({2: 0.010, 1: 0.018}, lost=-0.1)  # quiet: OpenMP's spinning threads count (measured 1.0-1.1 x)
     tuner = ThreadTuner(2)
     assert set(m.run(tuner, 2000)) == {2}
-    m = Machine({2: 0.060, 1: 0.018}, share=0.74)  # one core kept busy (measured: median 0.74, at most 0.88)
+    m = Machine({2: 0.060, 1: 0.018}, lost=0.52)  # one core kept busy (measured: a median of 0.74 x 2 threads)
     tuner = ThreadTuner(2)
     used = m.run(tuner, 100)
     assert used.index(1) <= ThreadTuner.FIRST and tuner.current == 1
-    m.times, m.share = {2: 0.010, 1: 0.018}, 1.0  # the other process ends: one thread (below the full count)
-    used = m.run(tuner, 200)  # still probes upwards, whatever its CPU share
+    m.times, m.lost = {2: 0.010, 1: 0.018}, 0.0  # the other process ends: one thread (below the full count)
+    used = m.run(tuner, 200)  # still probes upwards, whatever its CPU time
     assert tuner.current == 2 and used[-50:].count(2) == 50
-    m.share = 0.89  # just under the bar: contention again counts towards a probe
+    m.lost = 0.21  # just over the bar: contention again counts towards a probe
     used = m.run(tuner, ThreadTuner.FIRST + ThreadTuner.PROBE)
     assert used.count(1) == ThreadTuner.PROBE
+
+
+def test_with_cpu_times_many_threads_with_a_core_taken_still_step_down():
+    """With 8 threads and one core taken, the thread sharing it loses about half its time while the other 7 spin
+    at each barrier: CPU is ~7.5 of 8 threads' time (a share of 0.94), which is contention all the same."""
+    times = {n: 0.010 * 8 / n for n in range(1, 9)}
+    times[8] = 0.050
+    m = Machine(times, lost=0.5)
+    tuner = ThreadTuner(8)
+    m.run(tuner, 100)
+    assert tuner.current == 7
 
 
 def test_a_sudden_slowdown_probes_at_once():

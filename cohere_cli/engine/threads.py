@@ -10,8 +10,11 @@ more when it is below the maximum) and keeps whichever is faster. A probe that l
 MAX_WAIT: in a long quiet run probes cost under 1%), a step much slower than the recent ones probes at once.
 
 At the caller's full count, only steps that show contention count towards the next probe: a step whose process CPU
-time is under QUIET_SHARE of threads x wall time had a thread off its core (quiet 2-core machine: 1.0-1.1 per step
-with OpenMP's spinning threads counted, 0.75-1.14 at the extremes; one core kept busy: median 0.74, at most 0.88).
+time falls short of threads x wall time by more than LOST x wall had a thread off its core. On the 2-core machine,
+CPU / (threads x wall) per step was 1.0-1.1 quiet (OpenMP's spinning threads count; 0.75-1.14 at the extremes) and
+with one core kept busy median 0.74, at most 0.88: the thread sharing a core loses about half its time, whatever
+the thread count (the others spin at each barrier), so the shortfall is measured in threads, not as a share (a
+share of 0.9 would call 5 threads with a core taken quiet).
 Why: each probe runs 3 steps at one thread fewer, 1.4-1.9x slower on the 2-core machine, so a quiet 64-token
 answer paid ~8% for probes at steps 8, 27 and 62 that could not win.
 stream_generate keeps one tuner per caller's count for the whole process (its choice and its back-off carry from one
@@ -29,7 +32,7 @@ class ThreadTuner:
     MAX_WAIT = 512
     SLOWER = 2.0  # a step this many times the recent median starts a probe at once
     GAIN = 0.9  # a probe wins when its median step is under this fraction of the current count's
-    QUIET_SHARE = 0.9  # CPU time / (threads x wall time) at or above which a step saw no contention
+    LOST = 0.2  # threads x wall - CPU time, in walls, above which a step saw contention
 
     def __init__(self, threads: int):
         """`threads`: the most to use (the caller's count). `threads` is the count for the next step; the caller
@@ -57,7 +60,7 @@ class ThreadTuner:
             return
         sudden = len(self.recent) >= self.PROBE and seconds > self.SLOWER * statistics.median(self.recent)
         self.recent.append(seconds)
-        if cpu is None or self.current < self.max or cpu < self.QUIET_SHARE * self.current * seconds:
+        if cpu is None or self.current < self.max or self.current * seconds - cpu > self.LOST * seconds:
             self.count += 1  # (at the full count, a quiet step is no reason to try fewer threads)
         if (self.count >= self.wait or sudden) and len(self.recent) >= self.PROBE:
             self._probe()

@@ -142,7 +142,7 @@ class QuantLinear4bit(_PlanFree, nn.Module):
             spec = None  # kernels/block_step.c's description of the weight (row_spec), where it runs ours
             if ours is not None and bs % 4 == 0:  # x, out -> 0, or 1 where it declines
                 run = lambda xp, op: ours(xp, pp, ap, cp, n, k, bs, op)
-                spec = (3, n, k, pp, bs, ap, cp, 0.0)
+                spec = (3, n, k, pp, bs, ap, cp, 0.0) if n % 32 == 0 and k % bs == 0 else None  # what it takes
             elif theirs is not None:  # returns nothing: never declines
                 run = lambda xp, op: theirs(1, n, k, xp, pp, ap, op, bs, k, n)
             else:

@@ -79,13 +79,19 @@ def _bound(module: nn.Module, names: tuple[str, ...], build, *settings):
     bound pointer never outlives its tensor. The tensors are held weakly (a replaced weight is freed as before),
     and _PlanFree drops the plan from copies and pickles. build returns None where the tensors do not fit."""
     ts = tuple(module._buffers.get(n, module._parameters.get(n)) for n in names)
-    key = tuple(None if t is None else (t.data_ptr(), t.dtype, t._version) for t in ts) + settings
+    key = tuple(None if t is None else (t.data_ptr(), t.dtype, _version(t)) for t in ts) + settings
     plan = module.__dict__.get("_plan")
     if plan is not None and plan[1] == key and all(map(_refers_to, plan[0], ts)):
         return plan[2]
     call = build(*ts)
     module.__dict__["_plan"] = (tuple(None if t is None else weakref.ref(t) for t in ts), key, call)
     return call
+
+
+def _version(t: torch.Tensor) -> int:
+    """t's in-place edit count; -1 for a tensor made in inference mode, which keeps none (a model loaded under
+    torch.inference_mode())."""
+    return -1 if t.is_inference() else t._version
 
 
 def _refers_to(ref, t) -> bool:

@@ -46,16 +46,17 @@ class BlockStep:
         self.fn = fn
 
     def __call__(self, block, x, start: int, rope, cache_layer):
-        """layout.FusedBlock's one-token step through block_step.c -> x's shape, or None where it declines (then
-        the caller's per-op path runs the same kernels; a decline after the cache write is rewritten identically)."""
+        """layout.FusedBlock's one-token step through block_step.c -> x's shape, or None where it declines before
+        writing anything (the caller's per-op path then runs the same kernels). A decline after the attention (an
+        outlier for LLM.int8()) is finished here with the block's modules, as the per-op path would."""
         import torch
 
         a, norm = block.self_attn, block.input_layernorm
         specs = (row_spec(block.in_proj), row_spec(a.o_proj), row_spec(block.mlp.down_proj))
         if None in specs:
             return None
-        w = norm.weight
-        key = (specs, w.data_ptr(), w.dtype, w._version, norm.eps, a.window, block.split)
+        w = norm.weight  # (read through its pointer on every call: an edit in place needs no new description)
+        key = (specs, w.data_ptr(), w.dtype, norm.eps, a.window, block.split)
         plan = block.__dict__.get("_block_step")
         if plan is None or plan[0] != key:
             H = x.shape[-1]
@@ -83,10 +84,21 @@ class BlockStep:
         slot, S = (start % n, n) if slot_pos is not None else (start, start + 1)  # a ring: attend over all of it
         if not (0 <= slot < n and 0 < S <= n):
             return None
+        d = plan[1]
+        att, act, ao = (torch.empty(1, 1, m, dtype=torch.bfloat16) for m in (d.nh * d.hd, d.inter, d.hidden))
         out = torch.empty_like(x)
-        err = self.fn(plan[2], x.data_ptr(), cs, kc.data_ptr(), vc.data_ptr(), n, slot, S,
-                      None if slot_pos is None else slot_pos.data_ptr(), start, torch.get_num_threads(), out.data_ptr())
-        return None if err else out
+        stage = self.fn(plan[2], x.data_ptr(), cs, kc.data_ptr(), vc.data_ptr(), n, slot, S,
+                        None if slot_pos is None else slot_pos.data_ptr(), start, torch.get_num_threads(),
+                        att.data_ptr(), act.data_ptr(), ao.data_ptr(), out.data_ptr())
+        if stage == 0:
+            return out
+        if stage == 1:
+            return None  # nothing written: the per-op path runs the block
+        # a late decline (LLM.int8() found an outlier in o_proj's or down_proj's input): the rest as the per-op path
+        # computes it, from the attention output and activation the kernel left (the cache already holds the token)
+        if stage == 2:
+            ao = a.o_proj(att)
+        return x + ao + block.mlp.down_proj(act)
 
 
 @functools.cache
@@ -97,4 +109,4 @@ def block_step() -> BlockStep | None:
     if lib is None:
         return None
     p, i = ct.c_void_p, ct.c_int64
-    return BlockStep(_function(lib.block_step_bf16, [p, p, p, p, p, i, i, i, p, i, i, p]))
+    return BlockStep(_function(lib.block_step_bf16, [p, p, p, p, p, i, i, i, p, i, i, p, p, p, p]))

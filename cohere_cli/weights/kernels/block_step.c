@@ -14,10 +14,11 @@
  * per kernel), ~125 us a layer on the 2-core dev machine, ~2 ms of a 7-16 ms step of the 213M benchmark model.
  * Here the layer is one ctypes call; what is left per layer is the kernels and their OpenMP regions.
  *
- * Returns 0, or 1 where a kernel declines (a shape it does not take; LLM.int8() on a row with an outlier). A decline
- * may come after the attention wrote this token's key and value into the cache: the caller's per-op path then
- * writes the same values again (the same kernels on the same inputs), so declining is safe at any point; `out` is
- * written only on success. */
+ * Returns 0, or where a kernel declines (a shape it does not take; LLM.int8() on a row with an outlier) the stage
+ * it reached: 1 before the attention (nothing written: the caller runs its per-op path), 2 at o_proj (this token's
+ * key and value are in the cache, `att` and `act` hold the attention output and the SwiGLU activation), 3 at
+ * down_proj (`ao` holds o_proj's output too). The caller finishes from there with its own modules, so a late
+ * decline costs only the products that declined. `out` is written only on success. */
 #include <stdlib.h>
 
 #include "decode.c"
@@ -53,28 +54,38 @@ static int matvec(const Mat *m, const uint16_t *x, int threads, uint16_t *out) {
     }
 }
 
+/* torch's vectorized float32 -> bf16 (round to nearest even; NaN as 0xFFFF, where its scalar conversion gives
+ * 0x7FC0): what a bf16 tensor add writes */
+static inline uint16_t f32_to_bf16_vec(float f) { return isnan(f) ? 0xFFFF : f32_to_bf16(f); }
+
 /* x, out: hidden bf16 (distinct); cs: hd/2 (cos, sin) float pairs or NULL (no rotary); kc, vc: (nkv, n, hd) bf16;
- * slot_pos: n int64 or NULL; slot, S, qpos, window as decode_attn_bf16 takes them. */
+ * slot_pos: n int64 or NULL; slot, S, qpos, window as decode_attn_bf16 takes them; att (nh * hd), act (inter), ao
+ * (hidden): bf16 buffers the caller reads after a late decline. */
 int block_step_bf16(const Block *b, const uint16_t *x, const float *cs, uint16_t *kc, uint16_t *vc, int64_t n,
-                     int64_t slot, int64_t S, int64_t *slot_pos, int64_t qpos, int64_t threads, uint16_t *out) {
+                     int64_t slot, int64_t S, int64_t *slot_pos, int64_t qpos, int64_t threads, uint16_t *att,
+                     uint16_t *act, uint16_t *ao, uint16_t *out) {
     const int64_t H = b->hidden, qkv = (b->nh + 2 * b->nkv) * b->hd, I = b->inter;
     /* every size the kernels rely on, from the one description: a mismatch declines instead of reading past */
     if (b->in_proj.k != H || b->in_proj.n != qkv + 2 * I || b->o_proj.k != b->nh * b->hd || b->o_proj.n != H
         || b->down.k != I || b->down.n != H || H <= 0 || I <= 0 || threads < 1)
         return 1;
-    uint16_t *buf = malloc(sizeof(uint16_t) * (H + (qkv + 2 * I) + b->nh * b->hd + I + 2 * H) + 64);
+    uint16_t *buf = malloc(sizeof(uint16_t) * (2 * H + qkv + 2 * I) + 64);
     if (!buf) return 1;
-    uint16_t *h = buf, *y = h + H, *att = y + qkv + 2 * I, *act = att + b->nh * b->hd, *ao = act + I, *mo = ao + H;
-    int err = layer_norm_bf16(x, b->norm_w, b->norm_bf16, H, b->eps, h)
-              || matvec(&b->in_proj, h, (int)threads, y)
-              || decode_attn_bf16(y, cs, kc, vc, n, slot, S, slot_pos, qpos, b->window, b->nh, b->nkv, b->hd,
-                                  b->scale, threads, att)
-              || silu_mul_bf16(y + qkv, I, act)
-              || matvec(&b->o_proj, att, (int)threads, ao)
-              || matvec(&b->down, act, (int)threads, mo);
-    if (!err)
-        for (int64_t j = 0; j < H; j++)
-            out[j] = f32_to_bf16(bf16_to_f32(f32_to_bf16(bf16_to_f32(x[j]) + bf16_to_f32(ao[j]))) + bf16_to_f32(mo[j]));
+    uint16_t *h = buf, *y = h + H, *mo = y + qkv + 2 * I;
+    int stage = 1;
+    if (layer_norm_bf16(x, b->norm_w, b->norm_bf16, H, b->eps, h) || matvec(&b->in_proj, h, (int)threads, y)
+        || decode_attn_bf16(y, cs, kc, vc, n, slot, S, slot_pos, qpos, b->window, b->nh, b->nkv, b->hd, b->scale,
+                            threads, att))
+        goto done;
+    silu_mul_bf16(y + qkv, I, act);
+    stage = 2;
+    if (matvec(&b->o_proj, att, (int)threads, ao)) goto done;
+    stage = 3;
+    if (matvec(&b->down, act, (int)threads, mo)) goto done;
+    for (int64_t j = 0; j < H; j++)
+        out[j] = f32_to_bf16_vec(bf16_to_f32(f32_to_bf16_vec(bf16_to_f32(x[j]) + bf16_to_f32(ao[j]))) + bf16_to_f32(mo[j]));
+    stage = 0;
+done:
     free(buf);
-    return err;
+    return stage;
 }

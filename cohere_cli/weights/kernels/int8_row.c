@@ -116,11 +116,12 @@ int int8_dequant_bf16(const int32_t *acc, int64_t m, int64_t n, const float *row
                 __m256i b = _mm256_maskz_loadu_epi16(k, bias + j);
                 v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
             }
-            /* float32 -> bf16 as c10::BFloat16: round to nearest even, every NaN to 0x7FC0 */
+            /* float32 -> bf16 as torch's vectorized conversion (what bitsandbytes' .to() runs): round to nearest
+             * even, every NaN to 0xFFFF */
             __m512i u = _mm512_castps_si512(v);
             u = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
                                   _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))), 16);
-            u = _mm512_mask_mov_epi32(u, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+            u = _mm512_mask_mov_epi32(u, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0xFFFF));
             _mm256_mask_storeu_epi16(o + j, k, _mm512_cvtepi32_epi16(u));
         }
     }
