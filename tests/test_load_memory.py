@@ -34,6 +34,19 @@ def file_resident_kib(path: Path) -> int:
     return total
 
 
+def vm_flags_at(addr: int) -> list[str]:
+    """The VmFlags of this process' map holding address `addr` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            lo, hi = (int(v, 16) for v in head[0].split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("VmFlags:"):
+            return head[1:]
+    return []
+
+
 def rewrite_header(f: Path, edit) -> None:
     """Edit the JSON header of safetensors file `f` in place (same length, padded with spaces)."""
     raw = f.read_bytes()
@@ -100,6 +113,7 @@ def test_after_loading_the_file_pages_packing_touched_are_given_back(tmp_path, t
     model = load_model(tmp_path, dtype="bfloat16").model
     emb = model.model.embed_tokens.weight
     assert getattr(emb, "file_backed", False)  # the lookups read the file
+    assert "rr" in vm_flags_at(emb.data_ptr() + emb.numel())  # row by row: no readahead around each row (MADV_RANDOM)
     assert all(not getattr(p, "file_backed", False) for n, p in model.named_parameters() if "embed_tokens" not in n)
     if PACKS_BF16:
         assert file_resident_kib(f) <= (4 << 10) * (1 if tied else 2), "the packed head's source pages stayed"

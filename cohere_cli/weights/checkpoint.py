@@ -221,7 +221,7 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
     instead, on CPU (quantized checkpoints, quant.int8_head). A head that is a view of the file is packed or
     quantized chunk by chunk, each chunk's pages given back as it is done. bf16 on CPU: each block's decode step
     through the native kernels where they build (kernels.decode_ops)."""
-    from cohere_cli.weights.safetensors import release_rows
+    from cohere_cli.weights.safetensors import random_rows, release_rows
 
     w = model.model.embed_tokens.weight
     emb = head = None
@@ -242,6 +242,8 @@ def inference_layout(model: CohereForCausalLM, files: list[Path] | None = None,
 
         head = build(src, int8_head, release)
     layout.pack(layout.fuse(model), embedding=emb, head=head, release=release)
+    if getattr(model.model.embed_tokens.weight, "file_backed", False):  # still the file's: read row by row
+        random_rows(model.model.embed_tokens.weight)
     if w.device.type == "cpu" and w.dtype == torch.bfloat16:
         from cohere_cli.weights import kernels
 
