@@ -87,9 +87,8 @@ class Sampler:
         logits = logits.float()
         if self.n_valid is not None and self.n_valid < logits.shape[-1]:
             logits = logits[: self.n_valid]  # a view: ids past it are never picked (no 1 MB copy per token)
-            if history is not None:
-                history = history[history < self.n_valid]
         if p.repetition_penalty != 1.0 and history is not None and history.numel():
+            history = history[history < logits.shape[-1]]  # ids past n_valid have no logit left to penalize
             logits = logits.clone()
             prev = logits[history]
             # CTRL-style, as transformers: shrink positive logits, grow negative ones
