@@ -305,10 +305,11 @@ def _sources(src: Path) -> list[Path]:
     return seen
 
 
+@functools.cache
 def _load(src: Path):
     """ctypes.CDLL of `src` compiled, building it first if this machine has no copy yet; None on any failure. The
     build key covers the source, the files it includes (bf16.h; block_step.c: the other kernels), the compiler and
-    its flags."""
+    its flags. Once per source and process: int8_row.c serves two functions (int8_row, int8_dequant)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
