@@ -99,3 +99,12 @@ def quantized_demo(tmp_path_factory):
             return printed["demo-nf4"]
 
     return Quantized()
+
+
+@pytest.fixture
+def uncoded(monkeypatch):
+    """bf16 weights loaded in this test stay packed 16-bit (weights/coded.py switched off): tests of the packed
+    path itself, and the reference the coded path is held to."""
+    from cohere_cli.weights import coded
+
+    monkeypatch.setattr(coded, "coded_row", lambda: None)

@@ -14,6 +14,7 @@ import pytest
 from cohere_cli.bench import run as bench
 from cohere_cli.bench import child as bench_child
 from cohere_cli.weights import kernels
+from cohere_cli.weights.kernels.coded import coded_row
 from cohere_cli.weights import qlinear
 from cohere_cli.bench import roofline
 from cohere_cli.store import sizes
@@ -302,14 +303,18 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         ops = kernels.decode_ops()
         want = ["decode"] if ops is not None else []  # bf16 on CPU, both precisions
         want += ["block_step"] if ops is not None and ops.block is not None else []  # each block in one call
-        if p == "bf16" and kernels.packed_row() is not None:  # its packed bf16 linears (the layout checked here)
-            want += ["packed_row"]
+        if p == "bf16" and kernels.packed_row() is not None:  # its packed bf16 linears (the layout checked here),
+            want += ["coded_row"] if coded_row() is not None else ["packed_row"]  # coded in 12 bits where it can
+        saved = "coded_row" in want  # the coded weights spare a decode step their 16-bit size less their own
+        if saved:
+            assert x["weights_read_bytes_per_token"] < roofline.weights_read_per_token(d, p)
         if p == "nf4":  # its 4-bit linears and its int8 head
             want += ["gemv_4bit_row"] if kernels.gemv_4bit_row() and qlinear.cpu_has_bnb_kernel() else []
             want += ["int8_row"] if kernels.int8_row() is not None and qlinear.cpu_has_int8_mm() else []
         assert x["native_kernels"] == want, p
-        assert x["decode_bytes_per_token"] == (roofline.weights_read_per_token(d, p, int8_head=p == "nf4")
-                                               + roofline.kv_read_per_token(d, 93))
+        assert x["decode_bytes_per_token"] == x["weights_read_bytes_per_token"] + roofline.kv_read_per_token(d, 93)
+        if not saved:
+            assert x["weights_read_bytes_per_token"] == roofline.weights_read_per_token(d, p, int8_head=p == "nf4")
         assert x["decode_roofline_fraction"] == pytest.approx(
             x["decode_tokens_per_s"]["median"] * x["decode_bytes_per_token"] / m["memory_bandwidth_bytes_per_s"])
         assert x["prefill_seq_flop_per_s"] == pytest.approx(

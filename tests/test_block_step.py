@@ -20,7 +20,7 @@ from factory_checkpoint import make_checkpoint
 ops = kernels.decode_ops()
 needs_step = pytest.mark.skipif(ops is None or block_step() is None,
                                 reason="the kernels need a C compiler, AVX512-BF16 and VNNI: not here")
-KIND = {"bf16": 1, "int8": 2, "nf4": 3}  # block_step.c's Mat kinds
+KIND = {"bf16": 1, "int8": 2, "nf4": 3, "coded": 4}  # block_step.c's Mat kinds (coded: bf16 in 12 bits)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,15 @@ def _same_caches(caches):
 
 
 @needs_step
-@pytest.mark.parametrize("kind", ["bf16", "int8", "nf4"])
-def test_block_step_gives_the_per_op_bits(checkpoints, kind):
-    model = load_model(checkpoints[kind], dtype="bfloat16").model
+@pytest.mark.parametrize("kind", ["bf16", "coded", "int8", "nf4"])
+def test_block_step_gives_the_per_op_bits(checkpoints, kind, monkeypatch):
+    from cohere_cli.weights import coded
+
+    if kind == "bf16":  # the packed 16-bit weights, where the coded kernel would take them
+        monkeypatch.setattr(coded, "coded_row", lambda: None)
+    elif kind == "coded" and coded.coded_row() is None:
+        pytest.skip("the coded kernel needs VBMI2: not here")
+    model = load_model(checkpoints["bf16" if kind == "coded" else kind], dtype="bfloat16").model
     for layer in model.model.layers:  # every matmul of every block on the kernel of its precision
         specs = [row_spec(m) for m in (layer.in_proj, layer.self_attn.o_proj, layer.mlp.down_proj)]
         assert [s[0] if s else None for s in specs] == [KIND[kind]] * 3
@@ -119,12 +125,21 @@ def test_a_model_loaded_in_inference_mode_decodes_through_it(checkpoints):
 
 
 @needs_step
-def test_changed_weights_are_read_anew(checkpoints):
-    """A weight replaced (bf16: a new packed Parameter, which the row kernel no longer takes) or edited in place
-    (int8: its rows and scales) between steps: the fused step never reads the old pointers."""
+@pytest.mark.parametrize("coding", [False, True])
+def test_changed_weights_are_read_anew(checkpoints, coding, monkeypatch):
+    """A weight replaced (bf16: a new packed Parameter, which the row kernel no longer takes; coded: a weight
+    assigned over the coded one) or edited in place (int8: its rows and scales) between steps: the fused step never
+    reads the old pointers."""
+    from cohere_cli.weights import coded
+
+    if not coding:
+        monkeypatch.setattr(coded, "coded_row", lambda: None)
+    elif coded.coded_row() is None:
+        pytest.skip("the coded kernel needs VBMI2: not here")
     model = load_model(checkpoints["bf16"], dtype="bfloat16").model
     down = model.model.layers[2].mlp.down_proj
-    plain = torch.randn(down.weight.shape, generator=torch.Generator().manual_seed(1)).bfloat16() * 0.05
+    assert (type(down) is coded.CodedLinear) == coding
+    plain = torch.randn(down.out_features, down.in_features, generator=torch.Generator().manual_seed(1)).bfloat16() * 0.05
 
     def swap(t):
         if t == 20:

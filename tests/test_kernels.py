@@ -287,7 +287,7 @@ def test_packed_row_layout_is_checked_against_each_weight():
 
 
 @needs_row
-def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path):
+def test_a_bf16_model_decodes_through_the_row_kernel_like_onednn(tmp_path, uncoded):
     """load_model gives a bf16 model's packed linears (fused projections, o/down, the tied head) the row kernel;
     decoding through it gives oneDNN's logits to bf16 rounding, and the same greedy tokens."""
     from cohere_cli.model import Linear
@@ -320,6 +320,7 @@ def test_every_kernel_builds_where_the_cpu_has_what_it_needs():
     import os
     import shutil
 
+    from cohere_cli.weights.kernels import coded
     from cohere_cli.weights.kernels.block import block_step
 
     if os.environ.get(kernels.ENV, "1") == "0" or not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
@@ -328,5 +329,7 @@ def test_every_kernel_builds_where_the_cpu_has_what_it_needs():
               "gemv_4bit_row": (kernels.AVX512_BF16, kernels.gemv_4bit_row),
               "packed_row": (kernels.AVX512_BF16, kernels.packed_row), "decode": (kernels.AVX512_BF16, kernels.decode_ops),
               "block_step": (kernels.AVX512_BF16 | kernels.INT8_ROW, block_step)}
+    if os.environ.get(coded.CODED_ENV, "1") != "0":
+        wanted["coded_row"] = (coded.CODED, coded.coded_row)
     missing = [name for name, (needs, load) in wanted.items() if needs <= kernels.cpu_flags() and load() is None]
     assert not missing, missing

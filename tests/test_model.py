@@ -231,6 +231,7 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     the checkpoint's own modules (inference=False): the same logits for a prompt and for cached decode steps."""
     from cohere_cli.model import Linear
     from cohere_cli.weights import layout
+    from cohere_cli.weights.coded import CodedLinear
 
     make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype="bfloat16")
     if not tied:
@@ -241,13 +242,16 @@ def test_decode_layout_computes_what_the_checkpoint_layout_does(tmp_path, dtype,
     assert isinstance(block.in_proj, Linear) and block.in_proj.out_features == sum(p.out_features for p in layout.inputs(block))
     assert type(plain.model.layers[0]) is Block and not hasattr(plain.model.layers[0], "in_proj")
     packs = torch.backends.mkldnn.is_available() and (dtype == "float32" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    def packed(lin):  # packed for oneDNN, or (bf16, where the CPU has the kernel) coded in 12 bits from that
+        return type(lin) is CodedLinear or lin.weight.is_mkldnn
+
     if packs:  # the packed fused matrix is the only copy: the projections' views of the plain one are gone
-        assert block.in_proj.weight.is_mkldnn and block.mlp.down_proj.weight.is_mkldnn
+        assert packed(block.in_proj) and packed(block.mlp.down_proj)
         assert block.self_attn.q_proj.weight is None
     # a tied head is packed from the embedding when the lookups can read the checkpoint file instead (stored in
     # the model's dtype: no second copy); otherwise it stays the embedding matrix
     head_packed = packs and (not tied or dtype == "bfloat16")
-    assert fast.lm_head.weight.is_mkldnn == head_packed
+    assert packed(fast.lm_head) == head_packed
     assert (fast.lm_head.weight is fast.model.embed_tokens.weight) == (tied and not head_packed)
     assert torch.equal(fast.model.embed_tokens.weight, plain.model.embed_tokens.weight)
     assert_same_logits(fast, plain, dtype)

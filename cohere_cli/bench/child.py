@@ -219,6 +219,7 @@ def measure(job: dict, say: Callable[[str], None] = lambda msg: None) -> dict:
         "load_s": load_s,
         "quantized_linears": replaced,
         "model_bytes": module_bytes(model),
+        "coded_bytes_saved": coded_bytes_saved(model),
         "kv_cache_bytes": session.cache.nbytes(),
         "prefill_short_tokens_per_s": p_short,
         "prefill_seq_tokens_per_s": p_seq,
@@ -233,11 +234,20 @@ def measure(job: dict, say: Callable[[str], None] = lambda msg: None) -> dict:
     return out
 
 
+def coded_bytes_saved(model) -> int:
+    """Bytes a decode step does not read because the model's bf16 linears are coded (weights/coded.py): their
+    16-bit size less their coded size. The roofline's bytes per token come from the dimensions (bench/sizes)."""
+    from cohere_cli.weights.coded import CodedLinear
+
+    return sum(2 * m.coded.n * m.coded.k - m.coded.nbytes for m in model.modules() if type(m) is CodedLinear)
+
+
 def native_kernels(model) -> list[str]:
     """The cohere_cli.weights.kernels the model's decode step runs here: decode (bf16 on CPU, where it built and
-    checkpoint.inference_layout installed it), block_step (decode's whole block in one call), packed_row (packed bf16 linears, packed.RowKernelLinear),
+    checkpoint.inference_layout installed it), block_step (decode's whole block in one call), packed_row (packed bf16 linears, packed.RowKernelLinear), coded_row (bf16 linears coded in 12 bits, coded.CodedLinear),
     gemv_4bit_row (4-bit linears), int8_row (int8 linears)."""
     from cohere_cli.weights import kernels
+    from cohere_cli.weights.coded import CodedLinear
     from cohere_cli.weights.packed import RowKernelLinear
     from cohere_cli.weights.qlinear import QuantLinear4bit, QuantLinear8bit
 
@@ -249,6 +259,8 @@ def native_kernels(model) -> list[str]:
         names.append("block_step")
     if any(isinstance(m, RowKernelLinear) for m in model.modules()):
         names.append("packed_row")
+    if any(isinstance(m, CodedLinear) for m in model.modules()):
+        names.append("coded_row")
     if any(isinstance(m, QuantLinear4bit) and m.cpu_kernel for m in model.modules()) and kernels.gemv_4bit_row():
         names.append("gemv_4bit_row")
     if any(isinstance(m, QuantLinear8bit) and m.row_kernel for m in model.modules()) and kernels.int8_row():

@@ -217,7 +217,7 @@ def derive(raw_child: dict, d: sizes.Dims, settings: dict, bandwidth: float, pea
     prec, seq, short = raw_child["precision"], settings["seq"], settings["prefill_short"]
     kv_elem = raw_child["kv_bytes_per_element"]
     ctx = settings["decode_mean_context"]
-    w_read = weights_read_per_token(d, prec, int8_head=raw_child["head"] == "int8")
+    w_read = weights_read_per_token(d, prec, int8_head=raw_child["head"] == "int8") - raw_child["coded_bytes_saved"]
     kv_read = kv_read_per_token(d, ctx, kv_elem)
     per_tok = w_read + kv_read
     p_short = summarize(raw_child["prefill_short_tokens_per_s"])

@@ -17,7 +17,8 @@ The record (schema "cohere-cli.bench/1"), every figure in base units (bytes, sec
                 decode_mean_context, prefill_chunk}
     results    one per precision:
                {precision, source, compute_dtype, head ("int8" or "float": how the output head ran),
-                native_kernels (those of cohere_cli/weights/kernels it ran: "decode", "packed_row", "gemv_4bit_row", "int8_row"),
+                native_kernels (those of cohere_cli/weights/kernels it ran: "decode", "block_step", "packed_row",
+                "coded_row", "gemv_4bit_row", "int8_row"),
                 threads, load_s, quantized_linears, model_bytes, kv_cache_bytes,
                 weights_read_bytes_per_token, kv_read_bytes_per_token, decode_bytes_per_token,
                 prefill_512_tokens_per_s, prefill_seq_tokens_per_s, ttft_s, decode_tokens_per_s   <- each a STAT

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope
+from cohere_cli.weights.coded import CodedLinear, code_linear
 from cohere_cli.weights.packed import pack_linear, packable
 
 
@@ -62,7 +63,8 @@ def pack_linears(fused: nn.Module | None, parts: list[nn.Module], others: list[n
     packed = [lin for lin in ([fused] if fused is not None else parts) + others if type(lin) is Linear]
     for lin in packed:
         pack_linear(lin)
-    if isinstance(fused, Linear) and fused.weight.is_mkldnn:
+        code_linear(lin)  # bf16 in 12 bits where the CPU has the kernel (weights/coded.py)
+    if isinstance(fused, CodedLinear) or (isinstance(fused, Linear) and fused.weight.is_mkldnn):
         for p in parts:
             p.weight = p.bias = None
 
@@ -236,6 +238,7 @@ def packed_head(w: torch.Tensor, release=None) -> nn.Module:
         with torch.device("meta"):
             lin = Linear(part.shape[1], part.shape[0], bias=False)
         pack_linear(lin, part)
+        code_linear(lin, scratch=False)  # its prefill needs one row: no scratch kept (weights/coded.py)
         parts.append(lin)
         if release is not None:
             release(r, r + part.shape[0])

@@ -85,6 +85,8 @@ def batch_invariant(model: nn.Module) -> int:
     fp32 (every packed fp32 linear differs) and ~1.2x in bf16 where K > 1024, for an agreement only batching needs."""
     n = 0
     for m in model.modules():
+        if hasattr(m, "uncode"):  # coded.CodedLinear: its one-row kernel sums as packed_row.c does; back to packed
+            m.uncode()
         if type(m) is RowKernelLinear:  # its one-row sums differ from oneDNN's several-row ones
             m.__class__ = Linear
         if type(m) is Linear and m.weight is not None and m.weight.is_mkldnn and one_row_differs(m):

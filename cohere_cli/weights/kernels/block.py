@@ -6,7 +6,7 @@ it first and keeps its per-op path (the same kernels, one call each) wherever th
 Why: the per-op path spent ~125 us a layer in Python around its kernels on the 2-core dev machine (~2 ms of a
 7-16 ms decode step of the 213M benchmark model, the share growing as the matmuls get cheaper: 4-bit, int8).
 
-Each linear describes its weight for the kernel (`row_spec()`: RowKernelLinear, QuantLinear8bit, QuantLinear4bit,
+Each linear describes its weight for the kernel (`row_spec()`: RowKernelLinear, CodedLinear, QuantLinear8bit, QuantLinear4bit,
 from the pointers their own one-row paths bind and check); the description of a block is rebuilt whenever one of
 those, or its norm weight, changes."""
 
@@ -20,8 +20,9 @@ from cohere_cli.weights.kernels import AVX512_BF16, INT8_ROW, _function, _librar
 
 
 class Mat(ct.Structure):
-    """block_step.c's Mat: kind (1 packed bf16, 2 LLM.int8(), 3 4-bit), n, k, weight, kp (packed: k padded;
-    4-bit: blocksize), a, b (int8: scb, rowsum; 4-bit: absmax_t, code), threshold (int8)."""
+    """block_step.c's Mat: kind (1 packed bf16, 2 LLM.int8(), 3 4-bit, 4 coded bf16), n, k, weight (coded: body),
+    kp (packed, coded: k padded; 4-bit: blocksize), a, b (int8: scb, rowsum; 4-bit: absmax_t, code; coded: meta,
+    exceptions), threshold (int8)."""
 
     _fields_ = [("kind", ct.c_int64), ("n", ct.c_int64), ("k", ct.c_int64), ("w", ct.c_void_p), ("kp", ct.c_int64),
                 ("a", ct.c_void_p), ("b", ct.c_void_p), ("threshold", ct.c_float)]

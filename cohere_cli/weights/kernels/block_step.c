@@ -6,7 +6,7 @@
  *   act = silu(gate) * up                                silu_mul_bf16 (decode.c)
  *   out = bf16(bf16(x + o_proj(att)) + down_proj(act))   the residual as torch adds it: x + attn + mlp
  *
- * where each matvec is whichever kernel the module's weight is stored for: oneDNN's packed bf16 (packed_row.c),
+ * where each matvec is whichever kernel the module's weight is stored for: oneDNN's packed bf16 (packed_row.c), the same coded in 12 bits (coded_row.c),
  * LLM.int8() (int8_row.c) or bitsandbytes' 4-bit CPU layout (nf4_row.c). The same kernels, in the same order, as
  * layout.FusedBlock's per-op native path (kernels.DecodeOps.step), so the results are the same bits.
  *
@@ -21,19 +21,21 @@
  * decline costs only the products that declined. `out` is written only on success. */
 #include <stdlib.h>
 
+#include "coded_row.c"
 #include "decode.c"
 #include "int8_row.c"
 #include "nf4_row.c"
 #include "packed_row.c"
 
-enum { PACKED_BF16 = 1, LLM_INT8 = 2, BNB_4BIT = 3 };
+enum { PACKED_BF16 = 1, LLM_INT8 = 2, BNB_4BIT = 3, CODED_BF16 = 4 };
 
 /* One weight as its kernel reads it (kernels/block.py builds these from the modules' bound pointers). */
 typedef struct {
     int64_t kind, n, k;
-    const void *w;       /* the packed bf16 buffer, the int8 rows (n x k) or the 4-bit bytes */
-    int64_t kp;          /* packed bf16: k padded; 4-bit: the blocksize */
-    const void *a, *b;   /* LLM.int8(): scb (n float32), rowsum (n int32); 4-bit: absmax_t (bf16), code (16 float32) */
+    const void *w;       /* the packed bf16 buffer, the int8 rows (n x k), the 4-bit bytes or the coded body */
+    int64_t kp;          /* packed and coded bf16: k padded; 4-bit: the blocksize */
+    const void *a, *b;   /* LLM.int8(): scb (n float32), rowsum (n int32); 4-bit: absmax_t (bf16), code (16 float32);
+                          * coded bf16: meta, exceptions */
     float threshold;     /* LLM.int8()'s outlier threshold */
 } Mat;
 
@@ -50,6 +52,7 @@ static int matvec(const Mat *m, const uint16_t *x, int threads, uint16_t *out) {
         case PACKED_BF16: return gemv_packed_bf16(x, m->w, m->n, m->k, m->kp, threads, out);
         case LLM_INT8: return llm_int8_row_bf16(x, m->k, m->w, m->a, m->b, NULL, out, m->n, m->threshold);
         case BNB_4BIT: return gemv_4bit_row_bf16(x, m->w, m->a, m->b, m->n, m->k, m->kp, out);
+        case CODED_BF16: return gemv_coded_bf16(x, m->w, m->a, m->b, m->n, m->k, m->kp, threads, out);
         default: return 1;
     }
 }

@@ -1,0 +1,193 @@
+/* Lossless 12-bit storage of a packed bf16 weight, and the one-row product that reads it, on AVX512-BF16 + VBMI2.
+ *
+ * A bf16 word is two bytes: the low one (the exponent's last bit, the 7-bit mantissa) and the high one (the sign,
+ * the exponent's first 7 bits). In a trained or initialized weight the high bytes take few values: for each block
+ * of 64 outputs, its 15 most frequent high bytes cover all but ~1.5-2e-4 of the words (the 1.2B benchmark model's
+ * normal(0, 0.02) weights: ~7 exponent pairs of both signs; the rest are tiny values and zeros). So each word is
+ * stored as its low byte plus a 4-bit code: 0-14 one of the block's 15 high bytes, 15 "the whole word is among the
+ * block's exceptions" (stored apart, in order). 12 bits per weight instead of 16, every bit of every word kept:
+ * the decoded weight is the packed weight, bit for bit.
+ *
+ * Why: one-row products (decode) of a bf16 model read every weight once per token, and packed_row.c already reads
+ * them at the machine's memory bandwidth, so their speed is bytes per token: coded, 0.75 of them. Decoding 64 words
+ * is one byte shuffle (the code -> high byte table lookup, vpshufb) and two byte interleaves, which the cores do
+ * while they wait for memory (DFloat11 does the same for GPUs, with Huffman codes).
+ *
+ * Layout: the packed layout packed_row.c reads (blocks of 64 outputs, each kp/2 steps of 128 words: the 64
+ * outputs' (w[2p], w[2p+1]) pairs), each step stored as CODED_STEP bytes: two halves of 64 low bytes (half a: the
+ * step's words 64a .. 64a+63), then 64 bytes of codes, byte i holding the code of half 0's byte i in its low nibble
+ * and half 1's in its high one. Within a half, byte i = 16l + 8h + m holds word 32h + 8l + m: the order in which
+ * vpunpcklbw (h = 0) and vpunpckhbw (h = 1) put each 128-bit lane's bytes back together as words.
+ * After all steps, one byte per step (block by block): 1 where the step has an exception.
+ * meta: per block CODED_META int64: its 16-entry table of high bytes (entry 15 is 0), then the index of its first
+ * exception in `exc`. Exceptions: the whole words, in the block's word order.
+ *
+ * The product's sums are packed_row.c's, in its order: results are its results bit for bit. */
+#include "bf16.h"
+
+#define CODED_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vbmi2,bmi2"
+#define CODED_STEP 192   /* bytes per step (input pair) of a block */
+#define CODED_META 3     /* int64 per block: the table (16 bytes), the first exception's index */
+#define CODED_ESC 15     /* the code of a word kept whole among the exceptions */
+#define CODED_STREAMS 4  /* blocks read side by side by one thread (as packed_row.c) */
+
+/* byte i of a half <-> its word (within the half): see the layout above */
+static inline int coded_word(int i) { return 32 * ((i >> 3) & 1) + 8 * (i >> 4) + (i & 7); }
+
+/* Pass 1 of coding the packed bf16 buffer `w` (blocks x 64 x kp words): each block's 15 most frequent high bytes
+ * into its table (ties: the lower byte), and counts[b] = its words with another high byte (its exceptions). */
+int coded_plan(const uint16_t *w, int64_t blocks, int64_t kp, int threads, int64_t *meta, int64_t *counts) {
+    if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t hist[256] = {0}, covered = 0;
+        const uint16_t *p = w + b * 64 * kp;
+        for (int64_t i = 0; i < 64 * kp; i++) hist[p[i] >> 8]++;
+        uint8_t tab[16], used[256] = {0};
+        for (int c = 0; c < CODED_ESC; c++) {
+            int best = -1;
+            for (int e = 0; e < 256; e++)
+                if (!used[e] && (best < 0 || hist[e] > hist[best])) best = e;
+            used[best] = 1;  /* 15 distinct bytes: one no word of the block has is never written */
+            tab[c] = (uint8_t)best;
+            covered += hist[best];
+        }
+        tab[CODED_ESC] = 0;
+        memcpy(meta + b * CODED_META, tab, sizeof tab);
+        counts[b] = 64 * kp - covered;
+    }
+    return 0;
+}
+
+/* Pass 2: `w` coded into body (blocks x kp/2 steps, then the step flags) and exc, with the tables coded_plan wrote
+ * to meta and meta[b * CODED_META + 2] set by the caller to the running sum of counts (block b's first exception). */
+int coded_encode(const uint16_t *w, int64_t blocks, int64_t kp, int threads, const int64_t *meta, uint8_t *body,
+                 uint16_t *exc) {
+    if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        uint8_t code[256];
+        memset(code, CODED_ESC, sizeof code);
+        const uint8_t *tab = (const uint8_t *)(meta + b * CODED_META);
+        for (int i = 0; i < CODED_ESC; i++) code[tab[i]] = (uint8_t)i;
+        uint16_t *e = exc + meta[b * CODED_META + 2];
+        for (int64_t q = 0; q < kp / 2; q++) {
+            const uint16_t *s = w + (b * 64 * kp) + q * 128;
+            uint8_t *o = body + (b * (kp / 2) + q) * CODED_STEP, any = 0;
+            for (int j = 0; j < 128; j++)  /* the exceptions in word order: the order the kernel consumes them */
+                if (code[s[j] >> 8] == CODED_ESC) *e++ = s[j], any = 1;
+            for (int i = 0; i < 64; i++) {
+                const uint16_t v0 = s[coded_word(i)], v1 = s[64 + coded_word(i)];
+                o[i] = (uint8_t)v0;
+                o[64 + i] = (uint8_t)v1;
+                o[128 + i] = (uint8_t)(code[v0 >> 8] | code[v1 >> 8] << 4);
+            }
+            body[blocks * (kp / 2) * CODED_STEP + b * (kp / 2) + q] = any;
+        }
+    }
+    return 0;
+}
+
+/* The step at `st`'s words 64a .. 64a+63 as two registers (r[0]: 64a .., r[1]: 64a+32 ..), c its half's codes;
+ * where the step has exceptions (`any`), they replace their words, `*e` advanced past them. */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void coded_half(const uint8_t *st, int a, __m512i c, __m512i tab, int any, const uint16_t **e, __m512i r[2]) {
+    const __m512i lo = _mm512_loadu_si512(st + 64 * a), hi = _mm512_shuffle_epi8(tab, c);  /* code -> high byte */
+    r[0] = _mm512_unpacklo_epi8(lo, hi);
+    r[1] = _mm512_unpackhi_epi8(lo, hi);
+    if (__builtin_expect(any, 0)) {  /* ~2% of steps: the exceptions, in word order */
+        const uint64_t x = _mm512_cmpeq_epi8_mask(c, _mm512_set1_epi8(CODED_ESC));
+        for (int h = 0; h < 2; h++) {
+            const __mmask32 m = (__mmask32)_pext_u64(x, 0x00FF00FF00FF00FFull << (8 * h));
+            r[h] = _mm512_mask_expandloadu_epi16(r[h], m, *e);
+            *e += __builtin_popcount(m);
+        }
+    }
+}
+
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void coded_step(const uint8_t *st, __m512i tab, int any, const uint16_t **e, __m512i r[4]) {
+    const __m512i c = _mm512_loadu_si512(st + 128), low = _mm512_set1_epi8(0x0F);
+    coded_half(st, 0, _mm512_and_si512(c, low), tab, any, e, r);
+    coded_half(st, 1, _mm512_and_si512(_mm512_srli_epi16(c, 4), low), tab, any, e, r + 2);
+}
+
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+__m512i coded_table(const int64_t *meta, int64_t b) {  /* the block's 16 high bytes in each 128-bit lane */
+    return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(meta + b * CODED_META)));
+}
+
+/* packed_row.c's blocks_bf16 on the coded blocks b0 .. b0+S-1: the same products in the same order. */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void blocks_coded(const uint32_t *xp, uint32_t last, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
+                  int64_t n, int64_t k, int64_t kp, int64_t b0, const int S, uint16_t *out) {
+    __m512 a[CODED_STREAMS][4];
+    __m512i tab[CODED_STREAMS];
+    const uint8_t *p[CODED_STREAMS], *f[CODED_STREAMS];
+    const uint16_t *e[CODED_STREAMS];
+    const int64_t blocks = (n + 63) / 64;
+    for (int s = 0; s < S; s++) {
+        p[s] = body + (b0 + s) * (kp / 2) * CODED_STEP;
+        f[s] = body + blocks * (kp / 2) * CODED_STEP + (b0 + s) * (kp / 2);
+        tab[s] = coded_table(meta, b0 + s);
+        e[s] = exc + meta[(b0 + s) * CODED_META + 2];
+        for (int i = 0; i < 4; i++) a[s][i] = _mm512_setzero_ps();
+    }
+    const int64_t pairs = k / 2;
+    for (int64_t q = 0; q <= pairs; q++) {
+        if (q == pairs && k % 2 == 0) break;  /* an odd k ends in a half pair: (x[k-1], 0), its weights (w, 0) */
+        __m512bh xq = (__m512bh)_mm512_set1_epi32((int)(q < pairs ? xp[q] : last));
+        for (int s = 0; s < S; s++) {
+            __m512i r[4];
+            coded_step(p[s] + q * CODED_STEP, tab[s], f[s][q], &e[s], r);
+            for (int i = 0; i < 4; i++) a[s][i] = _mm512_dpbf16_ps(a[s][i], (__m512bh)r[i], xq);
+        }
+    }
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < 4; i++) {
+            int64_t o = (b0 + s) * 64 + 16 * i, m = n - o;  /* outputs o.. of this block that exist */
+            if (m <= 0) break;
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(a[s][i]);
+            _mm256_mask_storeu_epi16(out + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
+        }
+}
+
+/* out[n] = bf16(x . w[n]) for one bf16 row x of k values and the coded (n, k) weight: gemv_packed_bf16's results. */
+__attribute__((target(CODED_TARGET)))
+int gemv_coded_bf16(const uint16_t *x, const uint8_t *body, const int64_t *meta, const uint16_t *exc, int64_t n,
+                    int64_t k, int64_t kp, int threads, uint16_t *out) {
+    if (n <= 0 || k <= 0 || kp < k + k % 2 || kp % 2 || threads < 1) return 1;
+    const int64_t blocks = (n + 63) / 64, groups = (blocks + CODED_STREAMS - 1) / CODED_STREAMS;
+    const uint32_t *xp = (const uint32_t *)x;  /* (x[2p], x[2p+1]) as one 32-bit word */
+    const uint32_t last = k % 2 ? x[k - 1] : 0;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t b0 = g * CODED_STREAMS, left = blocks - b0;
+        switch (left >= CODED_STREAMS ? CODED_STREAMS : left) {  /* constant stream counts: the loops unroll */
+            case 4: blocks_coded(xp, last, body, meta, exc, n, k, kp, b0, 4, out); break;
+            case 3: blocks_coded(xp, last, body, meta, exc, n, k, kp, b0, 3, out); break;
+            case 2: blocks_coded(xp, last, body, meta, exc, n, k, kp, b0, 2, out); break;
+            default: blocks_coded(xp, last, body, meta, exc, n, k, kp, b0, 1, out); break;
+        }
+    }
+    return 0;
+}
+
+/* The packed bf16 buffer back (blocks x 64 x kp words) from the coded one: prefill runs oneDNN on it. */
+__attribute__((target(CODED_TARGET)))
+int coded_decode(const uint8_t *body, const int64_t *meta, const uint16_t *exc, int64_t blocks, int64_t kp,
+                 int threads, uint16_t *w) {
+    if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        const __m512i tab = coded_table(meta, b);
+        const uint16_t *e = exc + meta[b * CODED_META + 2];
+        const uint8_t *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
+        for (int64_t q = 0; q < kp / 2; q++) {
+            __m512i r[4];
+            coded_step(body + (b * (kp / 2) + q) * CODED_STEP, tab, f[q], &e, r);
+            for (int i = 0; i < 4; i++) _mm512_storeu_si512(w + b * 64 * kp + q * 128 + 32 * i, r[i]);
+        }
+    }
+    return 0;
+}

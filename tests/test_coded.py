@@ -1,0 +1,167 @@
+"""bf16 weights coded in 12 bits (weights/coded.py, kernels/coded_row.c) against the packed 16-bit weights they
+replace: every word decodes back bit for bit (zeros, -0, subnormals, inf and NaN, blocks with many exceptions), the
+one-row kernel gives packed_row.c's bits, several rows oneDNN's, and a whole model decodes, prefills and serves
+with the same logits as the uncoded one, in 0.75 of the memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cohere_cli.engine.generate import prefill
+from cohere_cli.model import KVCache, Linear, linear
+from cohere_cli.weights import coded, layout, packed
+from cohere_cli.weights.checkpoint import load_model
+from cohere_cli.weights.kernels.block import row_spec
+from cohere_cli.weights.kernels.coded import coded_row
+from factory_checkpoint import make_checkpoint
+
+needs_coded = pytest.mark.skipif(coded_row() is None,
+                                 reason="the coded kernel needs a C compiler, AVX512-BF16 and VBMI2: not here")
+
+
+def _weight(n, k, seed):
+    """A bf16 (n, k) weight like a layer's, with the words a 4-bit exponent code cannot hold planted in it."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) * 0.02).bfloat16()
+    w[0, : min(k, 9)] = 0.0
+    w[min(1, n - 1), k // 2] = -0.0
+    w[min(2, n - 1), k - 1] = 1e-39  # a subnormal
+    w[n - 1, 0] = float("inf")
+    w[n // 2, k // 3] = float("nan")
+    w[n // 3] *= 1e4  # a row of other exponents: many exceptions in its block
+    return w
+
+
+def same(a, b) -> bool:
+    """Bit for bit (NaN included)."""
+    return a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def _pair(w):
+    """(packed 16-bit Linear, coded Linear) of the same weight."""
+    out = []
+    for code in (False, True):
+        lin = Linear(w.shape[1], w.shape[0], bias=False)
+        lin.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
+        packed.pack_linear(lin)
+        assert type(lin) is packed.RowKernelLinear
+        if code:
+            assert coded.code_linear(lin)
+        out.append(lin)
+    assert type(out[0]) is packed.RowKernelLinear and type(out[1]) is coded.CodedLinear
+    return out
+
+
+@needs_coded
+@pytest.mark.parametrize("n,k", [(64, 64), (1000, 333), (1000, 2817), (1024, 2816), (7168, 1024)])
+def test_coded_weights_decode_and_multiply_as_the_packed_ones(n, k):
+    w = _weight(n, k, n + k)
+    plain, c = _pair(w)
+    assert same(c.plain(), w)  # every word, bit for bit
+    assert c.coded.exc.numel() > 0  # the planted words went through the exceptions
+    x = torch.randn(4, 1, k, generator=torch.Generator().manual_seed(1)).bfloat16()
+    with torch.inference_mode():
+        for i in range(4):  # one row: packed_row.c's sums in its order
+            assert same(c(x[i]), plain(x[i]))
+        assert same(c(x), plain(x))  # rows > 1: oneDNN on the scratch
+
+
+@needs_coded
+@pytest.mark.parametrize("n,k", [(5, 3), (64, 2), (100, 71), (130, 2817)])
+def test_the_kernel_on_padded_shapes(n, k):
+    """Shapes code_linear leaves 16-bit (padding makes them larger coded), through the kernel directly: padded
+    outputs and inputs, an odd k ending in a half pair."""
+    from cohere_cli.weights.kernels import packed_row
+
+    w = _weight(n, k, n * k)
+    lin = Linear(k, n, bias=False)
+    lin.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
+    packed.pack_linear(lin)
+    raw = packed_row().raw(lin.weight)
+    c = coded_row().code(raw, n, k, lin.row_kp)
+    back = torch.zeros_like(raw)
+    assert coded_row().decode_into(c, back) and same(back, raw)
+    x = torch.randn(k, generator=torch.Generator().manual_seed(2)).bfloat16()
+    assert same(coded_row().row(x, c), lin(x))
+    assert coded_row().row(x[:-1], c) is None  # a row of another length is declined
+
+
+@needs_coded
+def test_twelve_bits_a_weight_where_exponents_cluster():
+    """normal(0, 0.02) weights, as the benchmark checkpoints: 12 bits and a small fraction of exceptions."""
+    w = (torch.randn(1024, 2048, generator=torch.Generator().manual_seed(0)) * 0.02).bfloat16()
+    _, c = _pair(w)
+    assert c.coded.exc.numel() < 1e-3 * w.numel()
+    assert c.coded.nbytes < 0.77 * w.numel() * 2
+
+
+@needs_coded
+def test_an_assigned_weight_or_bias_is_used():
+    w = _weight(128, 64, 3)
+    plain, c = _pair(w)
+    x = torch.randn(1, 64).bfloat16()
+    b = torch.randn(128).bfloat16()
+    c.bias = torch.nn.Parameter(b, requires_grad=False)
+    assert row_spec(c) is None and same(c(x), plain(x) + b)
+    other = torch.randn(128, 64).bfloat16()
+    c.weight, c.bias = torch.nn.Parameter(other, requires_grad=False), None
+    assert row_spec(c) is None and same(c(x), linear(x, other))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("bf16"), tokenizer=False, vocab=384, dtype="bfloat16", hidden=128,
+                           heads=4, kv_heads=2, intermediate=256, layers=3, model_type="cohere2", sliding_window=12)
+
+
+def _run(model, steps=20):
+    """Prefill 17 tokens (the logits of every position), then decode `steps` greedy-free: fixed ids."""
+    ids = torch.randint(0, 384, (17 + steps,), generator=torch.Generator().manual_seed(4))
+    cache = KVCache(model.config, 17 + steps, torch.bfloat16, slack=2)
+    with torch.inference_mode():
+        first = model(ids[:17][None], 0, cache)  # (1, 17, V)
+        logits = [model(ids[t : t + 1][None], t, cache, last_only=True) for t in range(17, 17 + steps)]
+    return first, torch.cat(logits), cache
+
+
+@needs_coded
+@pytest.mark.parametrize("chunks", [False, True])
+def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, chunks):
+    """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: also in HeadChunks pieces),
+    runs them through block_step.c, and gives the same logits as the same model with packed 16-bit weights, at
+    prefill and decode, holding 0.75 of the bytes or fewer."""
+    from cohere_cli.bench.child import module_bytes
+
+    if chunks:
+        monkeypatch.setattr(layout, "HEAD_CHUNK_BYTES", 128 * 128 * 2)  # the head in 3 pieces, no scratch
+    model = load_model(checkpoint, dtype="bfloat16").model
+    with monkeypatch.context() as m:
+        m.setattr(coded, "coded_row", lambda: None)
+        ref = load_model(checkpoint, dtype="bfloat16").model
+    codes = [m for m in model.modules() if type(m) is coded.CodedLinear]
+    assert len(codes) == 3 * len(model.model.layers) + (3 if chunks else 1)
+    assert not any(type(m) is coded.CodedLinear for m in ref.modules())
+    for layer in model.model.layers:
+        assert [row_spec(m)[0] for m in (layer.in_proj, layer.self_attn.o_proj, layer.mlp.down_proj)] == [4] * 3
+    got, want = _run(model), _run(ref)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for (k1, v1, _), (k2, v2, _) in zip(got[2].layers, want[2].layers):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert module_bytes(model) < 0.8 * module_bytes(ref)
+
+
+@needs_coded
+def test_generation_and_serving_layouts_give_the_same_tokens(checkpoint):
+    """packed.batch_invariant (cohere serve) turns coded linears back into packed ones: one row's bits do not
+    depend on the batch; prefill through the engine's chunks gives the same cache either way."""
+    model = load_model(checkpoint, dtype="bfloat16").model
+    ids = torch.randint(0, 384, (24,), generator=torch.Generator().manual_seed(7))
+    caches = [KVCache(model.config, 24, torch.bfloat16) for _ in range(2)]
+    with torch.inference_mode():
+        prefill(model, ids, caches[0], 0, chunk=5)
+        assert packed.batch_invariant(model) >= 0
+        assert not any(type(m) is coded.CodedLinear for m in model.modules())
+        prefill(model, ids, caches[1], 0, chunk=5)
+    for (k1, v1, _), (k2, v2, _) in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
