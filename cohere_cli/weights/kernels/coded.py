@@ -12,7 +12,7 @@ from typing import Callable
 
 from cohere_cli.weights.kernels import AVX512_BF16, PACKED_BLOCK, _function, _library, cpu_contiguous
 
-CODED = AVX512_BF16 | {"avx512_vbmi2", "bmi2"}  # coded_row.c: vpexpandw and pext for the exceptions
+CODED = AVX512_BF16 | {"avx512vbmi", "avx512_vbmi2", "bmi2"}  # coded_row.c: vpermt2b, vpexpandw, pext
 CODED_ENV = "COHERE_CLI_CODED_BF16"  # 0: packed bf16 weights stay 16-bit (packed.RowKernelLinear)
 STEP_BYTES = 192  # per input pair of a block of 64 outputs: 128 sign|mantissa bytes, 64 bytes of codes
 META = 3  # int64 per block: its table (16 bytes), the index of its first exception

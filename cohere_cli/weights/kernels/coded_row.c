@@ -31,9 +31,6 @@
 #define CODED_ESC 15     /* the code of a word kept whole among the exceptions */
 #define CODED_STREAMS 4  /* blocks read side by side by one thread (as packed_row.c) */
 
-/* byte i of a half <-> its word (within the half): see the layout above */
-static inline int coded_word(int i) { return 32 * ((i >> 3) & 1) + 8 * (i >> 4) + (i & 7); }
-
 /* Pass 1 of coding the packed bf16 buffer `w` (blocks x 64 x kp words): each block's 15 most frequent high bytes
  * into its table (ties: the lower byte), and counts[b] = its words with another high byte (its exceptions). */
 int coded_plan(const uint16_t *w, int64_t blocks, int64_t kp, int threads, int64_t *meta, int64_t *counts) {
@@ -41,8 +38,12 @@ int coded_plan(const uint16_t *w, int64_t blocks, int64_t kp, int threads, int64
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t hist[256] = {0}, covered = 0;
+        uint32_t part[4][256] = {{0}};  /* 4 histograms: counts of the few frequent bytes do not wait on each other */
         const uint16_t *p = w + b * 64 * kp;
-        for (int64_t i = 0; i < 64 * kp; i++) hist[p[i] >> 8]++;
+        for (int64_t i = 0; i < 64 * kp; i += 4)  /* 64 * kp words: a multiple of 4 */
+            for (int j = 0; j < 4; j++) part[j][p[i + j] >> 8]++;
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 256; e++) hist[e] += part[j][e];
         uint8_t tab[16], used[256] = {0};
         for (int c = 0; c < CODED_ESC; c++) {
             int best = -1;
@@ -60,7 +61,11 @@ int coded_plan(const uint16_t *w, int64_t blocks, int64_t kp, int threads, int64
 }
 
 /* Pass 2: `w` coded into body (blocks x kp/2 steps, then the step flags) and exc, with the tables coded_plan wrote
- * to meta and meta[b * CODED_META + 2] set by the caller to the running sum of counts (block b's first exception). */
+ * to meta and meta[b * CODED_META + 2] set by the caller to the running sum of counts (block b's first exception).
+ * Per step: the low and high bytes of each half's 64 words in the layout's order (vpackuswb undoes the kernel's
+ * interleaves), the high bytes' codes from the block's 256-entry code map (two vpermt2b and a blend on bit 7), the
+ * exceptions stored in word order (vpcompressw). */
+__attribute__((target(CODED_TARGET ",avx512vbmi")))
 int coded_encode(const uint16_t *w, int64_t blocks, int64_t kp, int threads, const int64_t *meta, uint8_t *body,
                  uint16_t *exc) {
     if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
@@ -70,19 +75,34 @@ int coded_encode(const uint16_t *w, int64_t blocks, int64_t kp, int threads, con
         memset(code, CODED_ESC, sizeof code);
         const uint8_t *tab = (const uint8_t *)(meta + b * CODED_META);
         for (int i = 0; i < CODED_ESC; i++) code[tab[i]] = (uint8_t)i;
+        __m512i map[4];
+        for (int i = 0; i < 4; i++) map[i] = _mm512_loadu_si512(code + 64 * i);
+        const __m512i lowbyte = _mm512_set1_epi16(0xFF), esc = _mm512_set1_epi8(CODED_ESC);
         uint16_t *e = exc + meta[b * CODED_META + 2];
         for (int64_t q = 0; q < kp / 2; q++) {
             const uint16_t *s = w + (b * 64 * kp) + q * 128;
-            uint8_t *o = body + (b * (kp / 2) + q) * CODED_STEP, any = 0;
-            for (int j = 0; j < 128; j++)  /* the exceptions in word order: the order the kernel consumes them */
-                if (code[s[j] >> 8] == CODED_ESC) *e++ = s[j], any = 1;
-            for (int i = 0; i < 64; i++) {
-                const uint16_t v0 = s[coded_word(i)], v1 = s[64 + coded_word(i)];
-                o[i] = (uint8_t)v0;
-                o[64 + i] = (uint8_t)v1;
-                o[128 + i] = (uint8_t)(code[v0 >> 8] | code[v1 >> 8] << 4);
+            uint8_t *o = body + (b * (kp / 2) + q) * CODED_STEP;
+            __m512i c[2];
+            int any = 0;
+            for (int a = 0; a < 2; a++) {
+                const __m512i r0 = _mm512_loadu_si512(s + 64 * a), r1 = _mm512_loadu_si512(s + 64 * a + 32);
+                const __m512i lo = _mm512_packus_epi16(_mm512_and_si512(r0, lowbyte), _mm512_and_si512(r1, lowbyte));
+                const __m512i hi = _mm512_packus_epi16(_mm512_srli_epi16(r0, 8), _mm512_srli_epi16(r1, 8));
+                c[a] = _mm512_mask_blend_epi8(_mm512_movepi8_mask(hi), _mm512_permutex2var_epi8(map[0], hi, map[1]),
+                                              _mm512_permutex2var_epi8(map[2], hi, map[3]));
+                _mm512_storeu_si512(o + 64 * a, lo);
+                const uint64_t x = _mm512_cmpeq_epi8_mask(c[a], esc);
+                if (x) {  /* the exceptions in word order: the order the kernel consumes them */
+                    any = 1;
+                    for (int h = 0; h < 2; h++) {
+                        const __mmask32 m = (__mmask32)_pext_u64(x, 0x00FF00FF00FF00FFull << (8 * h));
+                        _mm512_mask_compressstoreu_epi16(e, m, h ? r1 : r0);
+                        e += __builtin_popcount(m);
+                    }
+                }
             }
-            body[blocks * (kp / 2) * CODED_STEP + b * (kp / 2) + q] = any;
+            _mm512_storeu_si512(o + 128, _mm512_or_si512(c[0], _mm512_slli_epi16(c[1], 4)));
+            body[blocks * (kp / 2) * CODED_STEP + b * (kp / 2) + q] = (uint8_t)any;
         }
     }
     return 0;
