@@ -64,7 +64,7 @@ def test_coded_weights_decode_and_multiply_as_the_packed_ones(n, k):
     with torch.inference_mode():
         for i in range(4):  # one row: packed_row.c's sums in its order
             assert same(c(x[i]), plain(x[i]))
-        assert same(c(x), plain(x))  # rows > 1: oneDNN on the scratch
+        assert same(c(x), torch.stack([plain(x[i]) for i in range(4)]))  # rows > 1: each row its own bits
 
 
 @needs_coded
@@ -109,6 +109,42 @@ def test_an_assigned_weight_or_bias_is_used():
     assert row_spec(c) is None and same(c(x), linear(x, other))
 
 
+@needs_coded
+def test_rows_get_their_own_bits_at_every_row_count():
+    """Several rows through gemm_coded_bf16: each row the bits the one-row kernel gives it (so a prompt's rows, a
+    batch's sequences and a decode step agree), and within bf16 rounding of the exact product."""
+    w = _weight(1000, 2817, 9)
+    w[500, 2817 // 3], w[999, 0] = 0.01, 0.5  # no NaN or inf here: the comparison with the exact product needs them finite
+    plain, c = _pair(w)
+    x = torch.randn(37, 2817, generator=torch.Generator().manual_seed(3)).bfloat16()
+    with torch.inference_mode():
+        alone = torch.cat([plain(x[i : i + 1]) for i in range(37)])  # packed_row.c, one row at a time
+        for rows in (2, 3, 4, 5, 8, 17, 37):
+            assert same(c(x[:rows]), alone[:rows]), rows
+        assert same(c(x.view(1, 37, 2817)), alone.view(1, 37, -1))
+    exact = x.double() @ w.double().t()
+    bound = exact.abs() * 2**-8 + (x.double().abs() @ w.double().abs().t()) * 2**-20
+    assert ((c(x).double() - exact).abs() <= bound).all()
+
+
+@needs_coded
+def test_with_amx_many_rows_run_onednn_on_a_shared_scratch(monkeypatch):
+    """Where bf16 GEMM has AMX (uses_scratch), more than AMX_ROWS rows decode the weight into the packed buffer its
+    shape shares and run oneDNN: the uncoded weight's bits; batch_invariant (serve) then uncodes those linears."""
+    monkeypatch.setattr(coded, "uses_scratch", lambda: True)
+    w = _weight(1024, 2816, 5)
+    plain, c = _pair(w)
+    _, c2 = _pair(w * 2)
+    assert c.scratch is not None and c2.scratch is c.scratch  # one per shape
+    x = torch.randn(coded.AMX_ROWS + 3, 2816, generator=torch.Generator().manual_seed(6)).bfloat16()
+    with torch.inference_mode():
+        assert same(c(x), linear(x, plain.weight)) and same(c2(x), linear(x, packed.pack_weight(w * 2)))
+        assert same(c(x[: coded.AMX_ROWS]), torch.cat([plain(r[None]) for r in x[: coded.AMX_ROWS]]))
+    holder = torch.nn.ModuleList([c])
+    assert not c.rows_invariant() and packed.batch_invariant(holder) >= 0
+    assert type(holder[0]) is not coded.CodedLinear and same(holder[0](x), linear(x, plain.weight))
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("bf16"), tokenizer=False, vocab=384, dtype="bfloat16", hidden=128,
@@ -116,7 +152,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _run(model, steps=20):
-    """Prefill 17 tokens (the logits of every position), then decode `steps` greedy-free: fixed ids."""
+    """Prefill 17 tokens (the logits of every position), then decode `steps` fixed ids."""
     ids = torch.randint(0, 384, (17 + steps,), generator=torch.Generator().manual_seed(4))
     cache = KVCache(model.config, 17 + steps, torch.bfloat16, slack=2)
     with torch.inference_mode():
@@ -125,16 +161,26 @@ def _run(model, steps=20):
     return first, torch.cat(logits), cache
 
 
+_ROW_FORWARD = packed.RowKernelLinear.forward
+
+
+def _rows_alone(self, x):
+    """packed.RowKernelLinear.forward with every row through packed_row.c on its own: the reference for coded
+    products, which give each row those bits."""
+    out = [_ROW_FORWARD(self, r[None]) for r in x.reshape(-1, x.shape[-1])]  # each (1, N)
+    return torch.cat(out).view(*x.shape[:-1], -1)
+
+
 @needs_coded
 @pytest.mark.parametrize("chunks", [False, True])
 def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, chunks):
-    """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: also in HeadChunks pieces),
-    runs them through block_step.c, and gives the same logits as the same model with packed 16-bit weights, at
-    prefill and decode, holding 0.75 of the bytes or fewer."""
+    """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: also in HeadChunks pieces)
+    and runs them through block_step.c; its logits at prefill and decode are those of the same model with packed
+    16-bit weights whose products take each row alone (packed_row.c), bit for bit, in less memory."""
     from cohere_cli.bench.child import module_bytes
 
     if chunks:
-        monkeypatch.setattr(layout, "HEAD_CHUNK_BYTES", 128 * 128 * 2)  # the head in 3 pieces, no scratch
+        monkeypatch.setattr(layout, "HEAD_CHUNK_BYTES", 128 * 128 * 2)  # the head in 3 pieces
     model = load_model(checkpoint, dtype="bfloat16").model
     with monkeypatch.context() as m:
         m.setattr(coded, "coded_row", lambda: None)
@@ -144,6 +190,7 @@ def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, 
     assert not any(type(m) is coded.CodedLinear for m in ref.modules())
     for layer in model.model.layers:
         assert [row_spec(m)[0] for m in (layer.in_proj, layer.self_attn.o_proj, layer.mlp.down_proj)] == [4] * 3
+    monkeypatch.setattr(packed.RowKernelLinear, "forward", _rows_alone)
     got, want = _run(model), _run(ref)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     for (k1, v1, _), (k2, v2, _) in zip(got[2].layers, want[2].layers):
@@ -152,16 +199,15 @@ def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, 
 
 
 @needs_coded
-def test_generation_and_serving_layouts_give_the_same_tokens(checkpoint):
-    """packed.batch_invariant (cohere serve) turns coded linears back into packed ones: one row's bits do not
-    depend on the batch; prefill through the engine's chunks gives the same cache either way."""
+def test_serving_keeps_the_coded_weights_where_rows_are_invariant(checkpoint):
+    """packed.batch_invariant (cohere serve) leaves coded linears coded where every row count gives a row its own
+    bits (no AMX scratch): a batch of rows through a block's projections equals each row alone."""
     model = load_model(checkpoint, dtype="bfloat16").model
-    ids = torch.randint(0, 384, (24,), generator=torch.Generator().manual_seed(7))
-    caches = [KVCache(model.config, 24, torch.bfloat16) for _ in range(2)]
+    before = [type(m) for m in model.modules()]
+    assert coded.CodedLinear in before and not coded.uses_scratch()
+    assert packed.batch_invariant(model) >= 0
+    assert [type(m) for m in model.modules()] == before
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(7)).bfloat16()
+    lin = model.model.layers[0].in_proj
     with torch.inference_mode():
-        prefill(model, ids, caches[0], 0, chunk=5)
-        assert packed.batch_invariant(model) >= 0
-        assert not any(type(m) is coded.CodedLinear for m in model.modules())
-        prefill(model, ids, caches[1], 0, chunk=5)
-    for (k1, v1, _), (k2, v2, _) in zip(caches[0].layers, caches[1].layers):
-        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+        assert same(lin(x), torch.cat([lin(r[None]) for r in x]))

@@ -96,8 +96,9 @@ def quantize_in_memory(model, precision: str, folder: Path | None = None) -> int
 
 
 def module_bytes(model) -> int:
-    """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views), except an
-    embedding read from the checkpoint file (layout.pack(embedding=...)): only the rows of tokens seen are ever in
+    """Bytes of every parameter and buffer, each storage counted once (tied weights, shared views), and of the
+    packed buffers coded linears share per shape (coded.Scratch, with AMX), except an embedding read from the
+    checkpoint file (layout.pack(embedding=...)): only the rows of tokens seen are ever in
     memory, and its packed copy, the head, is counted."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
@@ -111,7 +112,8 @@ def module_bytes(model) -> int:
             continue
         seen.add(key)
         total += t.untyped_storage().nbytes()
-    return total
+    scratches = {id(s): s for m in model.modules() if (s := getattr(m, "scratch", None)) is not None}
+    return total + sum(s.weight.numel() * s.weight.element_size() for s in scratches.values())  # coded.Scratch
 
 
 # ---- 3. the measurement (runs in a child process) ------------------------------------------------------------------

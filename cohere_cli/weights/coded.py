@@ -1,13 +1,16 @@
 """Coded bf16 linears: a packed bf16 weight (packed.RowKernelLinear) stored in 12 bits per weight without losing a
-bit (kernels/coded_row.c: each word's exponent as a 4-bit code into its block's 15 most frequent exponents, the
-~1.5e-4 of words with another exponent kept whole), for CPUs with AVX512-BF16 and VBMI2.
+bit (kernels/coded_row.c: each word's low byte, its high byte as a 4-bit code into its block's 15 most frequent high
+bytes, the ~1.5e-4 of words with another high byte kept whole), for CPUs with AVX512-BF16 and VBMI.
 
 Why: a bf16 decode step reads every weight once, and packed_row.c already reads them at the machine's memory
-bandwidth, so decode speed is bytes per token: coded, a bf16 model reads and holds 0.75 of them. One-row products
-(decode) run on the coded bytes and give packed_row.c's results bit for bit; products of several rows (prefill)
-decode the weight back into a packed buffer shared by the model's linears of that shape (Scratch) and run
-oneDNN on it as before, so they give the same bits as the uncoded model. COHERE_CLI_CODED_BF16=0 keeps the packed
-bf16 weights as they are."""
+bandwidth, so decode speed is bytes per token: coded, a bf16 model reads and holds 0.75 of them.
+
+Every product runs on the coded bytes, each row with the same bits whatever the number of rows (one row:
+packed_row.c's bits; several rows: the same sums, each block decoded once per 4 rows, kernels/coded_row.c's
+gemm_coded_bf16). On the 2-core AVX-512 machine that is faster than oneDNN on the 16-bit packed weight up to ~100
+rows and within 5% of it at 512 (benchmarks/coded_rows.py). On CPUs with AMX, whose bf16 GEMM is several times
+faster, products of more than AMX_ROWS rows decode the weight into a packed buffer shared by the model's coded
+linears of that shape (Scratch) and run oneDNN on it. COHERE_CLI_CODED_BF16=0 keeps the packed 16-bit weights."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cohere_cli.model import Linear, linear
-from cohere_cli.weights.kernels import PACKED_BLOCK, packed_row
+from cohere_cli.weights.kernels import PACKED_BLOCK, cpu_flags, packed_row
 from cohere_cli.weights.kernels.coded import Coded, CodedRow, coded_row
 from cohere_cli.weights.packed import RowKernelLinear, pack_linear
 
@@ -33,14 +36,21 @@ class Scratch:
 
 # (n, k, kp) -> the Scratch the coded linears of that shape share; an entry lives as long as a linear holds it
 _SCRATCH: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+AMX_ROWS = 16  # with AMX: more rows than this run oneDNN on the decoded weight (see the module's docstring)
+
+
+def uses_scratch() -> bool:
+    """Whether products of many rows decode into a Scratch and run oneDNN (CPUs with AMX bf16), rather than run
+    gemm_coded_bf16."""
+    return "amx_bf16" in cpu_flags()
 
 
 def code_linear(lin: RowKernelLinear, scratch: bool = True) -> bool:
     """Turn `lin` into a CodedLinear in place (its packed weight replaced by the coded form); False where it stays
     as it is (no coded kernel here, a weight the packed kernel does not read, or one it would not make smaller).
-    `scratch`: several-row products
-    decode into the shared Scratch of the shape (kept for the model's life: worth it for the block linears that
-    prefill runs every chunk), else into a transient plain weight (the head, whose prefill needs one row)."""
+    `scratch`: on CPUs with AMX, products of many rows decode into the shared Scratch of the shape (kept for the
+    model's life: worth it for the block linears that prefill runs every chunk); the head, whose prefill needs one
+    row, passes False and keeps gemm_coded_bf16 at every row count."""
     cr, row = coded_row(), packed_row()
     if cr is None or type(lin) is not RowKernelLinear or not lin.row_ready(row):
         return False
@@ -50,7 +60,7 @@ def code_linear(lin: RowKernelLinear, scratch: bool = True) -> bool:
     if c is None or c.nbytes >= 2 * n * k:  # a weight small or padded enough to gain nothing
         return False
     s = None
-    if scratch:
+    if scratch and uses_scratch():
         s = _SCRATCH.get((n, k, c.kp))
         if s is None:
             s = _SCRATCH[(n, k, c.kp)] = Scratch(w)
@@ -65,8 +75,8 @@ def code_linear(lin: RowKernelLinear, scratch: bool = True) -> bool:
 
 
 class CodedLinear(Linear):
-    """A bias-free bf16 Linear whose packed weight is held coded (code_linear): one row (decode) runs
-    kernels/coded_row.c on the coded bytes; more rows (prefill) decode the weight first."""
+    """A bf16 Linear whose packed weight is held coded (code_linear): its products run kernels/coded_row.c on the
+    coded bytes, each row with the bits it has alone (with AMX, many rows run oneDNN on the decoded weight)."""
 
     coded: Coded
     scratch: Scratch | None
@@ -78,13 +88,18 @@ class CodedLinear(Linear):
         return self.coded_forward(x) if self.bias is None else self.coded_forward(x) + self.bias
 
     def coded_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:
-            out = self.kernel.row(x, self.coded)
-            if out is not None:
-                return out.view(*x.shape[:-1], -1)  # (..., N)
+        rows = x.numel() // x.shape[-1]
         s = self.scratch
-        if s is None:
-            return F.linear(x, self.plain())
+        if rows == 1:
+            out = self.kernel.row(x, self.coded)
+        elif s is None or rows <= AMX_ROWS:
+            out = self.kernel.rows(x.reshape(rows, -1), self.coded)  # (rows, N)
+        else:
+            out = None
+        if out is not None:
+            return out.view(*x.shape[:-1], -1)  # (..., N)
+        if s is None:  # an input the kernels do not take (not bf16, not contiguous): the plain weight
+            return F.linear(x, self.plain().to(x.dtype))
         with s.lock:
             if not self.kernel.decode_into(self.coded, s.raw):
                 raise RuntimeError("a coded weight's scratch buffer no longer matches it")
@@ -108,8 +123,14 @@ class CodedLinear(Linear):
         c = self.coded
         return (4, c.n, c.k, c.body.data_ptr(), c.kp, c.meta.data_ptr(), c.exc.data_ptr(), 0.0)
 
+    def rows_invariant(self) -> bool:
+        """Whether every product gives each row the bits it has alone (no Scratch: the coded kernels at every row
+        count), as `cohere serve` needs (packed.batch_invariant)."""
+        return self.scratch is None
+
     def uncode(self) -> None:
-        """Back to a packed bf16 linear (packed.pack_linear on the decoded weight), e.g. for batch_invariant."""
+        """Back to a packed bf16 linear (packed.pack_linear on the decoded weight): for batch_invariant where
+        rows_invariant() does not hold."""
         w = self.plain() if self.weight is None else self.weight.detach()
         for name in ("coded_body", "coded_meta", "coded_exc"):
             delattr(self, name)

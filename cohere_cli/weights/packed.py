@@ -85,7 +85,7 @@ def batch_invariant(model: nn.Module) -> int:
     fp32 (every packed fp32 linear differs) and ~1.2x in bf16 where K > 1024, for an agreement only batching needs."""
     n = 0
     for m in model.modules():
-        if hasattr(m, "uncode"):  # coded.CodedLinear: its one-row kernel sums as packed_row.c does; back to packed
+        if hasattr(m, "uncode") and not m.rows_invariant():  # coded.CodedLinear running oneDNN for many rows (AMX)
             m.uncode()
         if type(m) is RowKernelLinear:  # its one-row sums differ from oneDNN's several-row ones
             m.__class__ = Linear

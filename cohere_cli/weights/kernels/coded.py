@@ -41,6 +41,7 @@ class CodedRow:
     encode: Callable
     gemv: Callable
     decode: Callable
+    gemm: Callable
 
     def code(self, raw, n: int, k: int, kp: int) -> Coded | None:
         """The packed buffer `raw` (a flat int16 view of blocks x 64 x kp words: PackedRow.raw) coded, or None."""
@@ -72,6 +73,17 @@ class CodedRow:
                          torch.get_num_threads(), out.data_ptr())
         return None if fail else out
 
+    def rows(self, x, c: Coded):
+        """x @ w.T as (rows, n) bf16 for contiguous bf16 rows x (rows, k), each row with row()'s bits, or None."""
+        import torch
+
+        if not (cpu_contiguous(x, torch.bfloat16) and x.dim() == 2 and x.shape[1] == c.k):
+            return None
+        out = torch.empty(x.shape[0], c.n, dtype=torch.bfloat16)
+        fail = self.gemm(x.data_ptr(), x.shape[0], c.body.data_ptr(), c.meta.data_ptr(), c.exc.data_ptr(), c.n, c.k,
+                         c.kp, torch.get_num_threads(), out.data_ptr())
+        return None if fail else out
+
     def decode_into(self, c: Coded, raw) -> bool:
         """The packed buffer back into `raw` (PackedRow.raw of a packed weight of c's shape and layout)."""
         import torch
@@ -94,4 +106,5 @@ def coded_row() -> CodedRow | None:
     p, i, t = ct.c_void_p, ct.c_int64, ct.c_int
     return CodedRow(_function(lib.coded_plan, [p, i, i, t, p, p]), _function(lib.coded_encode, [p, i, i, t, p, p, p]),
                     _function(lib.gemv_coded_bf16, [p, p, p, p, i, i, i, t, p]),
-                    _function(lib.coded_decode, [p, p, p, i, i, t, p]))
+                    _function(lib.coded_decode, [p, p, p, i, i, t, p]),
+                    _function(lib.gemm_coded_bf16, [p, i, p, p, p, i, i, i, t, p]))

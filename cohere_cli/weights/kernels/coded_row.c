@@ -193,6 +193,60 @@ int gemv_coded_bf16(const uint16_t *x, const uint8_t *body, const int64_t *meta,
     return 0;
 }
 
+/* Rows r0 .. r0+R-1 of x (rows x k, bf16) times coded block b, R a constant after inlining: each step decoded once
+ * for the R rows (R x 4 accumulators), each row's sums in gemv_coded_bf16's order (the same bits as one row). */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void block_rows(const uint16_t *x, int64_t r0, const int R, const uint8_t *body, const int64_t *meta,
+                const uint16_t *exc, int64_t n, int64_t k, int64_t kp, int64_t b, uint16_t *out) {
+    __m512 a[4][4];
+    const int64_t blocks = (n + 63) / 64, pairs = k / 2;
+    const uint8_t *p = body + b * (kp / 2) * CODED_STEP, *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
+    const __m512i tab = coded_table(meta, b);
+    const uint16_t *e = exc + meta[b * CODED_META + 2];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 4; i++) a[r][i] = _mm512_setzero_ps();
+    for (int64_t q = 0; q <= pairs; q++) {
+        if (q == pairs && k % 2 == 0) break;  /* an odd k ends in a half pair: (x[k-1], 0) */
+        __m512i w[4];
+        coded_step(p + q * CODED_STEP, tab, f[q], &e, w);
+        for (int r = 0; r < R; r++) {
+            const uint16_t *xr = x + (r0 + r) * k;
+            uint32_t v = q < pairs ? 0 : xr[k - 1];
+            if (q < pairs) memcpy(&v, xr + 2 * q, 4);  /* (x[2q], x[2q+1]); a row of odd k may start unaligned */
+            const __m512bh xq = (__m512bh)_mm512_set1_epi32((int)v);
+            for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 4; i++) {
+            int64_t o = b * 64 + 16 * i, m = n - o;
+            if (m <= 0) break;
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(a[r][i]);
+            _mm256_mask_storeu_epi16(out + (r0 + r) * n + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
+        }
+}
+
+/* out (rows x n) = x (rows x k) times the coded weight, each row with gemv_coded_bf16's bits. Block by block, every
+ * row of a block before the next block: the coded block (64 * kp * 1.5 bytes) is read from memory once and decoded
+ * again from cache for each group of 4 rows. For a few rows (short prompts, MoE experts' buckets), where decoding
+ * the whole weight for oneDNN would cost more than the product. */
+__attribute__((target(CODED_TARGET)))
+int gemm_coded_bf16(const uint16_t *x, int64_t rows, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
+                    int64_t n, int64_t k, int64_t kp, int threads, uint16_t *out) {
+    if (rows <= 0 || n <= 0 || k <= 0 || kp < k + k % 2 || kp % 2 || threads < 1) return 1;
+    const int64_t blocks = (n + 63) / 64;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t r0 = 0; r0 < rows; r0 += 4)
+            switch (rows - r0 >= 4 ? 4 : rows - r0) {
+                case 4: block_rows(x, r0, 4, body, meta, exc, n, k, kp, b, out); break;
+                case 3: block_rows(x, r0, 3, body, meta, exc, n, k, kp, b, out); break;
+                case 2: block_rows(x, r0, 2, body, meta, exc, n, k, kp, b, out); break;
+                default: block_rows(x, r0, 1, body, meta, exc, n, k, kp, b, out); break;
+            }
+    return 0;
+}
+
 /* The packed bf16 buffer back (blocks x 64 x kp words) from the coded one: prefill runs oneDNN on it. */
 __attribute__((target(CODED_TARGET)))
 int coded_decode(const uint8_t *body, const int64_t *meta, const uint16_t *exc, int64_t blocks, int64_t kp,
