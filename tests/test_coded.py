@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cohere_cli.engine.generate import prefill
 from cohere_cli.model import KVCache, Linear, linear
 from cohere_cli.weights import coded, layout, packed
 from cohere_cli.weights.checkpoint import load_model
