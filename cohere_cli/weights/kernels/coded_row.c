@@ -23,6 +23,8 @@
  * exception in `exc`. Exceptions: the whole words, in the block's word order.
  *
  * The product's sums are packed_row.c's, in its order: results are its results bit for bit. */
+#include <stdlib.h>
+
 #include "bf16.h"
 
 #define CODED_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vbmi2,bmi2"
@@ -226,25 +228,113 @@ void block_rows(const uint16_t *x, int64_t r0, const int R, const uint8_t *body,
         }
 }
 
+/* Rows r0 .. r0+R-1 times the decoded steps q0 .. q1-1 of a block in `buf` (its words, step by step), the sums
+ * carried in `part` (rows x 64 float32; `first`: start from 0): the same products in the same order as block_rows. */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void chunk_rows(const uint16_t *x, int64_t r0, const int R, const uint16_t *buf, int64_t q0, int64_t q1, int64_t k,
+                int first, float *part) {
+    __m512 a[4][4];
+    const int64_t pairs = k / 2;
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 4; i++)
+            a[r][i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + (r0 + r) * 64 + 16 * i);
+    for (int64_t q = q0; q < q1; q++) {
+        const uint16_t *wq = buf + (q - q0) * 128;
+        __m512i w[4];
+        for (int i = 0; i < 4; i++) w[i] = _mm512_loadu_si512(wq + 32 * i);
+        for (int r = 0; r < R; r++) {
+            const uint16_t *xr = x + (r0 + r) * k;
+            uint32_t v = q < pairs ? 0 : xr[k - 1];
+            if (q < pairs) memcpy(&v, xr + 2 * q, 4);
+            const __m512bh xq = (__m512bh)_mm512_set1_epi32((int)v);
+            for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 4; i++) _mm512_storeu_ps(part + (r0 + r) * 64 + 16 * i, a[r][i]);
+}
+
+#define CODED_CHUNK 256  /* steps decoded at a time for many rows: 64 KB of words, in L2 beside the rows' inputs */
+
+/* Many rows times coded block b: CODED_CHUNK steps decoded once into `buf`, then every group of 4 rows runs over
+ * them (loads instead of decoding again per group), the sums kept in `part` between chunks. */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void block_many_rows(const uint16_t *x, int64_t rows, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
+                     int64_t n, int64_t k, int64_t kp, int64_t b, uint16_t *buf, float *part, uint16_t *out) {
+    const int64_t blocks = (n + 63) / 64, steps = (k + 1) / 2;
+    const uint8_t *p = body + b * (kp / 2) * CODED_STEP, *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
+    const __m512i tab = coded_table(meta, b);
+    const uint16_t *e = exc + meta[b * CODED_META + 2];
+    for (int64_t q0 = 0; q0 < steps; q0 += CODED_CHUNK) {
+        const int64_t q1 = q0 + CODED_CHUNK < steps ? q0 + CODED_CHUNK : steps;
+        for (int64_t q = q0; q < q1; q++) {
+            __m512i w[4];
+            coded_step(p + q * CODED_STEP, tab, f[q], &e, w);
+            for (int i = 0; i < 4; i++) _mm512_storeu_si512(buf + (q - q0) * 128 + 32 * i, w[i]);
+        }
+        for (int64_t r0 = 0; r0 < rows; r0 += 4)
+            switch (rows - r0 >= 4 ? 4 : rows - r0) {
+                case 4: chunk_rows(x, r0, 4, buf, q0, q1, k, q0 == 0, part); break;
+                case 3: chunk_rows(x, r0, 3, buf, q0, q1, k, q0 == 0, part); break;
+                case 2: chunk_rows(x, r0, 2, buf, q0, q1, k, q0 == 0, part); break;
+                default: chunk_rows(x, r0, 1, buf, q0, q1, k, q0 == 0, part); break;
+            }
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < 4; i++) {
+            int64_t o = b * 64 + 16 * i, m = n - o;
+            if (m <= 0) break;
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(part + r * 64 + 16 * i));
+            _mm256_mask_storeu_epi16(out + r * n + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
+        }
+}
+
+#define CODED_FEW_ROWS 64  /* up to this many rows, each group of 4 decodes the steps itself (block_rows): faster
+                            * there than decoding once into a buffer (benchmarks/coded_rows.py) */
+
 /* out (rows x n) = x (rows x k) times the coded weight, each row with gemv_coded_bf16's bits. Block by block, every
- * row of a block before the next block: the coded block (64 * kp * 1.5 bytes) is read from memory once and decoded
- * again from cache for each group of 4 rows. For a few rows (short prompts, MoE experts' buckets), where decoding
- * the whole weight for oneDNN would cost more than the product. */
+ * row of a block before the next block, so the coded block (64 * kp * 1.5 bytes) is read from memory once: up to
+ * CODED_FEW_ROWS rows, each group of 4 decodes it again from cache; more rows decode it once, a chunk at a time, and
+ * every group reads the decoded words (block_many_rows). Returns 0, or 1 (a shape it does not take, no memory). */
 __attribute__((target(CODED_TARGET)))
 int gemm_coded_bf16(const uint16_t *x, int64_t rows, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
                     int64_t n, int64_t k, int64_t kp, int threads, uint16_t *out) {
     if (rows <= 0 || n <= 0 || k <= 0 || kp < k + k % 2 || kp % 2 || threads < 1) return 1;
     const int64_t blocks = (n + 63) / 64;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; b++)
-        for (int64_t r0 = 0; r0 < rows; r0 += 4)
-            switch (rows - r0 >= 4 ? 4 : rows - r0) {
-                case 4: block_rows(x, r0, 4, body, meta, exc, n, k, kp, b, out); break;
-                case 3: block_rows(x, r0, 3, body, meta, exc, n, k, kp, b, out); break;
-                case 2: block_rows(x, r0, 2, body, meta, exc, n, k, kp, b, out); break;
-                default: block_rows(x, r0, 1, body, meta, exc, n, k, kp, b, out); break;
+    int fail = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        uint16_t *buf = NULL;
+        float *part = NULL;
+        if (rows > CODED_FEW_ROWS) {  /* per thread: one chunk of decoded steps, the rows' running sums */
+            buf = malloc(sizeof(uint16_t) * CODED_CHUNK * 128);
+            part = malloc(sizeof(float) * rows * 64);
+            if (!buf || !part) {
+#pragma omp atomic write
+                fail = 1;
             }
-    return 0;
+        }
+#pragma omp barrier
+        if (!fail) {
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < blocks; b++) {
+                if (rows > CODED_FEW_ROWS) {
+                    block_many_rows(x, rows, body, meta, exc, n, k, kp, b, buf, part, out);
+                    continue;
+                }
+                for (int64_t r0 = 0; r0 < rows; r0 += 4)
+                    switch (rows - r0 >= 4 ? 4 : rows - r0) {
+                        case 4: block_rows(x, r0, 4, body, meta, exc, n, k, kp, b, out); break;
+                        case 3: block_rows(x, r0, 3, body, meta, exc, n, k, kp, b, out); break;
+                        case 2: block_rows(x, r0, 2, body, meta, exc, n, k, kp, b, out); break;
+                        default: block_rows(x, r0, 1, body, meta, exc, n, k, kp, b, out); break;
+                    }
+            }
+        }
+        free(buf);
+        free(part);
+    }
+    return fail;
 }
 
 /* The packed bf16 buffer back (blocks x 64 x kp words) from the coded one: prefill runs oneDNN on it. */
