@@ -16,7 +16,7 @@ from cohere_cli.weights.kernels.coded import coded_row
 from factory_checkpoint import make_checkpoint
 
 needs_coded = pytest.mark.skipif(coded_row() is None,
-                                 reason="the coded kernel needs a C compiler, AVX512-BF16 and VBMI2: not here")
+                                 reason="the coded kernel needs a C compiler, AVX512-BF16, VBMI and VBMI2: not here")
 
 
 def _weight(n, k, seed):

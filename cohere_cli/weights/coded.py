@@ -1,6 +1,6 @@
 """Coded bf16 linears: a packed bf16 weight (packed.RowKernelLinear) stored in 12 bits per weight without losing a
 bit (kernels/coded_row.c: each word's low byte, its high byte as a 4-bit code into its block's 15 most frequent high
-bytes, the ~1.5e-4 of words with another high byte kept whole), for CPUs with AVX512-BF16 and VBMI.
+bytes, the ~1.5e-4 of words with another high byte kept whole), for CPUs with AVX512-BF16, VBMI and VBMI2.
 
 Why: a bf16 decode step reads every weight once, and packed_row.c already reads them at the machine's memory
 bandwidth, so decode speed is bytes per token: coded, a bf16 model reads and holds 0.75 of them.

@@ -13,7 +13,7 @@
 - `coded.coded_row()` (kernels/coded.py, coded_row.c) stores such a packed bf16 weight in 12 bits per weight without
   losing a bit (each word's low byte, its high byte as a 4-bit code into the block's 15 most frequent ones, the rare
   others kept whole) and multiplies one row by it with packed_row's bits: a decode step reads 0.75 of the bytes
-  (weights/coded.py), on AVX512-BF16 with VBMI2.
+  (weights/coded.py), on AVX512-BF16 with VBMI and VBMI2.
 - `decode_ops()` is the rest of a bf16 decode step of a block besides its matmuls, decode.c: the LayerNorm, the
   attention after the q/k/v projection (rotary, cache write, grouped-query attention over the cache) and the
   SwiGLU activation, one call each instead of F.scaled_dot_product_attention and ~25 small ops
