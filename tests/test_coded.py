@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cohere_cli.model import KVCache, Linear, linear
-from cohere_cli.weights import coded, layout, packed
+from cohere_cli.weights import coded, packed
 from cohere_cli.weights.checkpoint import load_model
 from cohere_cli.weights.kernels.block import row_spec
 from cohere_cli.weights.kernels.coded import coded_row
@@ -173,19 +173,24 @@ def _rows_alone(self, x):
 @needs_coded
 @pytest.mark.parametrize("chunks", [False, True])
 def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, chunks):
-    """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: also in HeadChunks pieces)
-    and runs them through block_step.c; its logits at prefill and decode are those of the same model with packed
+    """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: coded chunk by chunk into one
+    module) and runs them through block_step.c; its logits at prefill and decode are those of the same model with packed
     16-bit weights whose products take each row alone (packed_row.c), bit for bit, in less memory."""
     from cohere_cli.bench.child import module_bytes
 
-    if chunks:
-        monkeypatch.setattr(layout, "HEAD_CHUNK_BYTES", 128 * 128 * 2)  # the head in 3 pieces
+    if chunks:  # the tied head packed and coded 64 rows at a time, into one module: the codes of the whole
+        whole = load_model(checkpoint, dtype="bfloat16").model.lm_head.coded
+        monkeypatch.setattr(coded, "HEAD_CHUNK_BYTES", 64 * 128 * 2)
     model = load_model(checkpoint, dtype="bfloat16").model
+    if chunks:
+        part = model.lm_head.coded
+        assert all(torch.equal(getattr(part, f), getattr(whole, f)) for f in ("body", "meta", "exc"))
+        assert part.exc.numel() and not torch.equal(part.meta[:, 2], torch.zeros_like(part.meta[:, 2]))
     with monkeypatch.context() as m:
         m.setattr(coded, "coded_row", lambda: None)
         ref = load_model(checkpoint, dtype="bfloat16").model
     codes = [m for m in model.modules() if type(m) is coded.CodedLinear]
-    assert len(codes) == 3 * len(model.model.layers) + (3 if chunks else 1)
+    assert len(codes) == 3 * len(model.model.layers) + 1 and type(model.lm_head) is coded.CodedLinear
     assert not any(type(m) is coded.CodedLinear for m in ref.modules())
     for layer in model.model.layers:
         assert [row_spec(m)[0] for m in (layer.in_proj, layer.self_attn.o_proj, layer.mlp.down_proj)] == [4] * 3

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cohere_cli.model import Linear, linear
 from cohere_cli.weights.kernels import PACKED_BLOCK, cpu_flags, packed_row
-from cohere_cli.weights.kernels.coded import Coded, CodedRow, coded_row
+from cohere_cli.weights.kernels.coded import META, STEP_BYTES, Coded, CodedRow, coded_row
 from cohere_cli.weights.packed import RowKernelLinear, pack_linear
 
 
@@ -45,12 +45,11 @@ def uses_scratch() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def code_linear(lin: RowKernelLinear, scratch: bool = True) -> bool:
+def code_linear(lin: RowKernelLinear) -> bool:
     """Turn `lin` into a CodedLinear in place (its packed weight replaced by the coded form); False where it stays
-    as it is (no coded kernel here, a weight the packed kernel does not read, or one it would not make smaller).
-    `scratch`: on CPUs with AMX, products of many rows decode into the shared Scratch of the shape (kept for the
-    model's life: worth it for the block linears that prefill runs every chunk); the head, whose prefill needs one
-    row, passes False and keeps gemm_coded_bf16 at every row count."""
+    as it is (no coded kernel here, a weight the packed kernel does not read, or one it would not make smaller). On
+    CPUs with AMX, its products of many rows decode into the Scratch its shape shares (kept for the model's life:
+    worth it for the block linears that prefill runs every chunk)."""
     cr, row = coded_row(), packed_row()
     if cr is None or type(lin) is not RowKernelLinear or not lin.row_ready(row):
         return False
@@ -60,18 +59,72 @@ def code_linear(lin: RowKernelLinear, scratch: bool = True) -> bool:
     if c is None or c.nbytes >= 2 * n * k:  # a weight small or padded enough to gain nothing
         return False
     s = None
-    if scratch and uses_scratch():
+    if uses_scratch():
         s = _SCRATCH.get((n, k, c.kp))
         if s is None:
             s = _SCRATCH[(n, k, c.kp)] = Scratch(w)
     for name in ("row_kp", "row_of", "row_ptr"):
         lin.__dict__.pop(name, None)
+    _install(lin, c, s, cr)
+    return True
+
+
+def _install(lin: Linear, c: Coded, scratch: Scratch | None, kernel: CodedRow) -> None:
+    """`lin` becomes the CodedLinear of `c` (no weight of its own)."""
     lin.weight = None
     for name, t in (("body", c.body), ("meta", c.meta), ("exc", c.exc)):
         lin.register_buffer(f"coded_{name}", t, persistent=False)  # counted as the module's memory (bench)
-    lin.__dict__.update(coded=c, scratch=s, kernel=cr)
+    lin.__dict__.update(coded=c, scratch=scratch, kernel=kernel)
     lin.__class__ = CodedLinear
-    return True
+
+
+HEAD_CHUNK_BYTES = 4 << 20  # the most of a head packed at once by coded_head (the source's pages, then the copy)
+
+
+def coded_head(w: torch.Tensor, release=None) -> "CodedLinear | None":
+    """The head (vocab, hidden) bf16 weight `w` packed and coded by chunks of rows into one CodedLinear, or None
+    where the coded kernel is not here or a chunk is not packed in the layout it reads (the caller then packs it
+    itself). `release(start, end)` is called once rows start..end are coded (a mapped source gives their pages back).
+    Why chunks: packing copies the weight, so a head coded in one piece holds its source pages, the packed copy and
+    the coded one at once (the 213M model's 65 MB head: +170 MB of peak RSS at load, more than its coded blocks
+    saved); a chunk at a time, loading peaks one chunk above the model. Why one module: the chunks' codes are the
+    whole weight's (blocks of 64 rows are coded each on its own), and one kernel call per step is cheaper than one
+    per chunk."""
+    cr, row = coded_row(), packed_row()
+    if cr is None or row is None or w.dtype != torch.bfloat16 or w.dim() != 2:
+        return None
+    n, k = w.shape
+    rows = max(1, HEAD_CHUNK_BYTES // (k * 2) // PACKED_BLOCK) * PACKED_BLOCK  # whole blocks per chunk
+    body = meta = None
+    kp = 0
+    excs: list[torch.Tensor] = []
+    for r in range(0, n, rows):
+        part = w[r : r + rows]
+        with torch.device("meta"):
+            lin = Linear(k, part.shape[0], bias=False)
+        pack_linear(lin, part)
+        if type(lin) is not RowKernelLinear or not lin.row_ready(row) or (body is not None and lin.row_kp != kp):
+            return None
+        if body is None:
+            kp, blocks = lin.row_kp, -(-n // PACKED_BLOCK)
+            steps = blocks * (kp // 2) * STEP_BYTES
+            body = torch.empty(steps + blocks * (kp // 2), dtype=torch.uint8)  # the steps, then their flags
+            meta = torch.empty(blocks, META, dtype=torch.int64)
+        b0, b1 = r // PACKED_BLOCK, -(-(r + part.shape[0]) // PACKED_BLOCK)
+        q = kp // 2
+        exc = cr.code_into(row.raw(lin.weight), kp, body[b0 * q * STEP_BYTES : b1 * q * STEP_BYTES],
+                           body[steps + b0 * q : steps + b1 * q], meta[b0:b1])
+        if exc is None:
+            return None
+        meta[b0:b1, 2] += sum(e.numel() for e in excs)  # exceptions of the chunks before
+        excs.append(exc)
+        del lin
+        if release is not None:
+            release(r, r + part.shape[0])
+    with torch.device("meta"):
+        head = Linear(k, n, bias=False)
+    _install(head, Coded(body, meta, torch.cat(excs), n, k, kp), None, cr)
+    return head
 
 
 class CodedLinear(Linear):

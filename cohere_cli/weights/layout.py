@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope
-from cohere_cli.weights.coded import CodedLinear, code_linear
+from cohere_cli.weights.coded import CodedLinear, code_linear, coded_head
 from cohere_cli.weights.packed import pack_linear, packable
 
 
@@ -229,8 +229,12 @@ class HeadChunks(nn.Module):
 
 
 def packed_head(w: torch.Tensor, release=None) -> nn.Module:
-    """The head (vocab, hidden) weight `w` packed for oneDNN, by chunks of rows (HeadChunks) where it is large;
+    """The head (vocab, hidden) weight `w` packed for oneDNN, by chunks of rows (HeadChunks) where it is large, or in
+    bf16 where the CPU has the coded kernel, packed and coded chunk by chunk into one module (coded.coded_head);
     `release(start, end)` is called once rows start..end are packed (a mapped source gives their pages back)."""
+    head = coded_head(w, release)  # bf16, where the CPU has the kernel: one coded module (weights/coded.py)
+    if head is not None:
+        return head
     rows = max(1, HEAD_CHUNK_BYTES // (w.shape[1] * w.element_size()))
     parts = []
     for r in range(0, w.shape[0], rows):
@@ -238,7 +242,6 @@ def packed_head(w: torch.Tensor, release=None) -> nn.Module:
         with torch.device("meta"):
             lin = Linear(part.shape[1], part.shape[0], bias=False)
         pack_linear(lin, part)
-        code_linear(lin, scratch=False)  # its prefill needs one row: no scratch kept (weights/coded.py)
         parts.append(lin)
         if release is not None:
             release(r, r + part.shape[0])

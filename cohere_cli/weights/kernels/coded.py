@@ -48,19 +48,34 @@ class CodedRow:
         import torch
 
         blocks = -(-n // PACKED_BLOCK)
-        if raw.numel() != blocks * PACKED_BLOCK * kp or not cpu_contiguous(raw, torch.int16):
+        steps = blocks * (kp // 2) * STEP_BYTES
+        body = torch.empty(steps + blocks * (kp // 2), dtype=torch.uint8)  # the steps, then their flags
+        meta = torch.empty(blocks, META, dtype=torch.int64)
+        exc = self.code_into(raw, kp, body[:steps], body[steps:], meta)
+        return None if exc is None else Coded(body, meta, exc, n, k, kp)
+
+    def code_into(self, raw, kp: int, body, flags, meta):
+        """Code the packed buffer `raw` (blocks x 64 x kp words, blocks = meta's rows) into body (its blocks' steps),
+        flags (a byte per step) and meta: views of a weight's buffers (Coded), of its blocks from the first block of
+        `raw` on. -> its exceptions (int16; meta[:, 2] counts them from 0), or None."""
+        import torch
+
+        blocks = meta.shape[0]
+        if not (raw.numel() == blocks * PACKED_BLOCK * kp and cpu_contiguous(raw, torch.int16)
+                and cpu_contiguous(body, torch.uint8) and body.numel() == blocks * (kp // 2) * STEP_BYTES
+                and cpu_contiguous(flags, torch.uint8) and flags.numel() == blocks * (kp // 2)
+                and cpu_contiguous(meta, torch.int64) and meta.shape == (blocks, META)):
             return None
         threads = torch.get_num_threads()
-        meta = torch.empty(blocks, META, dtype=torch.int64)
         counts = torch.empty(blocks, dtype=torch.int64)
         if self.plan(raw.data_ptr(), blocks, kp, threads, meta.data_ptr(), counts.data_ptr()):
             return None
         meta[:, 2] = counts.cumsum(0) - counts  # (blocks,): each block's first exception
         exc = torch.empty(int(counts.sum()), dtype=torch.int16)
-        body = torch.empty(blocks * (kp // 2) * (STEP_BYTES + 1), dtype=torch.uint8)  # the steps, then their flags
-        if self.encode(raw.data_ptr(), blocks, kp, threads, meta.data_ptr(), body.data_ptr(), exc.data_ptr()):
+        if self.encode(raw.data_ptr(), blocks, kp, threads, meta.data_ptr(), body.data_ptr(), flags.data_ptr(),
+                       exc.data_ptr()):
             return None
-        return Coded(body, meta, exc, n, k, kp)
+        return exc
 
     def row(self, x, c: Coded):
         """x @ w.T as (n,) bf16 for one contiguous bf16 row x of k values, or None for an x it does not take."""
@@ -104,7 +119,7 @@ def coded_row() -> CodedRow | None:
     if lib is None:
         return None
     p, i, t = ct.c_void_p, ct.c_int64, ct.c_int
-    return CodedRow(_function(lib.coded_plan, [p, i, i, t, p, p]), _function(lib.coded_encode, [p, i, i, t, p, p, p]),
+    return CodedRow(_function(lib.coded_plan, [p, i, i, t, p, p]), _function(lib.coded_encode, [p, i, i, t, p, p, p, p]),
                     _function(lib.gemv_coded_bf16, [p, p, p, p, i, i, i, t, p]),
                     _function(lib.coded_decode, [p, p, p, i, i, t, p]),
                     _function(lib.gemm_coded_bf16, [p, i, p, p, p, i, i, i, t, p]))

@@ -62,14 +62,16 @@ int coded_plan(const uint16_t *w, int64_t blocks, int64_t kp, int threads, int64
     return 0;
 }
 
-/* Pass 2: `w` coded into body (blocks x kp/2 steps, then the step flags) and exc, with the tables coded_plan wrote
- * to meta and meta[b * CODED_META + 2] set by the caller to the running sum of counts (block b's first exception).
+/* Pass 2: `w` coded into body (blocks x kp/2 steps), flags (a byte per step) and exc, with the tables coded_plan
+ * wrote to meta and meta[b * CODED_META + 2] set by the caller to the running sum of counts (block b's first
+ * exception). The kernels read the flags right after the steps of all blocks; body and flags are apart here so
+ * that a weight can be coded in chunks of blocks into one buffer (coded.coded_head).
  * Per step: the low and high bytes of each half's 64 words in the layout's order (vpackuswb undoes the kernel's
  * interleaves), the high bytes' codes from the block's 256-entry code map (two vpermt2b and a blend on bit 7), the
  * exceptions stored in word order (vpcompressw). */
 __attribute__((target(CODED_TARGET ",avx512vbmi")))
 int coded_encode(const uint16_t *w, int64_t blocks, int64_t kp, int threads, const int64_t *meta, uint8_t *body,
-                 uint16_t *exc) {
+                 uint8_t *flags, uint16_t *exc) {
     if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < blocks; b++) {
@@ -104,7 +106,7 @@ int coded_encode(const uint16_t *w, int64_t blocks, int64_t kp, int threads, con
                 }
             }
             _mm512_storeu_si512(o + 128, _mm512_or_si512(c[0], _mm512_slli_epi16(c[1], 4)));
-            body[blocks * (kp / 2) * CODED_STEP + b * (kp / 2) + q] = (uint8_t)any;
+            flags[b * (kp / 2) + q] = (uint8_t)any;
         }
     }
     return 0;
