@@ -19,6 +19,13 @@ needs_coded = pytest.mark.skipif(coded_row() is None,
                                  reason="the coded kernel needs a C compiler, AVX512-BF16, VBMI and VBMI2: not here")
 
 
+@pytest.fixture
+def no_amx(monkeypatch):
+    """The path of CPUs without AMX (every row count on the coded kernels), wherever this runs; the AMX path has
+    its own test (uses_scratch patched on)."""
+    monkeypatch.setattr(coded, "uses_scratch", lambda: False)
+
+
 def _weight(n, k, seed):
     """A bf16 (n, k) weight like a layer's, with the words a 4-bit exponent code cannot hold planted in it."""
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +116,7 @@ def test_an_assigned_weight_or_bias_is_used():
 
 
 @needs_coded
-def test_rows_get_their_own_bits_at_every_row_count():
+def test_rows_get_their_own_bits_at_every_row_count(no_amx):
     """Several rows through gemm_coded_bf16: each row the bits the one-row kernel gives it (so a prompt's rows, a
     batch's sequences and a decode step agree), and within bf16 rounding of the exact product."""
     w = _weight(1000, 2817, 9)
@@ -118,7 +125,7 @@ def test_rows_get_their_own_bits_at_every_row_count():
     x = torch.randn(100, 2817, generator=torch.Generator().manual_seed(3)).bfloat16()
     with torch.inference_mode():
         alone = torch.cat([plain(x[i : i + 1]) for i in range(100)])  # packed_row.c, one row at a time
-        for rows in (2, 3, 4, 5, 8, 17, 64, 65, 100):  # up to 64: decoded per 4 rows; more: once, in chunks
+        for rows in (2, 3, 4, 5, 8, 17, 64, 65, 66, 67, 100):  # up to 64: decoded per 4 rows; more: once, in chunks
             assert same(c(x[:rows]), alone[:rows]), rows
         assert same(c(x[:37].view(1, 37, 2817)), alone[:37].view(1, 37, -1))
     exact = x.double() @ w.double().t()
@@ -172,7 +179,7 @@ def _rows_alone(self, x):
 
 @needs_coded
 @pytest.mark.parametrize("chunks", [False, True])
-def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, chunks):
+def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, chunks, no_amx):
     """load_model codes every bf16 linear (in_proj, o_proj, down_proj, the tied head: coded chunk by chunk into one
     module) and runs them through block_step.c; its logits at prefill and decode are those of the same model with packed
     16-bit weights whose products take each row alone (packed_row.c), bit for bit, in less memory."""
@@ -203,7 +210,7 @@ def test_a_coded_model_gives_the_uncoded_models_logits(checkpoint, monkeypatch, 
 
 
 @needs_coded
-def test_serving_keeps_the_coded_weights_where_rows_are_invariant(checkpoint):
+def test_serving_keeps_the_coded_weights_where_rows_are_invariant(checkpoint, no_amx):
     """packed.batch_invariant (cohere serve) leaves coded linears coded where every row count gives a row its own
     bits (no AMX scratch): a batch of rows through a block's projections equals each row alone."""
     model = load_model(checkpoint, dtype="bfloat16").model
@@ -215,3 +222,4 @@ def test_serving_keeps_the_coded_weights_where_rows_are_invariant(checkpoint):
     lin = model.model.layers[0].in_proj
     with torch.inference_mode():
         assert same(lin(x), torch.cat([lin(r[None]) for r in x]))
+        assert lin(x[:0]).shape == (0, lin.out_features)  # no rows: no error

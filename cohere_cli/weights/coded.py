@@ -146,7 +146,7 @@ class CodedLinear(Linear):
         if rows == 1:
             out = self.kernel.row(x, self.coded)
         elif s is None or rows <= AMX_ROWS:
-            out = self.kernel.rows(x.reshape(rows, -1), self.coded)  # (rows, N)
+            out = self.kernel.rows(x.reshape(rows, x.shape[-1]), self.coded) if rows else None  # (rows, N)
         else:
             out = None
         if out is not None:
