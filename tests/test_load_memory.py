@@ -123,9 +123,10 @@ def test_after_loading_the_file_pages_packing_touched_are_given_back(tmp_path, t
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_a_head_packed_in_chunks_gives_the_logits_of_one_piece(tmp_path, monkeypatch, dtype):
+def test_a_head_packed_in_chunks_gives_the_logits_of_one_piece(tmp_path, monkeypatch, dtype, uncoded):
     """HeadChunks (a head over HEAD_CHUNK_BYTES, packed in row chunks so loading never holds it twice): the same
-    logits, bit for bit, as the head packed in one piece, for a prompt and a decode step."""
+    logits, bit for bit, as the head packed in one piece, for a prompt and a decode step. (A bf16 head the coded
+    kernel takes is coded chunk by chunk into one module instead: tests/test_coded.py.)"""
     if dtype == "bfloat16" and not PACKS_BF16:
         pytest.skip("oneDNN has no bf16 kernels on this CPU: nothing is packed")
     make_checkpoint(tmp_path, tokenizer=False, vocab=VOCAB, dtype=dtype)  # stored as computed: the head packs
