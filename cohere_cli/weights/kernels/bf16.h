@@ -30,4 +30,16 @@ static inline __m512 bf16x16_to_f32(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* One block of 64 outputs, 4 x 16 float32 sums, rounded to bf16 into out[o0 ..]; only outputs below n exist (the
+ * packed layouts pad the last block). */
+__attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static inline void store_block_bf16(const __m512 a[4], uint16_t *out, int64_t o0, int64_t n) {
+    for (int i = 0; i < 4; i++) {
+        const int64_t o = o0 + 16 * i, m = n - o;
+        if (m <= 0) break;
+        _mm256_mask_storeu_epi16(out + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1),
+                                 (__m256i)_mm512_cvtneps_pbh(a[i]));
+    }
+}
+
 #endif

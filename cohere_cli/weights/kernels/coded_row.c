@@ -167,13 +167,7 @@ void blocks_coded(const uint32_t *xp, uint32_t last, const uint8_t *body, const 
             for (int i = 0; i < 4; i++) a[s][i] = _mm512_dpbf16_ps(a[s][i], (__m512bh)r[i], xq);
         }
     }
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < 4; i++) {
-            int64_t o = (b0 + s) * 64 + 16 * i, m = n - o;  /* outputs o.. of this block that exist */
-            if (m <= 0) break;
-            __m256i h = (__m256i)_mm512_cvtneps_pbh(a[s][i]);
-            _mm256_mask_storeu_epi16(out + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
-        }
+    for (int s = 0; s < S; s++) store_block_bf16(a[s], out, (b0 + s) * 64, n);
 }
 
 /* out[n] = bf16(x . w[n]) for one bf16 row x of k values and the coded (n, k) weight: gemv_packed_bf16's results. */
@@ -221,13 +215,7 @@ void block_rows(const uint16_t *x, int64_t r0, const int R, const uint8_t *body,
             for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < 4; i++) {
-            int64_t o = b * 64 + 16 * i, m = n - o;
-            if (m <= 0) break;
-            __m256i h = (__m256i)_mm512_cvtneps_pbh(a[r][i]);
-            _mm256_mask_storeu_epi16(out + (r0 + r) * n + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
-        }
+    for (int r = 0; r < R; r++) store_block_bf16(a[r], out + (r0 + r) * n, b * 64, n);
 }
 
 /* Rows r0 .. r0+R-1 times the decoded steps q0 .. q1-1 of a block in `buf` (its words, step by step), the sums
@@ -282,13 +270,11 @@ void block_many_rows(const uint16_t *x, int64_t rows, const uint8_t *body, const
                 default: chunk_rows(x, r0, 1, buf, q0, q1, k, q0 == 0, part); break;
             }
     }
-    for (int64_t r = 0; r < rows; r++)
-        for (int i = 0; i < 4; i++) {
-            int64_t o = b * 64 + 16 * i, m = n - o;
-            if (m <= 0) break;
-            __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(part + r * 64 + 16 * i));
-            _mm256_mask_storeu_epi16(out + r * n + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
-        }
+    for (int64_t r = 0; r < rows; r++) {
+        const __m512 a[4] = {_mm512_loadu_ps(part + r * 64), _mm512_loadu_ps(part + r * 64 + 16),
+                             _mm512_loadu_ps(part + r * 64 + 32), _mm512_loadu_ps(part + r * 64 + 48)};
+        store_block_bf16(a, out + r * n, b * 64, n);
+    }
 }
 
 #define CODED_FEW_ROWS 64  /* up to this many rows, each group of 4 decodes the steps itself (block_rows): faster

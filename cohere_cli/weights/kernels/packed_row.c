@@ -41,13 +41,7 @@ void blocks_bf16(const uint32_t *xp, uint32_t last, const uint16_t *w, int64_t n
             for (int i = 0; i < 4; i++)
                 a[s][i] = _mm512_dpbf16_ps(a[s][i], (__m512bh)_mm512_loadu_si512(p[s] + q * 128 + 32 * i), xq);
     }
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < 4; i++) {
-            int64_t o = (b0 + s) * 64 + 16 * i, m = n - o;  /* outputs o.. of this block that exist */
-            if (m <= 0) break;
-            __m256i h = (__m256i)_mm512_cvtneps_pbh(a[s][i]);
-            _mm256_mask_storeu_epi16(out + o, m >= 16 ? 0xFFFF : (__mmask16)((1u << m) - 1), h);
-        }
+    for (int s = 0; s < S; s++) store_block_bf16(a[s], out, (b0 + s) * 64, n);
 }
 
 AVX512 int gemv_packed_bf16(const uint16_t *x, const uint16_t *w, int64_t n, int64_t k, int64_t kp, int threads,
