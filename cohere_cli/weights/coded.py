@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cohere_cli.model import Linear, linear
 from cohere_cli.weights.kernels import PACKED_BLOCK, cpu_flags, packed_row
-from cohere_cli.weights.kernels.coded import META, STEP_BYTES, Coded, CodedRow, coded_row
+from cohere_cli.weights.kernels.coded import Coded, CodedRow, buffers, coded_row, spans
 from cohere_cli.weights.packed import RowKernelLinear, pack_linear
 
 
@@ -96,7 +96,7 @@ def coded_head(w: torch.Tensor, release=None) -> "CodedLinear | None":
     n, k = w.shape
     rows = max(1, HEAD_CHUNK_BYTES // (k * 2) // PACKED_BLOCK) * PACKED_BLOCK  # whole blocks per chunk
     body = meta = None
-    kp = 0
+    kp = blocks = 0
     excs: list[torch.Tensor] = []
     for r in range(0, n, rows):
         part = w[r : r + rows]
@@ -107,13 +107,9 @@ def coded_head(w: torch.Tensor, release=None) -> "CodedLinear | None":
             return None
         if body is None:
             kp, blocks = lin.row_kp, -(-n // PACKED_BLOCK)
-            steps = blocks * (kp // 2) * STEP_BYTES
-            body = torch.empty(steps + blocks * (kp // 2), dtype=torch.uint8)  # the steps, then their flags
-            meta = torch.empty(blocks, META, dtype=torch.int64)
+            body, meta = buffers(blocks, kp)
         b0, b1 = r // PACKED_BLOCK, -(-(r + part.shape[0]) // PACKED_BLOCK)
-        q = kp // 2
-        exc = cr.code_into(row.raw(lin.weight), kp, body[b0 * q * STEP_BYTES : b1 * q * STEP_BYTES],
-                           body[steps + b0 * q : steps + b1 * q], meta[b0:b1])
+        exc = cr.code_into(row.raw(lin.weight), kp, *spans(body, blocks, kp, b0, b1), meta[b0:b1])
         if exc is None:
             return None
         meta[b0:b1, 2] += sum(e.numel() for e in excs)  # exceptions of the chunks before

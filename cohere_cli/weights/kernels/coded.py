@@ -14,7 +14,7 @@ from cohere_cli.weights.kernels import AVX512_BF16, PACKED_BLOCK, _function, _li
 
 CODED = AVX512_BF16 | {"avx512vbmi", "avx512_vbmi2", "bmi2"}  # coded_row.c: vpermt2b, vpexpandw, pext
 CODED_ENV = "COHERE_CLI_CODED_BF16"  # 0: packed bf16 weights stay 16-bit (packed.RowKernelLinear)
-STEP_BYTES = 192  # per input pair of a block of 64 outputs: 128 sign|mantissa bytes, 64 bytes of codes
+STEP_BYTES = 192  # per input pair of a block of 64 outputs: 128 low bytes, 64 bytes of high-byte codes
 META = 3  # int64 per block: its table (16 bytes), the index of its first exception
 
 
@@ -35,6 +35,21 @@ class Coded:
         return sum(t.numel() * t.element_size() for t in (self.body, self.meta, self.exc))
 
 
+def buffers(blocks: int, kp: int):
+    """An empty body (uint8: every block's steps, then every step's flag byte, as coded_row.c reads them) and meta
+    for a weight of `blocks` blocks of 64 outputs and k padded to kp."""
+    import torch
+
+    body = torch.empty(blocks * (kp // 2) * (STEP_BYTES + 1), dtype=torch.uint8)
+    return body, torch.empty(blocks, META, dtype=torch.int64)
+
+
+def spans(body, blocks: int, kp: int, b0: int, b1: int):
+    """The views of `body` (buffers) that blocks b0 .. b1-1 are coded into: (their steps, their flags)."""
+    q, steps = kp // 2, blocks * (kp // 2) * STEP_BYTES
+    return body[b0 * q * STEP_BYTES : b1 * q * STEP_BYTES], body[steps + b0 * q : steps + b1 * q]
+
+
 @dataclass(frozen=True)
 class CodedRow:
     plan: Callable
@@ -45,13 +60,9 @@ class CodedRow:
 
     def code(self, raw, n: int, k: int, kp: int) -> Coded | None:
         """The packed buffer `raw` (a flat int16 view of blocks x 64 x kp words: PackedRow.raw) coded, or None."""
-        import torch
-
         blocks = -(-n // PACKED_BLOCK)
-        steps = blocks * (kp // 2) * STEP_BYTES
-        body = torch.empty(steps + blocks * (kp // 2), dtype=torch.uint8)  # the steps, then their flags
-        meta = torch.empty(blocks, META, dtype=torch.int64)
-        exc = self.code_into(raw, kp, body[:steps], body[steps:], meta)
+        body, meta = buffers(blocks, kp)
+        exc = self.code_into(raw, kp, *spans(body, blocks, kp, 0, blocks), meta)
         return None if exc is None else Coded(body, meta, exc, n, k, kp)
 
     def code_into(self, raw, kp: int, body, flags, meta):

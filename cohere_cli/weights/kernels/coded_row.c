@@ -141,20 +141,51 @@ __m512i coded_table(const int64_t *meta, int64_t b) {  /* the block's 16 high by
     return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(meta + b * CODED_META)));
 }
 
+/* Where block b of a coded weight of `blocks` blocks is read from: its steps, its step flags (after every block's
+ * steps), its table and its next exception. coded_next decodes its steps in order. */
+typedef struct {
+    const uint8_t *steps, *flags;
+    const uint16_t *exc;
+    __m512i tab;
+} CodedBlock;
+
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+CodedBlock coded_block(const uint8_t *body, const int64_t *meta, const uint16_t *exc, int64_t blocks, int64_t kp,
+                       int64_t b) {
+    return (CodedBlock){body + b * (kp / 2) * CODED_STEP, body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2),
+                        exc + meta[b * CODED_META + 2], coded_table(meta, b)};
+}
+
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void coded_next(CodedBlock *c, int64_t q, __m512i r[4]) {  /* step q's 128 words (steps in order) */
+    coded_step(c->steps + q * CODED_STEP, c->tab, c->flags[q], &c->exc, r);
+}
+
+/* x[2q], x[2q+1] of a row of k values as one 32-bit word, (x[k-1], 0) for the half pair of an odd k (a row of odd k
+ * may start unaligned: memcpy) */
+static inline uint32_t row_pair(const uint16_t *xr, int64_t k, int64_t q) {
+    uint32_t v = xr[k - 1];
+    if (q < k / 2) memcpy(&v, xr + 2 * q, 4);
+    return v;
+}
+
+/* a[r] += step words w times row r0+r's input pair q, for R rows of x (rows x k) */
+static inline __attribute__((always_inline, target(CODED_TARGET)))
+void rows_dot(__m512 a[][4], const uint16_t *x, int64_t r0, const int R, int64_t k, int64_t q, const __m512i w[4]) {
+    for (int r = 0; r < R; r++) {
+        const __m512bh xq = (__m512bh)_mm512_set1_epi32((int)row_pair(x + (r0 + r) * k, k, q));
+        for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
+    }
+}
+
 /* packed_row.c's blocks_bf16 on the coded blocks b0 .. b0+S-1: the same products in the same order. */
 static inline __attribute__((always_inline, target(CODED_TARGET)))
 void blocks_coded(const uint32_t *xp, uint32_t last, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
                   int64_t n, int64_t k, int64_t kp, int64_t b0, const int S, uint16_t *out) {
     __m512 a[CODED_STREAMS][4];
-    __m512i tab[CODED_STREAMS];
-    const uint8_t *p[CODED_STREAMS], *f[CODED_STREAMS];
-    const uint16_t *e[CODED_STREAMS];
-    const int64_t blocks = (n + 63) / 64;
+    CodedBlock c[CODED_STREAMS];
     for (int s = 0; s < S; s++) {
-        p[s] = body + (b0 + s) * (kp / 2) * CODED_STEP;
-        f[s] = body + blocks * (kp / 2) * CODED_STEP + (b0 + s) * (kp / 2);
-        tab[s] = coded_table(meta, b0 + s);
-        e[s] = exc + meta[(b0 + s) * CODED_META + 2];
+        c[s] = coded_block(body, meta, exc, (n + 63) / 64, kp, b0 + s);
         for (int i = 0; i < 4; i++) a[s][i] = _mm512_setzero_ps();
     }
     const int64_t pairs = k / 2;
@@ -163,7 +194,7 @@ void blocks_coded(const uint32_t *xp, uint32_t last, const uint8_t *body, const 
         __m512bh xq = (__m512bh)_mm512_set1_epi32((int)(q < pairs ? xp[q] : last));
         for (int s = 0; s < S; s++) {
             __m512i r[4];
-            coded_step(p[s] + q * CODED_STEP, tab[s], f[s][q], &e[s], r);
+            coded_next(&c[s], q, r);
             for (int i = 0; i < 4; i++) a[s][i] = _mm512_dpbf16_ps(a[s][i], (__m512bh)r[i], xq);
         }
     }
@@ -197,23 +228,13 @@ static inline __attribute__((always_inline, target(CODED_TARGET)))
 void block_rows(const uint16_t *x, int64_t r0, const int R, const uint8_t *body, const int64_t *meta,
                 const uint16_t *exc, int64_t n, int64_t k, int64_t kp, int64_t b, uint16_t *out) {
     __m512 a[4][4];
-    const int64_t blocks = (n + 63) / 64, pairs = k / 2;
-    const uint8_t *p = body + b * (kp / 2) * CODED_STEP, *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
-    const __m512i tab = coded_table(meta, b);
-    const uint16_t *e = exc + meta[b * CODED_META + 2];
+    CodedBlock c = coded_block(body, meta, exc, (n + 63) / 64, kp, b);
     for (int r = 0; r < R; r++)
         for (int i = 0; i < 4; i++) a[r][i] = _mm512_setzero_ps();
-    for (int64_t q = 0; q <= pairs; q++) {
-        if (q == pairs && k % 2 == 0) break;  /* an odd k ends in a half pair: (x[k-1], 0) */
+    for (int64_t q = 0; q < (k + 1) / 2; q++) {  /* an odd k ends in a half pair: (x[k-1], 0) */
         __m512i w[4];
-        coded_step(p + q * CODED_STEP, tab, f[q], &e, w);
-        for (int r = 0; r < R; r++) {
-            const uint16_t *xr = x + (r0 + r) * k;
-            uint32_t v = q < pairs ? 0 : xr[k - 1];
-            if (q < pairs) memcpy(&v, xr + 2 * q, 4);  /* (x[2q], x[2q+1]); a row of odd k may start unaligned */
-            const __m512bh xq = (__m512bh)_mm512_set1_epi32((int)v);
-            for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
-        }
+        coded_next(&c, q, w);
+        rows_dot(a, x, r0, R, k, q, w);
     }
     for (int r = 0; r < R; r++) store_block_bf16(a[r], out + (r0 + r) * n, b * 64, n);
 }
@@ -224,21 +245,13 @@ static inline __attribute__((always_inline, target(CODED_TARGET)))
 void chunk_rows(const uint16_t *x, int64_t r0, const int R, const uint16_t *buf, int64_t q0, int64_t q1, int64_t k,
                 int first, float *part) {
     __m512 a[4][4];
-    const int64_t pairs = k / 2;
     for (int r = 0; r < R; r++)
         for (int i = 0; i < 4; i++)
             a[r][i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + (r0 + r) * 64 + 16 * i);
     for (int64_t q = q0; q < q1; q++) {
-        const uint16_t *wq = buf + (q - q0) * 128;
         __m512i w[4];
-        for (int i = 0; i < 4; i++) w[i] = _mm512_loadu_si512(wq + 32 * i);
-        for (int r = 0; r < R; r++) {
-            const uint16_t *xr = x + (r0 + r) * k;
-            uint32_t v = q < pairs ? 0 : xr[k - 1];
-            if (q < pairs) memcpy(&v, xr + 2 * q, 4);
-            const __m512bh xq = (__m512bh)_mm512_set1_epi32((int)v);
-            for (int i = 0; i < 4; i++) a[r][i] = _mm512_dpbf16_ps(a[r][i], (__m512bh)w[i], xq);
-        }
+        for (int i = 0; i < 4; i++) w[i] = _mm512_loadu_si512(buf + (q - q0) * 128 + 32 * i);
+        rows_dot(a, x, r0, R, k, q, w);
     }
     for (int r = 0; r < R; r++)
         for (int i = 0; i < 4; i++) _mm512_storeu_ps(part + (r0 + r) * 64 + 16 * i, a[r][i]);
@@ -251,15 +264,13 @@ void chunk_rows(const uint16_t *x, int64_t r0, const int R, const uint16_t *buf,
 static inline __attribute__((always_inline, target(CODED_TARGET)))
 void block_many_rows(const uint16_t *x, int64_t rows, const uint8_t *body, const int64_t *meta, const uint16_t *exc,
                      int64_t n, int64_t k, int64_t kp, int64_t b, uint16_t *buf, float *part, uint16_t *out) {
-    const int64_t blocks = (n + 63) / 64, steps = (k + 1) / 2;
-    const uint8_t *p = body + b * (kp / 2) * CODED_STEP, *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
-    const __m512i tab = coded_table(meta, b);
-    const uint16_t *e = exc + meta[b * CODED_META + 2];
+    const int64_t steps = (k + 1) / 2;
+    CodedBlock c = coded_block(body, meta, exc, (n + 63) / 64, kp, b);
     for (int64_t q0 = 0; q0 < steps; q0 += CODED_CHUNK) {
         const int64_t q1 = q0 + CODED_CHUNK < steps ? q0 + CODED_CHUNK : steps;
         for (int64_t q = q0; q < q1; q++) {
             __m512i w[4];
-            coded_step(p + q * CODED_STEP, tab, f[q], &e, w);
+            coded_next(&c, q, w);
             for (int i = 0; i < 4; i++) _mm512_storeu_si512(buf + (q - q0) * 128 + 32 * i, w[i]);
         }
         for (int64_t r0 = 0; r0 < rows; r0 += 4)
@@ -325,19 +336,18 @@ int gemm_coded_bf16(const uint16_t *x, int64_t rows, const uint8_t *body, const 
     return fail;
 }
 
-/* The packed bf16 buffer back (blocks x 64 x kp words) from the coded one: prefill runs oneDNN on it. */
+/* The packed bf16 buffer back (blocks x 64 x kp words) from the coded one: with AMX, prefill runs oneDNN on it
+ * (coded.Scratch); the plain weight (CodedLinear.plain) is read from it too. */
 __attribute__((target(CODED_TARGET)))
 int coded_decode(const uint8_t *body, const int64_t *meta, const uint16_t *exc, int64_t blocks, int64_t kp,
                  int threads, uint16_t *w) {
     if (blocks <= 0 || kp <= 0 || kp % 2 || threads < 1) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < blocks; b++) {
-        const __m512i tab = coded_table(meta, b);
-        const uint16_t *e = exc + meta[b * CODED_META + 2];
-        const uint8_t *f = body + blocks * (kp / 2) * CODED_STEP + b * (kp / 2);
+        CodedBlock c = coded_block(body, meta, exc, blocks, kp, b);
         for (int64_t q = 0; q < kp / 2; q++) {
             __m512i r[4];
-            coded_step(body + (b * (kp / 2) + q) * CODED_STEP, tab, f[q], &e, r);
+            coded_next(&c, q, r);
             for (int i = 0; i < 4; i++) _mm512_storeu_si512(w + b * 64 * kp + q * 128 + 32 * i, r[i]);
         }
     }
