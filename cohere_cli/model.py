@@ -365,6 +365,12 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = block_norm(cfg)
 
+    def forward(self, x, pos, rope, cache: KVCache | None = None, masks: dict | None = None):
+        """The blocks, in order: (B, T, H) -> (B, T, H). (The embedding and the final norm are the caller's.)"""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, rope, cache.layers[i] if cache is not None else None, masks)
+        return x
+
 
 class CohereForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -398,8 +404,7 @@ class CohereForCausalLM(nn.Module):
         x = self.model.embed_tokens(tokens)  # (B, T, H)
         rope = self._rope(start_pos, T, x.dtype, x.device)  # once for all layers
         masks: dict = {}  # attention masks shared by layers of one kind, built by the first that needs one
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, pos, rope, cache.layers[i] if cache is not None else None, masks)
+        x = self.model(x, pos, rope, cache, masks)
         if last_only:
             x = x[:, -1:]  # (B, 1, H)
         x = self.model.norm(x)

@@ -303,6 +303,7 @@ def test_bench_json_record_has_every_field(tiny, tmp_path):
         ops = kernels.decode_ops()
         want = ["decode"] if ops is not None else []  # bf16 on CPU, both precisions
         want += ["block_step"] if ops is not None and ops.block is not None else []  # each block in one call
+        want += ["model_step"] if ops is not None and ops.block is not None else []  # and all of them in one
         if p == "bf16" and kernels.packed_row() is not None:  # its packed bf16 linears (the layout checked here),
             want += ["coded_row"] if coded_row() is not None else ["packed_row"]  # coded in 12 bits where it can
         saved = "coded_row" in want  # the coded weights spare a decode step their 16-bit size less their own

@@ -36,23 +36,30 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def _counting(calls: list) -> BlockStep:
-    """ops.block with its C function counted: (calls made, calls that declined)."""
-    real = ops.block.fn
+def _counting(calls: list, runs: list | None = None) -> BlockStep:
+    """ops.block with its C functions counted: each block's call (its stage: 0 done, else where it declined), and
+    with `runs` the whole-model step too ((blocks done, stage) per call; without it, that step is off)."""
+    real, whole = ops.block.fn, ops.block.layers_fn
 
     def fn(*args):
         err = real(*args)
         calls.append(err)
         return err
 
-    return BlockStep(fn)
+    def layers_fn(*args):
+        done = whole(*args)
+        runs.append((done, args[-1]._obj.value))  # (the last argument: byref(stage))
+        return done
+
+    return BlockStep(fn, layers_fn if runs is not None else None)
 
 
-def _decode_both(model, steps, before=None, seed=4):
-    """Prefill 17 tokens into two caches, then decode `steps` tokens into each: one through the fused step, one
-    through the per-op path; `before(t)` runs ahead of each step. -> (fused logits, per-op logits, caches, calls)."""
+def _decode_both(model, steps, before=None, seed=4, runs=None):
+    """Prefill 17 tokens into two caches, then decode `steps` tokens into each: one through the fused step (with a
+    `runs` list: all blocks in one call, model_step_bf16), one through the per-op path; `before(t)` runs ahead of
+    each step. -> (fused logits, per-op logits, caches, calls)."""
     calls: list = []
-    fused = dataclasses.replace(ops, block=_counting(calls))
+    fused = dataclasses.replace(ops, block=_counting(calls, runs))
     per_op = dataclasses.replace(ops, block=None)
     ids = torch.randint(0, 384, (17 + steps,), generator=torch.Generator().manual_seed(seed))
     caches = [KVCache(model.config, 17 + steps, torch.bfloat16, slack=2) for _ in range(2)]
@@ -176,3 +183,117 @@ def test_changed_weights_are_read_anew(checkpoints, coding, monkeypatch):
     assert row_spec(lin) != before and not any(calls)  # rebuilt (the row sums are new), still fused
     assert torch.equal(got, want)
     _same_caches(caches)
+
+
+@needs_step
+@pytest.mark.parametrize("kind", ["bf16", "coded", "int8", "nf4"])
+def test_all_blocks_in_one_call_give_the_per_op_bits(checkpoints, kind, monkeypatch):
+    """layout.FusedDecoder: one model_step_bf16 call per token runs every block (rings wrapping on the way)."""
+    from cohere_cli.weights import coded
+
+    if kind == "bf16":
+        monkeypatch.setattr(coded, "coded_row", lambda: None)
+    elif kind == "coded" and coded.coded_row() is None:
+        pytest.skip("the coded kernel needs VBMI2: not here")
+    model = load_model(checkpoints["bf16" if kind == "coded" else kind], dtype="bfloat16").model
+    assert type(model.model) is layout.FusedDecoder and model.model.native is ops
+    runs: list = []
+    got, want, caches, calls = _decode_both(model, 23, runs=runs)
+    assert runs == [(len(model.model.layers), 0)] * 23 and calls == []
+    assert torch.equal(got, want)
+    _same_caches(caches)
+
+
+@needs_step
+@pytest.mark.parametrize("where,stage", [("in_proj", 1), ("o_proj", 2), ("down_proj", 3)])
+def test_a_block_declining_mid_model_is_finished_and_the_run_goes_on(checkpoints, where, stage):
+    """An outlier in block 1 (LLM.int8()): the call stops there, block 1 is finished in Python (stage 1: its module
+    runs it, through its own block step, which declines again, then the per-op path), and a second call runs the
+    rest. The same bits as the per-op path."""
+    model = load_model(checkpoints["int8"], dtype="bfloat16").model
+    layer = model.model.layers[1]
+    mod = {"in_proj": layer.in_proj, "o_proj": layer.self_attn.o_proj, "down_proj": layer.mlp.down_proj}[where]
+    mod.threshold = 1e-6
+    runs: list = []
+    got, want, caches, calls = _decode_both(model, 6, runs=runs)
+    n = len(model.model.layers)
+    assert runs == [(1, stage), (n - 2, 0)] * 6 and calls == ([1] if stage == 1 else []) * 6
+    assert torch.equal(got, want)
+    _same_caches(caches)
+
+
+@needs_step
+def test_the_whole_model_step_reads_changed_weights_anew_and_leaves_hooked_blocks_alone(checkpoints):
+    """int8 rows and scales edited in place between steps: the next call reads them (a new description). A block
+    with a forward hook: the blocks run one by one, so that the hook sees them."""
+    model = load_model(checkpoints["int8"], dtype="bfloat16").model
+    lin = model.model.layers[0].mlp.down_proj
+
+    def edit(t):
+        if t == 19:
+            lin.cb.neg_()
+            lin.scb.mul_(2)
+
+    runs: list = []
+    got, want, caches, calls = _decode_both(model, 4, edit, runs=runs)
+    assert runs == [(len(model.model.layers), 0)] * 4 and torch.equal(got, want)
+    _same_caches(caches)
+    seen = []
+    handle = model.model.layers[2].register_forward_hook(lambda *a: seen.append(1))
+    runs.clear()
+    got, want, caches, calls = _decode_both(model, 3, runs=runs)
+    handle.remove()
+    assert runs == [] and len(calls) == 3 * len(model.model.layers) and not any(calls)
+    assert len(seen) == 2 * 3 + 2 * 4  # both decodes' 3 steps, and both prefills' 4 chunks (17 tokens, chunk 5)
+    assert torch.equal(got, want)
+
+
+@needs_step
+def test_blocks_changed_after_install_run_as_their_modules_do(checkpoints):
+    """A block given no native ops after use_decode_kernels, or swapped for a plain model.Block: no whole-model
+    call, and each block runs as its module does (the same logits as with the whole-model path off)."""
+    from cohere_cli.model import Block
+
+    model = load_model(checkpoints["bf16"], dtype="bfloat16").model
+    calls, runs = [], []
+    layout.use_decode_kernels(model, dataclasses.replace(ops, block=_counting(calls, runs)))
+    ids = torch.randint(0, 384, (20,), generator=torch.Generator().manual_seed(3))
+
+    def decode(off: bool):
+        cache = KVCache(model.config, 20, torch.bfloat16)
+        native = model.model.native
+        if off:
+            model.model.native = None
+        with torch.inference_mode():
+            prefill(model, ids[:17], cache, 0)
+            out = torch.cat([model(ids[t : t + 1][None], t, cache, last_only=True) for t in range(17, 20)])
+        model.model.native = native
+        return out
+
+    model.model.layers[1].native = None
+    want = decode(off=True)
+    runs.clear()
+    assert torch.equal(decode(off=False), want) and runs == []
+    plain = Block(model.config, 1).to(torch.bfloat16)
+    plain.load_state_dict(model.model.layers[1].state_dict(), strict=False)
+    model.model.layers[1] = plain
+    want = decode(off=True)
+    assert torch.equal(decode(off=False), want) and runs == []
+
+
+@needs_step
+def test_the_whole_model_call_declines_a_cache_position_out_of_range():
+    """model_step_bf16's own checks, before anything is written: an empty ring (n = 0) or a position past a
+    straight cache stops at stage 1 with no layer done."""
+    import ctypes as ct
+
+    from cohere_cli.weights.kernels.block import Layer
+
+    buf = torch.zeros(64, dtype=torch.bfloat16)
+    pos = torch.zeros(4, dtype=torch.int64)
+    for n, ring, qpos in ((0, True, 3), (4, False, 4), (4, False, -1)):
+        arr = (Layer * 1)(Layer(None, buf.data_ptr(), buf.data_ptr(), n, 0, pos.data_ptr() if ring else None))
+        stage = ct.c_int64(0)
+        p = buf.data_ptr()
+        done = ops.block.layers_fn(arr, 1, p, None, qpos, 1, p, p, p, p, p, ct.byref(stage))
+        assert (done, stage.value) == (0, 1), (n, ring, qpos)

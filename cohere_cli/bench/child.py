@@ -246,7 +246,8 @@ def coded_bytes_saved(model) -> int:
 
 def native_kernels(model) -> list[str]:
     """The cohere_cli.weights.kernels the model's decode step runs here: decode (bf16 on CPU, where it built and
-    checkpoint.inference_layout installed it), block_step (decode's whole block in one call), packed_row (packed bf16 linears, packed.RowKernelLinear), coded_row (bf16 linears coded in 12 bits, coded.CodedLinear),
+    checkpoint.inference_layout installed it), block_step (decode's whole block in one call), model_step (all
+    blocks in one call: layout.FusedDecoder), packed_row (packed bf16 linears, packed.RowKernelLinear), coded_row (bf16 linears coded in 12 bits, coded.CodedLinear),
     gemv_4bit_row (4-bit linears), int8_row (int8 linears)."""
     from cohere_cli.weights import kernels
     from cohere_cli.weights.coded import CodedLinear
@@ -259,6 +260,9 @@ def native_kernels(model) -> list[str]:
         names.append("decode")
     if any(getattr(n, "block", None) is not None for n in natives):
         names.append("block_step")
+    whole = getattr(model.model, "native", None)
+    if whole is not None and getattr(whole.block, "layers_fn", None) is not None:
+        names.append("model_step")
     if any(isinstance(m, RowKernelLinear) for m in model.modules()):
         names.append("packed_row")
     if any(isinstance(m, CodedLinear) for m in model.modules()):

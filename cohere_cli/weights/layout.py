@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cohere_cli.model import MLP, Attention, Block, CohereForCausalLM, LayerNorm, Linear, SparseMoE, apply_rope
+from cohere_cli.model import (MLP, Attention, Block, CohereForCausalLM, Decoder, LayerNorm, Linear, SparseMoE,
+                              apply_rope)
 from cohere_cli.weights.coded import CodedLinear, code_linear, coded_head
 from cohere_cli.weights.packed import pack_linear, packable
 
@@ -126,6 +127,36 @@ class FusedBlock(Block):
         q, k, v = split_heads(self.self_attn, qkv, rope)
         g, u = gate_up.chunk(2, dim=-1)  # (B, T, I) each
         return x + self.self_attn.attend(q, k, v, pos, cache_layer, masks) + self.mlp.down(g, u)
+
+
+class FusedDecoder(Decoder):
+    """The blocks of a model whose every block is a FusedBlock with `native` set (use_decode_kernels): a one-token
+    step with a cache runs all of them through one native call (DecodeOps.block.layers) instead of one per block.
+    Only while every block still is one, with these ops (a block given other ops, or none, or swapped for another
+    module, runs as its module does), and not where a block has hooks (they would not run)."""
+
+    native = None
+
+    def forward(self, x, pos, rope, cache=None, masks: dict | None = None):
+        ops = self.native
+        if ops is not None and ops.block is not None and cache is not None and x.numel() == x.shape[-1] \
+                and all(type(b) is FusedBlock and b.native is ops for b in self.layers) and not _hooked(self.layers):
+
+            def run_one(i, h):  # a block that declined, as its module runs it
+                return self.layers[i](h, pos, rope, cache.layers[i], masks)
+
+            out = ops.block.layers(self, x, int(pos[0]), rope, cache, run_one)  # None: declined, nothing written
+            if out is not None:
+                return out
+        return super().forward(x, pos, rope, cache, masks)
+
+
+def _hooked(layers) -> bool:
+    """Whether a forward hook (its own or a global one) would see a block run."""
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks) or any(
+        b._forward_hooks or b._forward_pre_hooks for b in layers)
 
 
 def mlps(block: Block) -> list[MLP]:
@@ -309,4 +340,9 @@ def use_decode_kernels(model: CohereForCausalLM, ops) -> CohereForCausalLM:
             layer.native = ops if plain else None
         elif isinstance(layer.self_attn, FusedAttention):  # a MoE block: its attention, whatever its norm
             layer.self_attn.native = None if hasattr(layer.self_attn, "q_norm") else ops
+    every = all(isinstance(b, FusedBlock) and b.native is not None for b in model.model.layers)
+    if every and type(model.model) is Decoder:
+        model.model.__class__ = FusedDecoder
+    if isinstance(model.model, FusedDecoder):
+        model.model.native = ops if every else None
     return model

@@ -77,25 +77,35 @@ def _bound(module: nn.Module, names: tuple[str, ...], build, *settings):
     build() whenever a tensor it binds is another tensor, or the same one with other storage, dtype or contents
     (cat, .to(), .data swapped, an in-place edit: data_ptr, dtype, _version), or a captured setting changed, so a
     bound pointer never outlives its tensor. The tensors are held weakly (a replaced weight is freed as before),
-    and _PlanFree drops the plan from copies and pickles. build returns None where the tensors do not fit."""
-    ts = tuple(module._buffers.get(n, module._parameters.get(n)) for n in names)
-    key = tuple(None if t is None else (t.data_ptr(), t.dtype, _version(t)) for t in ts) + settings
-    plan = module.__dict__.get("_plan")
-    if plan is not None and plan[1] == key and all(map(_refers_to, plan[0], ts)):
+    and _PlanFree drops the plan from copies and pickles. build returns None where the tensors do not fit.
+    This check runs for every linear of every decode step (~2 us here, block_step.c's checks of a whole model)."""
+    d = module.__dict__
+    b, p = d["_buffers"], d["_parameters"]
+    ts = [b[n] if n in b else p.get(n) for n in names]
+    plan = d.get("_plan")
+    if plan is not None and plan[1] == settings and _unchanged(plan[0], ts):
         return plan[2]
     call = build(*ts)
-    module.__dict__["_plan"] = (tuple(None if t is None else weakref.ref(t) for t in ts), key, call)
+    d["_plan"] = (tuple(None if t is None else (weakref.ref(t), t.data_ptr(), t.dtype, _version(t)) for t in ts),
+                  settings, call)
     return call
+
+
+def _unchanged(stamps, ts) -> bool:
+    """Whether each of `ts` is the tensor its stamp (weakref, data_ptr, dtype, _version) was taken of, unchanged."""
+    for s, t in zip(stamps, ts):
+        if s is None or t is None:
+            if s is not t:
+                return False
+        elif s[0]() is not t or t.data_ptr() != s[1] or t.dtype != s[2] or (s[3] >= 0 and t._version != s[3]):
+            return False  # (s[3] -1: an inference tensor, which keeps no version; the same object stays one)
+    return True
 
 
 def _version(t: torch.Tensor) -> int:
     """t's in-place edit count; -1 for a tensor made in inference mode, which keeps none (a model loaded under
     torch.inference_mode())."""
     return -1 if t.is_inference() else t._version
-
-
-def _refers_to(ref, t) -> bool:
-    return t is None if ref is None else ref() is t
 
 
 class _PlanFree:

@@ -287,9 +287,9 @@ def _library(source: str, needs: set[str]):
     return _load(HERE / source)
 
 
-def _function(fn, argtypes: list):
-    """A kernel's C function typed for ctypes: `argtypes` in, an int status out (0: done)."""
-    fn.restype, fn.argtypes = ct.c_int, argtypes
+def _function(fn, argtypes: list, restype=ct.c_int):
+    """A kernel's C function typed for ctypes: `argtypes` in, an int status out (0: done) unless told otherwise."""
+    fn.restype, fn.argtypes = restype, argtypes
     return fn
 
 
